@@ -1,0 +1,44 @@
+# Two commands for a fresh Debian/Ubuntu machine:
+#   make run   - set up .venv, make sure a broker answers, serve http://127.0.0.1:5000
+#   make test  - same set-up plus test tools (mosquitto, chromium), then pytest
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: run test bench system-test-deps clean
+
+$(VENV)/.installed: requirements.txt
+	@$(PYTHON) -c 'import venv' 2>/dev/null || { echo "python3-venv missing: sudo apt-get install -y python3-venv"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m mqtt_service.ensure_broker
+	$(PY) app.py
+
+# Tests start their own mosquitto and drive Debian's chromium: both must be installed.
+system-test-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "Missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	  echo "installing$$missing with apt-get"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+test: $(VENV)/.installed-dev system-test-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev system-test-deps
+	$(PY) -m bench.relay_bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache data

@@ -1,0 +1,164 @@
+"""Chatroom relay: Flask-SocketIO chat rooms bridged to MQTT and HTTP.
+
+`python app.py` runs the server. `create_app(settings)` builds a fresh,
+unconnected app (tests build several); `main()` loads `.env`, starts the MQTT
+bridge and serves until SIGTERM/SIGINT.
+"""
+if __name__ == "__main__":
+    # eventlet must patch the standard library before anything else imports it,
+    # or emits from the MQTT thread are silently lost. Only ASYNC_MODE is read
+    # this early; the full configuration is parsed below.
+    import os as _os
+    import re as _re
+
+    def _early_async_mode() -> str:
+        if _os.environ.get("ASYNC_MODE", "").strip():
+            return _os.environ["ASYNC_MODE"].strip().lower()
+        try:
+            with open(".env", encoding="utf-8") as env_file:
+                found = _re.search(r"^\s*ASYNC_MODE\s*=\s*['\"]?(\w+)", env_file.read(), _re.M)
+        except OSError:
+            found = None
+        return found.group(1).lower() if found else "eventlet"
+
+    if _early_async_mode() == "eventlet":
+        import warnings
+
+        # eventlet announces its maintenance mode on import; the choice is deliberate (DESIGN.md).
+        warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
+        import eventlet
+
+        eventlet.monkey_patch()
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from dotenv import load_dotenv
+from flask import Flask
+from flask_socketio import SocketIO
+
+from chatroom.config import ConfigError, Settings
+from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack
+from chatroom.limits import DedupWindow, RateLimiter
+from chatroom.metrics import ChatMetrics
+from chatroom.room import Rooms
+from chatroom.routes import MAX_BODY_BYTES, create_chat_blueprint
+from chatroom.store import MessageStore
+from mqtt_service.bridge import MqttBridge
+from mqtt_service.routes import create_status_blueprint
+from mqtt_service.stats import COUNTERS
+
+log = logging.getLogger("chatroom.app")
+
+
+@dataclass
+class Components:
+    """Everything create_app wired, for main() and the tests."""
+
+    settings: Settings
+    socketio: SocketIO
+    rooms: Rooms
+    store: MessageStore
+    namespace: ChatNamespace
+    bridge: MqttBridge | None
+
+    def start(self) -> None:
+        if self.bridge is not None:
+            self.bridge.start()
+
+    def stop(self) -> None:
+        """Offline state, outbox flush (<= 5 s), listeners drained, SQLite closed."""
+        self.rooms.drain(timeout=5.0)  # events already posted reach MQTT and the web
+        if self.bridge is not None:
+            self.bridge.stop(timeout=5.0)
+        self.rooms.close()
+        self.store.close()
+
+
+def create_app(settings: Settings) -> Flask:
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = settings.secret_key
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.ensure_ascii = False  # UTF-8 bodies: 3 bytes per CJK character, not a \u escape
+    app.json.sort_keys = False  # keep PROTOCOL's field order
+
+    socketio = SocketIO(
+        async_mode=settings.async_mode,
+        cors_allowed_origins=list(settings.cors_origins) or None,  # None: same origin only
+        logger=False,
+        engineio_logger=False,
+    )
+    socketio.init_app(app)
+
+    store = MessageStore(settings.database_path)
+    rooms = Rooms(store)
+    reserved_names = (settings.ai_name,)
+    rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)
+
+    namespace = ChatNamespace(rooms, settings, rate_limiter, reserved_names)
+    socketio.on_namespace(namespace)
+    socketio.on_error_default(internal_error_ack)
+    rooms.subscribe("socketio", SocketIOPublisher(socketio))
+
+    bridge = None
+    if settings.mqtt_enable:
+        bridge = MqttBridge(settings, rooms, rate_limiter, DedupWindow(ttl=600.0), reserved_names)
+        rooms.subscribe("mqtt", bridge.on_room_event)
+
+    metrics = ChatMetrics(rooms, web_clients=lambda: namespace.connected_clients)
+    if bridge is not None:
+        metrics.add_source(
+            "chatroom_mqtt",
+            lambda: {**bridge.stats.snapshot(), "connected": int(bridge.is_connected),
+                     "outbox_size": bridge.status()["outbox_size"]},
+            {**{name: ("counter", f"MQTT bridge {name.replace('_', ' ')}") for name in COUNTERS},
+             "connected": ("gauge", "1 while the bridge is connected to the broker"),
+             "outbox_size": ("gauge", "Messages waiting for the broker")},
+        )
+
+    app.register_blueprint(create_chat_blueprint(rooms, store, settings, rate_limiter,
+                                                 reserved_names, metrics.render))
+    app.register_blueprint(create_status_blueprint(bridge, rooms, lambda: {"enabled": False}))
+    app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge)
+    return app
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_dotenv(override=False)  # the real environment wins over .env
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+
+    app = create_app(settings)
+    components: Components = app.extensions["chatroom"]
+
+    def on_sigterm(signum, frame):
+        raise SystemExit(0)  # unwinds socketio.run so shutdown runs in normal context
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    components.start()
+    broker = (f"{settings.mqtt_broker}:{settings.mqtt_port}" if settings.mqtt_enable
+              else "off (MQTT_ENABLE=false)")
+    log.info("serving http://%s:%s (async mode %s) | MQTT broker %s | assistant %s",
+             settings.host, settings.port, settings.async_mode, broker,
+             f"on ({settings.ai_model})" if settings.assistant_enabled else "off")
+    try:
+        components.socketio.run(app, host=settings.host, port=settings.port,
+                                allow_unsafe_werkzeug=True, log_output=False)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        log.info("shutting down")
+        components.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

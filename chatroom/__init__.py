@@ -1,0 +1,1 @@
+"""The chat room and its web transports (Socket.IO, HTTP). Knows nothing of MQTT."""

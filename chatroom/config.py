@@ -1,0 +1,241 @@
+"""Settings: the one place configuration values are parsed and checked.
+
+`Settings.from_env(mapping)` takes a plain mapping so tests pass dicts; app.py
+passes `os.environ` after loading `.env`. Every bad value is collected and
+reported at once as `NAME: reason (got 'value')`.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from dataclasses import dataclass, fields
+from typing import Callable, Mapping
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# Room names that would collide with the default room's topic segments.
+RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "errors"})
+DEFAULT_ROOM = "lobby"
+
+ASYNC_MODES = ("eventlet", "threading")
+AI_REPLY_MODES = ("mention", "all", "off")
+
+
+class ConfigError(ValueError):
+    """Raised with every problem found in the configuration, one per line."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    secret_key: str = ""
+    async_mode: str = "eventlet"
+    cors_origins: tuple[str, ...] = ()
+
+    mqtt_enable: bool = True
+    mqtt_broker: str = "localhost"
+    mqtt_port: int = 1883
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    mqtt_tls: bool = False
+    mqtt_ca_certs: str = ""
+    mqtt_client_id: str = ""
+    mqtt_topic_prefix: str = "chatroom"
+    mqtt_qos: int = 1
+    mqtt_user_timeout: int = 600
+    mqtt_outbox_size: int = 10_000
+
+    database_path: str = "data/chat.db"
+    history_limit: int = 50
+    max_message_chars: int = 2000
+    rate_limit_count: int = 20
+    rate_limit_seconds: float = 10.0
+    api_token: str = ""
+
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    ai_model: str = "gpt-4o-mini"
+    ai_name: str = "AI"
+    ai_reply_mode: str = "mention"
+    ai_context_messages: int = 20
+    ai_timeout: float = 30.0
+    ai_system_prompt: str = ""
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.rate_limit_count > 0
+
+    @property
+    def assistant_enabled(self) -> bool:
+        return bool(self.openai_api_key) and self.ai_reply_mode != "off"
+
+    def redacted(self) -> dict:
+        """The settings as a dict with secrets hidden, safe to log."""
+        hidden = {"secret_key", "mqtt_password", "api_token", "openai_api_key"}
+        return {
+            f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        reader = _Reader(env)
+        rate = reader.get("RATE_LIMIT", "20/10", _parse_rate)
+        settings = cls(
+            host=reader.get("HOST", "127.0.0.1", _non_empty),
+            port=reader.get("PORT", "5000", _port),
+            secret_key=reader.get("SECRET_KEY", "", str) or secrets.token_hex(32),
+            async_mode=reader.get("ASYNC_MODE", "eventlet", _choice(ASYNC_MODES)),
+            cors_origins=reader.get("CORS_ORIGINS", "", _csv),
+            mqtt_enable=reader.get("MQTT_ENABLE", "true", _bool),
+            mqtt_broker=reader.get("MQTT_BROKER", "localhost", _non_empty),
+            mqtt_port=reader.get("MQTT_PORT", "1883", _port),
+            mqtt_username=reader.get("MQTT_USERNAME", "", str),
+            mqtt_password=reader.get("MQTT_PASSWORD", "", str),
+            mqtt_tls=reader.get("MQTT_TLS", "false", _bool),
+            mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", str),
+            mqtt_client_id=reader.get("MQTT_CLIENT_ID", "", str)
+            or f"chatroom-bridge-{socket.gethostname()}",
+            mqtt_topic_prefix=reader.get("MQTT_TOPIC_PREFIX", "chatroom", _topic_prefix),
+            mqtt_qos=reader.get("MQTT_QOS", "1", _choice_int((0, 1, 2))),
+            mqtt_user_timeout=reader.get("MQTT_USER_TIMEOUT", "600", _int_at_least(0)),
+            mqtt_outbox_size=reader.get("MQTT_OUTBOX_SIZE", "10000", _int_at_least(1)),
+            database_path=reader.get("DATABASE_PATH", "data/chat.db", _non_empty),
+            history_limit=reader.get("HISTORY_LIMIT", "50", _int_at_least(0)),
+            max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", _int_at_least(1)),
+            rate_limit_count=rate[0] if rate else 0,
+            rate_limit_seconds=rate[1] if rate else 1.0,
+            api_token=reader.get("API_TOKEN", "", str),
+            openai_api_key=reader.get("OPENAI_API_KEY", "", str),
+            openai_base_url=reader.get("OPENAI_BASE_URL", "", str),
+            ai_model=reader.get("AI_MODEL", "gpt-4o-mini", _non_empty),
+            ai_name=reader.get("AI_NAME", "AI", _ai_name),
+            ai_reply_mode=reader.get("AI_REPLY_MODE", "mention", _choice(AI_REPLY_MODES)),
+            ai_context_messages=reader.get("AI_CONTEXT_MESSAGES", "20", _int_at_least(0)),
+            ai_timeout=reader.get("AI_TIMEOUT", "30", _positive_float),
+            ai_system_prompt=reader.get("AI_SYSTEM_PROMPT", "", str),
+        )
+        if settings.mqtt_tls is False and settings.mqtt_ca_certs:
+            reader.problems.append("MQTT_CA_CERTS: set, but MQTT_TLS is false (set MQTT_TLS=true)")
+        if reader.problems:
+            raise ConfigError(reader.problems)
+        return settings
+
+
+class _Reader:
+    """Reads variables, collecting problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.problems: list[str] = []
+
+    def get(self, name: str, default: str, parse: Callable[[str], object]):
+        raw = self.env.get(name)
+        raw = default if raw is None or raw.strip() == "" else raw.strip()
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            self.problems.append(f"{name}: {exc} (got {raw!r})")
+            return parse(default)
+
+
+def _non_empty(raw: str) -> str:
+    if not raw:
+        raise ValueError("must not be empty")
+    return raw
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port number 1-65535")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = _int(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return raw.lower()
+    return parse
+
+
+def _choice_int(options: tuple[int, ...]) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = _int(raw)
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(map(str, options))}")
+        return value
+    return parse
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse_rate(raw: str) -> tuple[int, float] | None:
+    """`N/S` = N messages per S seconds; `0` turns rate limiting off."""
+    if raw == "0":
+        return None
+    count, sep, seconds = raw.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        parsed = (int(count), float(seconds))
+    except ValueError:
+        raise ValueError("must look like 20/10 (messages/seconds) or 0 for off") from None
+    if parsed[0] < 0 or parsed[1] <= 0:
+        raise ValueError("count must be >= 0 and seconds > 0")
+    return parsed if parsed[0] > 0 else None
+
+
+def _topic_prefix(raw: str) -> str:
+    if any(ch in raw for ch in "+#\x00") or raw.startswith("/") or raw.endswith("/") or raw.startswith("$"):
+        raise ValueError("must be a plain topic prefix without +, #, $ or leading/trailing /")
+    return raw
+
+
+def _ai_name(raw: str) -> str:
+    if not 1 <= len(raw) <= 32 or any(ch.isspace() for ch in raw):
+        raise ValueError("must be 1-32 characters without spaces")
+    return raw

@@ -1,0 +1,32 @@
+"""GET /mqtt/status: the bridge's health and exact counters for monitoring."""
+from __future__ import annotations
+
+from typing import Callable
+
+from flask import Blueprint, jsonify
+
+from chatroom.messages import utc_timestamp
+from chatroom.room import Rooms
+
+from .bridge import MqttBridge
+
+
+def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms,
+                            assistant_status: Callable[[], dict]) -> Blueprint:
+    bp = Blueprint("mqtt_status", __name__)
+
+    @bp.get("/mqtt/status")
+    def mqtt_status():
+        if bridge is None:  # MQTT_ENABLE=false: healthy by design
+            mqtt_status = {"is_connected": False, "is_running": False}
+        else:
+            mqtt_status = bridge.status()
+        body = {"success": True, "timestamp": utc_timestamp(), "mqtt_status": mqtt_status,
+                "room": rooms.summary(), "assistant": assistant_status()}
+        if bridge is not None and not mqtt_status["is_connected"]:
+            body["success"] = False
+            body["error"] = f"MQTT bridge not connected: {mqtt_status['last_error'] or 'connecting'}"
+            return jsonify(body), 503
+        return jsonify(body)
+
+    return bp

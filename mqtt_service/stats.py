@@ -1,0 +1,66 @@
+"""Bridge counters for /mqtt/status and /metrics: one lock, exact numbers."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from chatroom.messages import utc_timestamp
+
+COUNTERS = (
+    "messages_received",   # arrived on a subscribed topic, valid or not
+    "messages_sent",       # publications the broker acknowledged (QoS 0: handed to the network)
+    "messages_rejected",   # invalid inbound payloads (each got one reply on P/errors)
+    "messages_duplicate",  # repeated (client_id, message_id) within the window
+    "messages_dropped",    # outbox overflow while the broker was unreachable
+    "reconnect_count",     # successful connections after the first
+    "handler_errors",      # exceptions caught in our paho callbacks
+)
+
+
+class BridgeStats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self._rejections: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self.connect_time: str | None = None
+        self.last_message_time: str | None = None
+
+    def add(self, counter: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[counter] += amount
+
+    def received(self) -> None:
+        with self._lock:
+            self._counts["messages_received"] += 1
+            self.last_message_time = utc_timestamp()
+
+    def rejected(self, code: str) -> None:
+        with self._lock:
+            self._counts["messages_rejected"] += 1
+            self._rejections[code] += 1
+
+    def connected(self, first_time: bool) -> None:
+        with self._lock:
+            self.connect_time = utc_timestamp()
+            self.last_error = None
+            if not first_time:
+                self._counts["reconnect_count"] += 1
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self.last_error = text
+
+    def count(self, counter: str) -> int:
+        with self._lock:
+            return self._counts[counter]
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                **{name: self._counts[name] for name in COUNTERS},
+                "rejections_by_code": dict(self._rejections),
+                "last_error": self.last_error,
+                "connect_time": self.connect_time,
+                "last_message_time": self.last_message_time,
+            }

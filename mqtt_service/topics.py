@@ -1,0 +1,64 @@
+"""Topic names for a prefix: the PROTOCOL topic table in one place. Pure."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatroom.config import DEFAULT_ROOM, RESERVED_ROOM_NAMES, ROOM_NAME
+
+MESSAGES_IN = "messages/in"
+USERS_JOIN = "users/join"
+USERS_LEAVE = "users/leave"
+INBOUND_KINDS = (MESSAGES_IN, USERS_JOIN, USERS_LEAVE)
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "chatroom"
+
+    def _room_base(self, room: str) -> str:
+        # The default room has no room segment: P/messages/in, not P/lobby/messages/in.
+        return self.prefix if room == DEFAULT_ROOM else f"{self.prefix}/{room}"
+
+    def messages_in(self, room: str = DEFAULT_ROOM) -> str:
+        return f"{self._room_base(room)}/{MESSAGES_IN}"
+
+    def users_join(self, room: str = DEFAULT_ROOM) -> str:
+        return f"{self._room_base(room)}/{USERS_JOIN}"
+
+    def users_leave(self, room: str = DEFAULT_ROOM) -> str:
+        return f"{self._room_base(room)}/{USERS_LEAVE}"
+
+    def messages_out(self, room: str = DEFAULT_ROOM) -> str:
+        return f"{self._room_base(room)}/messages/out"
+
+    def system(self, room: str = DEFAULT_ROOM) -> str:
+        return f"{self._room_base(room)}/system"
+
+    def errors(self) -> str:
+        return f"{self.prefix}/errors"
+
+    def bridge_state(self) -> str:
+        return f"{self.prefix}/bridge/state"
+
+    def subscriptions(self, shared_group: str = "") -> list[str]:
+        """Inbound topic filters only: the bridge never hears its own output."""
+        filters = [f"{self.prefix}/{kind}" for kind in INBOUND_KINDS]
+        filters += [f"{self.prefix}/+/{kind}" for kind in INBOUND_KINDS]
+        if shared_group:
+            filters = [f"$share/{shared_group}/{topic}" for topic in filters]
+        return filters
+
+    def parse(self, topic: str) -> tuple[str, str] | None:
+        """`P/messages/in` -> ("lobby", "messages/in"); `P/R/users/join` -> ("R", "users/join").
+
+        None for anything that is not an inbound topic of a valid room.
+        """
+        if not topic.startswith(self.prefix + "/"):
+            return None
+        rest = topic[len(self.prefix) + 1:]
+        if rest in INBOUND_KINDS:
+            return DEFAULT_ROOM, rest
+        room, _, kind = rest.partition("/")
+        if kind in INBOUND_KINDS and ROOM_NAME.match(room) and room not in RESERVED_ROOM_NAMES:
+            return room, kind
+        return None

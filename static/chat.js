@@ -1,0 +1,202 @@
+// Chat page: joins a room over Socket.IO, shows history, live messages,
+// who is online (and from where) and the latest device readings.
+// User text is only ever set with textContent: never parsed as HTML.
+(function () {
+  "use strict";
+
+  const $ = (id) => document.getElementById(id);
+  const aiName = document.body.dataset.aiName || "AI";
+  const SOURCE_LABEL = { web: "web", mqtt: "MQTT", http: "HTTP", ai: "assistant" };
+
+  const socket = io({ transports: ["websocket", "polling"] });
+  const seen = new Set();          // message_ids already shown (history + live overlap)
+  const streams = new Map();       // ai message_id -> element being streamed into
+  const readings = new Map();      // client_id -> {username, data, timestamp}
+  let joined = null;               // {username, room} once joined
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function timeOf(iso) {
+    const date = new Date(iso);
+    return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  function scrollToEnd() {
+    const list = $("messages");
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function dataChips(data) {
+    const chips = el("span", "chips");
+    for (const [key, value] of Object.entries(data || {})) {
+      chips.appendChild(el("span", "chip", key + ": " + value));
+    }
+    return chips;
+  }
+
+  function renderMessage(msg) {
+    if (seen.has(msg.message_id)) return;
+    seen.add(msg.message_id);
+    let item = streams.get(msg.message_id);
+    if (item) {
+      streams.delete(msg.message_id);
+      item.classList.remove("streaming");
+      item.querySelector(".text").textContent = msg.content;
+      return;
+    }
+    item = el("li", "msg msg-" + (msg.type === "ai_response" ? "ai" : msg.source));
+    item.dataset.seq = msg.seq;
+    item.dataset.messageId = msg.message_id;
+    const meta = el("div", "meta");
+    meta.appendChild(el("span", "who", msg.username));
+    meta.appendChild(el("span", "src", SOURCE_LABEL[msg.source] || msg.source));
+    meta.appendChild(el("time", "when", timeOf(msg.timestamp)));
+    item.appendChild(meta);
+    item.appendChild(el("div", "text", msg.content));
+    if (msg.data && Object.keys(msg.data).length) {
+      item.appendChild(dataChips(msg.data));
+      noteReading(msg);
+    }
+    $("messages").appendChild(item);
+    scrollToEnd();
+  }
+
+  function renderSystem(event) {
+    const item = el("li", "msg msg-system system-" + event.event);
+    item.appendChild(el("span", "text", event.message));
+    item.appendChild(el("time", "when", timeOf(event.timestamp)));
+    $("messages").appendChild(item);
+    scrollToEnd();
+  }
+
+  function renderStream(delta) {
+    let item = streams.get(delta.message_id);
+    if (!item) {
+      if (seen.has(delta.message_id)) return;
+      item = el("li", "msg msg-ai streaming");
+      const meta = el("div", "meta");
+      meta.appendChild(el("span", "who", aiName));
+      meta.appendChild(el("span", "src", "assistant"));
+      item.appendChild(meta);
+      item.appendChild(el("div", "text", ""));
+      streams.set(delta.message_id, item);
+      $("messages").appendChild(item);
+    }
+    item.querySelector(".text").textContent += delta.delta;
+    scrollToEnd();
+  }
+
+  function renderUsers(users) {
+    const list = $("users");
+    list.replaceChildren();
+    for (const user of users) {
+      const item = el("li", "user user-" + user.source);
+      item.appendChild(el("span", "who", user.username));
+      const where = SOURCE_LABEL[user.source] || user.source;
+      item.appendChild(el("span", "src", user.client_id ? where + " · " + user.client_id : where));
+      if (joined && user.source === "web" && user.username === joined.username) item.classList.add("me");
+      list.appendChild(item);
+    }
+    $("user-count").textContent = String(users.length);
+  }
+
+  function noteReading(msg) {
+    const key = msg.client_id || msg.username;
+    readings.set(key, { username: msg.username, clientId: msg.client_id, data: msg.data, timestamp: msg.timestamp });
+    const list = $("readings");
+    list.replaceChildren();
+    for (const reading of readings.values()) {
+      const item = el("li", "reading");
+      const head = el("div", "meta");
+      head.appendChild(el("span", "who", reading.username));
+      head.appendChild(el("time", "when", timeOf(reading.timestamp)));
+      item.appendChild(head);
+      item.appendChild(dataChips(reading.data));
+      list.appendChild(item);
+    }
+    $("no-readings").hidden = readings.size > 0;
+  }
+
+  function setConnection(text, ok) {
+    const badge = $("connection");
+    badge.textContent = text;
+    badge.className = "badge " + (ok ? "badge-on" : "badge-off");
+  }
+
+  function showJoined(state) {
+    joined = state;
+    $("room-name").textContent = state.room;
+    $("join-form").hidden = true;
+    $("send-form").hidden = false;
+    $("message").focus();
+  }
+
+  function join(username, room) {
+    $("join-error").textContent = "";
+    socket.emit("join", { username: username, room: room }, (ack) => {
+      if (!ack || !ack.ok) {
+        $("join-error").textContent = (ack && ack.error) || "could not join";
+        joined = null;
+        $("join-form").hidden = false;
+        $("send-form").hidden = true;
+        return;
+      }
+      localStorage.setItem("chat-username", username);
+      localStorage.setItem("chat-room", ack.room);
+      $("messages").replaceChildren();
+      seen.clear();
+      ack.history.forEach(renderMessage);
+      renderUsers(ack.users);
+      showJoined({ username: ack.user.username, room: ack.room });
+    });
+  }
+
+  $("join-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    join($("username").value.trim(), $("room").value.trim() || "lobby");
+  });
+
+  $("send-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("message");
+    const text = input.value;
+    if (!text.trim()) return;
+    $("send-error").textContent = "";
+    socket.emit("send_message", { message: text }, (ack) => {
+      if (ack && ack.ok) {
+        input.value = "";
+      } else {
+        $("send-error").textContent = (ack && ack.error) || "not sent";
+      }
+    });
+  });
+
+  $("leave").addEventListener("click", () => {
+    socket.emit("leave", {}, () => {
+      joined = null;
+      localStorage.removeItem("chat-username");
+      $("join-form").hidden = false;
+      $("send-form").hidden = true;
+      renderUsers([]);
+    });
+  });
+
+  socket.on("connect", () => {
+    setConnection("connected", true);
+    // After a server restart or network blip, rejoin with the same name.
+    if (joined) join(joined.username, joined.room);
+  });
+  socket.on("disconnect", () => setConnection("reconnecting…", false));
+  socket.on("chat_message", renderMessage);
+  socket.on("system_message", renderSystem);
+  socket.on("user_list", (payload) => renderUsers(payload.users));
+  socket.on("ai_stream", renderStream);
+
+  $("username").value = localStorage.getItem("chat-username") || "";
+  $("room").value = localStorage.getItem("chat-room") || "lobby";
+})();

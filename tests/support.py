@@ -1,0 +1,270 @@
+"""Real parts for the tests: a mosquitto process, an MQTT probe, a server process.
+
+Everything waits on events or conditions with generous timeouts; nothing sleeps
+a fixed time. Every process started here is stopped by its PID.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 20.0  # generous: the machine is shared and noisy
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = TIMEOUT, what: str = "condition",
+              interval: float = 0.05):
+    """Poll `condition` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        event.wait(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    """Signal a process by PID, wait, then kill it if it does not go."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
+class Mosquitto:
+    """A mosquitto broker on a free port, with its own config and persistence dir."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None):
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (make test does it)")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.proc: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+
+    def write_conf(self) -> None:
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "set_tcp_nodelay true\n"
+            "max_queued_messages 0\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            f"{self.extra_conf}\n"
+        )
+
+    def start(self) -> "Mosquitto":
+        self.write_conf()
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf), "-v"], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None,
+                 what=f"mosquitto on port {self.port}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mosquitto failed to start: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        """Clean stop: SIGTERM makes mosquitto save its persistent sessions."""
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM)
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGKILL)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+    def json(self):
+        return json.loads(self.payload.decode("utf-8"))
+
+
+class MqttProbe:
+    """A real paho client that records everything under a topic filter."""
+
+    def __init__(self, port: int, subscribe: str | list[str] | None = None,
+                 client_id: str | None = None, will: tuple[str, str] | None = None):
+        self.port = port
+        self.received: list[Received] = []
+        self._cond = threading.Condition()
+        self.connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}")
+        if will:
+            self.client.will_set(will[0], will[1], qos=1)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.filters = [subscribe] if isinstance(subscribe, str) else (subscribe or [])
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if self.filters:
+            client.subscribe([(topic, 1) for topic in self.filters])
+        else:
+            self._subscribed.set()
+        self.connected.set()
+
+    def _on_message(self, client, userdata, message):
+        with self._cond:
+            self.received.append(Received(message.topic, message.payload, message.retain))
+            self._cond.notify_all()
+
+    def start(self) -> "MqttProbe":
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        assert self.connected.wait(TIMEOUT), "probe did not connect"
+        assert self._subscribed.wait(TIMEOUT), "probe did not subscribe"
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload, qos: int = 1) -> None:
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload, ensure_ascii=False)
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(TIMEOUT)
+
+    def on(self, topic: str) -> list[Received]:
+        with self._cond:
+            return [r for r in self.received if r.topic == topic]
+
+    def wait(self, topic: str, count: int = 1, match: Callable[[dict], bool] | None = None,
+             timeout: float = TIMEOUT) -> list[Received]:
+        """Wait until `count` messages on `topic` (matching `match`) have arrived."""
+        def found():
+            hits = [r for r in self.received if r.topic == topic and (match is None or match(r.json()))]
+            return hits if len(hits) >= count else None
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hits = found()
+                if hits:
+                    return hits
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [(r.topic, r.payload[:200]) for r in self.received[-10:]]
+                    raise AssertionError(f"timed out waiting for {count} on {topic}; last seen: {seen}")
+                self._cond.wait(remaining)
+
+    def __enter__(self) -> "MqttProbe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class ServerProcess:
+    """`python app.py` as a real process with its own env and port."""
+
+    env: dict
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_connected: bool = True) -> "ServerProcess":
+        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        if "OPENAI_API_KEY" not in self.env:  # a developer's own key must not leak into tests
+            env.pop("OPENAI_API_KEY", None)
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=str(ROOT), env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        if log is not subprocess.DEVNULL:
+            log.close()
+        wait_for(lambda: self._healthy() or self.proc.poll() is not None, what="server /healthz")
+        assert self.proc.poll() is None, f"server exited: {self.logs()}"
+        if wait_connected:
+            wait_for(lambda: self.status_code() == 200, what="bridge connected")
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def status(self) -> tuple[int, dict]:
+        response = requests.get(self.url + "/mqtt/status", timeout=5)
+        return response.status_code, response.json()
+
+    def status_code(self) -> int:
+        try:
+            return self.status()[0]
+        except requests.RequestException:
+            return 0
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, sig, timeout=15)
+        self.proc = None
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path and self.log_path.exists() else ""
+
+
+def unique_prefix() -> str:
+    """A topic prefix of one's own keeps tests on a shared broker apart."""
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,38 @@
+"""Rate limiter and dedup window, on a fake clock."""
+from chatroom.limits import DedupWindow, RateLimiter
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_rate_limiter_allows_a_burst_then_refills():
+    """20/10 allows 20 at once, then one more every half second."""
+    clock = Clock()
+    limiter = RateLimiter(20, 10, now=clock)
+    assert all(limiter.allow("a") for _ in range(20))
+    assert not limiter.allow("a")
+    assert limiter.allow("b"), "senders have their own buckets"
+    clock.t += 0.5
+    assert limiter.allow("a") and not limiter.allow("a")
+
+
+def test_rate_limit_zero_is_off():
+    """RATE_LIMIT=0 disables limiting."""
+    limiter = RateLimiter(0, 1)
+    assert all(limiter.allow("a") for _ in range(1000))
+
+
+def test_dedup_window_forgets_after_ttl():
+    """A key is a duplicate for ttl seconds, then new again."""
+    clock = Clock()
+    window = DedupWindow(ttl=600, now=clock)
+    assert not window.contains(("c", "1"))
+    window.remember(("c", "1"))
+    assert window.contains(("c", "1")) and not window.contains(("c", "2"))
+    clock.t += 601
+    assert not window.contains(("c", "1"))

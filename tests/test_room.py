@@ -1,0 +1,136 @@
+"""The room on its own: seq, presence, history, listeners. No transport."""
+import threading
+
+import pytest
+
+from chatroom.messages import Message, SystemEvent, ValidationError
+from chatroom.room import PresenceChanged, Rooms
+from chatroom.store import MessageStore
+
+
+@pytest.fixture
+def rooms(tmp_path):
+    store = MessageStore(str(tmp_path / "chat.db"))
+    rooms = Rooms(store)
+    yield rooms
+    rooms.close()
+    store.close()
+
+
+def collect(rooms):
+    events = []
+    rooms.subscribe("test", events.append)
+    return events
+
+
+def test_seq_rises_by_one_per_message_per_room(rooms):
+    """Each room numbers its chat messages 1, 2, 3…"""
+    assert [rooms.post("lobby", "a", str(i), "web").seq for i in range(3)] == [1, 2, 3]
+    assert rooms.post("kitchen", "a", "x", "web").seq == 1
+
+
+def test_seq_continues_across_restart(tmp_path):
+    """A new Rooms on the same database carries on from the last seq."""
+    path = str(tmp_path / "chat.db")
+    store = MessageStore(path)
+    first = Rooms(store)
+    first.post("lobby", "a", "one", "web")
+    first.post("lobby", "a", "two", "web")
+    first.close()
+    store.close()
+    store = MessageStore(path)
+    again = Rooms(store)
+    assert again.post("lobby", "a", "three", "web").seq == 3
+    assert [m.content for m in again.history_of("lobby", 10)] == ["one", "two", "three"]
+    again.close()
+    store.close()
+
+
+def test_join_and_leave_emit_system_events_and_presence(rooms):
+    """Join and leave each give one system event and one new user list."""
+    events = collect(rooms)
+    rooms.join("lobby", ("web", "s1"), "Alice", "web")
+    rooms.join("lobby", ("web", "s1"), "Alice", "web")  # repeat: no new event
+    rooms.leave("lobby", ("web", "s1"))
+    assert rooms.drain()
+    kinds = [(type(e).__name__, getattr(e, "event", None)) for e in events]
+    assert kinds == [("SystemEvent", "join"), ("PresenceChanged", None),
+                     ("SystemEvent", "leave"), ("PresenceChanged", None)]
+    assert events[1].users[0]["username"] == "Alice" and events[3].users == []
+
+
+def test_names_are_unique_per_room_ignoring_case(rooms):
+    """A second 'alice' is refused while 'Alice' is present, but fine elsewhere."""
+    rooms.join("lobby", ("web", "s1"), "Alice", "web")
+    with pytest.raises(ValidationError) as info:
+        rooms.join("lobby", ("mqtt", "dev"), "alice", "mqtt", "dev")
+    assert info.value.code == "bad_name"
+    rooms.join("kitchen", ("web", "s2"), "alice", "web")
+
+
+def test_listeners_see_events_in_seq_order_even_from_many_threads(rooms):
+    """Concurrent posters: every listener still receives seq 1..N in order."""
+    events = collect(rooms)
+
+    def poster(n):
+        for i in range(50):
+            rooms.post("lobby", f"u{n}", str(i), "web")
+
+    threads = [threading.Thread(target=poster, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert rooms.drain()
+    assert [e.seq for e in events if isinstance(e, Message)] == list(range(1, 201))
+
+
+def test_failing_listener_does_not_stop_others(rooms):
+    """An exception in one listener is counted; the others still get every event."""
+    def broken(event):
+        raise RuntimeError("boom")
+
+    rooms.subscribe("broken", broken)
+    events = collect(rooms)
+    rooms.post("lobby", "a", "one", "web")
+    rooms.post("lobby", "a", "two", "web")
+    assert rooms.drain()
+    assert [e.content for e in events] == ["one", "two"]
+    assert rooms.listener_failures == 2
+
+
+def test_slow_listener_does_not_delay_others(rooms):
+    """A blocked listener holds only its own queue."""
+    release = threading.Event()
+    rooms.subscribe("slow", lambda event: release.wait(30))
+    got = threading.Event()
+    rooms.subscribe("fast", lambda event: got.set())
+    rooms.post("lobby", "a", "x", "web")
+    assert got.wait(10), "fast listener waited for the slow one"
+    release.set()
+
+
+def test_history_pages_with_before_seq(rooms):
+    """The newest `limit` before `before_seq`, oldest first."""
+    for i in range(1, 11):
+        rooms.post("lobby", "a", str(i), "web")
+    assert [m.seq for m in rooms.history_of("lobby", 3)] == [8, 9, 10]
+    assert [m.seq for m in rooms.history_of("lobby", 3, before_seq=5)] == [2, 3, 4]
+
+
+def test_announce_is_not_a_chat_message(rooms):
+    """System events have no seq and are not stored."""
+    events = collect(rooms)
+    rooms.announce("lobby", "bridge_online", "back")
+    assert rooms.drain()
+    assert isinstance(events[0], SystemEvent) and rooms.history_of("lobby", 10) == []
+
+
+def test_presence_changed_lists_sources(rooms):
+    """The user list tells where each user is from."""
+    events = collect(rooms)
+    rooms.join("lobby", ("mqtt", "esp"), "Kitchen", "mqtt", "esp")
+    assert rooms.drain()
+    presence = [e for e in events if isinstance(e, PresenceChanged)][0]
+    assert presence.users == [{"username": "Kitchen", "source": "mqtt", "client_id": "esp",
+                               "join_time": presence.users[0]["join_time"]}]
