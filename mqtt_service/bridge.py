@@ -48,6 +48,14 @@ class _Outgoing:
     retain: bool = False
 
 
+def _object_or_empty(payload: bytes) -> dict:
+    """Best-effort decode, only to address an error reply to its sender."""
+    try:
+        return parse_json_object(payload)
+    except ValidationError:
+        return {}
+
+
 def _guarded(callback):
     """Catch-all for paho callbacks: an escaped exception would kill the network loop."""
 
@@ -241,8 +249,8 @@ class MqttBridge:
             elif kind == USERS_LEAVE:
                 self._on_device_leave(room, obj)
         except ValidationError as exc:
-            if exc.client_id is None and obj is not None:
-                exc.client_id = client_id_of(obj)
+            if exc.client_id is None:
+                exc.client_id = client_id_of(obj if obj is not None else _object_or_empty(payload))
             self._reject(topic, payload, exc)
 
     def _on_chat_message(self, room: str, obj: dict) -> None:
