@@ -64,13 +64,17 @@ class Components:
     store: MessageStore
     namespace: ChatNamespace
     bridge: MqttBridge | None
+    stopped: bool = False
 
     def start(self) -> None:
         if self.bridge is not None:
             self.bridge.start()
 
     def stop(self) -> None:
-        """Offline state, outbox flush (<= 5 s), listeners drained, SQLite closed."""
+        """Offline state, outbox flush (<= 5 s), listeners drained, SQLite closed. Once."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.rooms.drain(timeout=5.0)  # events already posted reach MQTT and the web
         if self.bridge is not None:
             self.bridge.stop(timeout=5.0)
@@ -129,6 +133,8 @@ def create_app(settings: Settings) -> Flask:
 def main() -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per request from the threading-mode dev server is noise next to our own events.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     load_dotenv(override=False)  # the real environment wins over .env
     try:
         settings = Settings.from_env(os.environ)
@@ -139,10 +145,23 @@ def main() -> int:
     app = create_app(settings)
     components: Components = app.extensions["chatroom"]
 
-    def on_sigterm(signum, frame):
-        raise SystemExit(0)  # unwinds socketio.run so shutdown runs in normal context
+    def shutdown_and_exit(signal_name: str) -> None:
+        log.info("%s: shutting down", signal_name)
+        components.stop()
+        logging.shutdown()
+        os._exit(0)  # the web server has no clean stop from outside a request in every async mode
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    stopping = []
+
+    def on_signal(signum, frame):
+        # Raising here would land in whatever greenlet runs (and be swallowed
+        # there), so shutdown runs as a background task of its own.
+        if not stopping:
+            stopping.append(signum)
+            components.socketio.start_background_task(shutdown_and_exit, signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     components.start()
     broker = (f"{settings.mqtt_broker}:{settings.mqtt_port}" if settings.mqtt_enable
               else "off (MQTT_ENABLE=false)")
@@ -152,10 +171,7 @@ def main() -> int:
     try:
         components.socketio.run(app, host=settings.host, port=settings.port,
                                 allow_unsafe_werkzeug=True, log_output=False)
-    except (KeyboardInterrupt, SystemExit):
-        pass
     finally:
-        log.info("shutting down")
         components.stop()
     return 0
 

@@ -153,8 +153,10 @@ class MqttBridge:
         self._stopping.set()
         self._publish(_Outgoing(self.topics.bridge_state(), dumps({"state": "offline"}).encode(),
                                 qos=1, retain=True))
-        flushed = self._wait_until(lambda: not self._outbox and self._unacked <= 0, deadline)
-        if not flushed:
+        # Waiting only helps while the broker is there to take the messages.
+        flushed = self._wait_until(
+            lambda: not self._connected or (not self._outbox and self._unacked <= 0), deadline)
+        if not flushed or not self._connected:
             log.warning("MQTT stop: %d outbox and %d unacknowledged messages not flushed",
                         len(self._outbox), self._unacked)
         self._client.disconnect()

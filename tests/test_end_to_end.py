@@ -1,0 +1,161 @@
+"""`python app.py` as a real process, in both async modes, with real clients.
+
+MQTT -> web, web -> MQTT, HTTP -> both, history across a restart, clean
+shutdown, and start-up refusing bad configuration.
+"""
+import queue
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+import socketio
+
+from conftest import app_env
+from support import ROOT, TIMEOUT, wait_for
+
+
+class WebClient:
+    """A real python-socketio client that queues what the server pushes."""
+
+    def __init__(self, url: str):
+        self.events: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+        self.sio = socketio.Client(reconnection=False)
+        for name in ("chat_message", "system_message", "user_list", "ai_stream"):
+            self.sio.on(name, lambda data, name=name: self.events.put((name, data)))
+        self.sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
+
+    def call(self, event: str, data: dict) -> dict:
+        return self.sio.call(event, data, timeout=TIMEOUT)
+
+    def next(self, name: str, match=lambda data: True) -> dict:
+        while True:
+            got, data = self.events.get(timeout=TIMEOUT)
+            if got == name and match(data):
+                return data
+
+    def close(self):
+        self.sio.disconnect()
+
+
+@pytest.fixture(params=["eventlet", "threading"])
+def server(request, broker, tmp_path, server_for):
+    env = app_env(broker, tmp_path, ASYNC_MODE=request.param)
+    return server_for(env)
+
+
+@pytest.fixture
+def web(server):
+    clients = []
+
+    def make():
+        client = WebClient(server.url)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_mqtt_device_message_reaches_the_web_page(server, web, probe_for):
+    """mosquitto_pub-style input shows up live for a web client, with the join event first."""
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    alice = web()
+    assert alice.call("join", {"username": "Alice"})["ok"]
+    probe = probe_for(prefix)
+    probe.publish(f"{prefix}/messages/in", {"client_id": "esp32-1", "username": "Kitchen",
+                                            "message": "23.5 °C", "data": {"temperature": 23.5}})
+    joined = alice.next("system_message", lambda e: e["event"] == "join" and e["username"] == "Kitchen")
+    assert joined["message"] == "Kitchen joined"
+    users = alice.next("user_list", lambda u: len(u["users"]) == 2)
+    assert {(u["username"], u["source"]) for u in users["users"]} == {("Alice", "web"), ("Kitchen", "mqtt")}
+    message = alice.next("chat_message")
+    assert (message["username"], message["content"], message["data"]) == ("Kitchen", "23.5 °C",
+                                                                         {"temperature": 23.5})
+
+
+def test_web_message_is_published_on_mqtt_once(server, web, probe_for):
+    """A web message appears on messages/out once, in the PROTOCOL format, UTF-8."""
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    probe = probe_for(prefix)
+    alice, bob = web(), web()
+    assert alice.call("join", {"username": "Alice"})["ok"]
+    assert bob.call("join", {"username": "Bob"})["ok"]
+    ack = alice.call("send_message", {"message": "你好 from the web"})
+    assert ack["ok"]
+    received = probe.wait(f"{prefix}/messages/out")[0]
+    assert "你好".encode() in received.payload and b"\\u" not in received.payload
+    out = received.json()
+    assert (out["message_id"], out["source"], out["username"]) == (ack["message_id"], "web", "Alice")
+    assert bob.next("chat_message")["message_id"] == ack["message_id"]
+    assert len(probe.on(f"{prefix}/messages/out")) == 1
+
+
+def test_http_post_reaches_web_and_mqtt(server, web, probe_for):
+    """curl-style POST goes to the page and to MQTT."""
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    probe = probe_for(prefix)
+    alice = web()
+    assert alice.call("join", {"username": "Alice"})["ok"]
+    response = requests.post(server.url + "/api/messages", json={"username": "cron", "message": "backup done"},
+                             timeout=TIMEOUT)
+    assert response.status_code == 201
+    assert alice.next("chat_message")["content"] == "backup done"
+    assert probe.wait(f"{prefix}/messages/out")[0].json()["source"] == "http"
+
+
+def test_history_survives_a_restart_and_seq_continues(broker, tmp_path, server_for, probe_for):
+    """Stop the server, start it again on the same database: history is there, seq goes on."""
+    env = app_env(broker, tmp_path)
+    first = server_for(env)
+    for i in range(3):
+        requests.post(first.url + "/api/messages", json={"username": "u", "message": f"m{i}"}, timeout=TIMEOUT)
+    assert first.stop() == 0
+    second = server_for(env)
+    client = WebClient(second.url)
+    try:
+        ack = client.call("join", {"username": "Newcomer"})
+        assert [m["content"] for m in ack["history"]] == ["m0", "m1", "m2"]
+        posted = requests.post(second.url + "/api/messages", json={"username": "u", "message": "m3"},
+                               timeout=TIMEOUT).json()["message"]
+        assert posted["seq"] == 4
+    finally:
+        client.close()
+
+
+def test_sigterm_publishes_offline_and_exits_cleanly(broker, tmp_path, server_for, probe_for):
+    """SIGTERM: retained bridge state becomes offline and the process exits 0."""
+    env = app_env(broker, tmp_path, ASYNC_MODE="eventlet")
+    server = server_for(env)
+    prefix = env["MQTT_TOPIC_PREFIX"]
+    assert server.stop(signal.SIGTERM) == 0
+    state = probe_for(prefix, subscribe=f"{prefix}/bridge/state").wait(f"{prefix}/bridge/state")[0]
+    assert state.retain and state.json() == {"state": "offline"}
+
+
+def test_server_serves_chat_while_broker_is_unreachable(tmp_path, server_for):
+    """No broker: the page and HTTP work, /mqtt/status says 503 and why."""
+    env = {"ASYNC_MODE": "eventlet", "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": "1",
+           "DATABASE_PATH": str(tmp_path / "c.db"), "RATE_LIMIT": "0", "MQTT_TOPIC_PREFIX": "nobroker"}
+    server = server_for(env, wait_connected=False)
+    assert requests.get(server.url + "/", timeout=TIMEOUT).status_code == 200
+    wait_for(lambda: server.status()[1]["mqtt_status"]["last_error"], what="connection error recorded")
+    code, body = server.status()
+    assert code == 503 and body["success"] is False and "cannot reach broker" in body["error"]
+    assert requests.post(server.url + "/api/messages", json={"username": "u", "message": "x"},
+                         timeout=TIMEOUT).status_code == 201
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "abc"), ("MQTT_QOS", "3"), ("ASYNC_MODE", "gevent"),
+                                         ("RATE_LIMIT", "fast")])
+def test_bad_configuration_stops_with_one_clear_line(name, value, tmp_path):
+    """A bad value exits with code 2 and one line naming the variable, no traceback."""
+    env = {"PATH": "/usr/bin:/bin", name: value, "DATABASE_PATH": str(tmp_path / "c.db"),
+           "ASYNC_MODE": "threading" if name != "ASYNC_MODE" else value}
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, cwd=str(tmp_path),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0] and "Traceback" not in result.stderr
