@@ -156,7 +156,7 @@ class MqttBridge:
         # Waiting only helps while the broker is there to take the messages.
         flushed = self._wait_until(
             lambda: not self._connected or (not self._outbox and self._unacked <= 0), deadline)
-        if not flushed or not self._connected:
+        if not flushed or self._outbox:
             log.warning("MQTT stop: %d outbox and %d unacknowledged messages not flushed",
                         len(self._outbox), self._unacked)
         self._client.disconnect()

@@ -1,0 +1,137 @@
+"""The chat page in a real headless Chromium (Debian's, driven by Playwright)."""
+import os
+
+import pytest
+import requests
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import app_env
+from support import TIMEOUT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="Debian chromium missing: make test installs it")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(broker, tmp_path, server_for):
+    return server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet"))
+
+
+def open_chat(browser, server, name, **context_options):
+    context = browser.new_context(**context_options)
+    context.set_default_timeout(TIMEOUT * 1000)
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_text("connected")
+    page.fill("#username", name)
+    page.click("#join-form button[type=submit]")
+    expect(page.locator("#send-form")).to_be_visible()
+    return page
+
+
+def send(page, text):
+    page.fill("#message", text)
+    page.click("#send-form button[type=submit]")
+    expect(page.locator("#message")).to_have_value("")
+
+
+def test_two_tabs_chat_live_and_see_each_other_online(browser, server):
+    """Alice and Bob join; each sees the other's message and both in the online list."""
+    alice = open_chat(browser, server, "Alice")
+    bob = open_chat(browser, server, "Bob")
+    send(alice, "hello Bob")
+    expect(bob.locator(".msg-web .text").last).to_have_text("hello Bob")
+    expect(alice.locator("#users .who")).to_have_text(["Alice", "Bob"])
+    expect(alice.locator("#user-count")).to_have_text("2")
+    bob.context.close()
+    expect(alice.locator("#users .who")).to_have_text(["Alice"])
+    expect(alice.locator(".msg-system .text").last).to_have_text("Bob left")
+    alice.context.close()
+
+
+def test_device_message_shows_readings_and_source(browser, server, probe_for):
+    """An MQTT device appears online as MQTT with its readings as chips and in the readings panel."""
+    page = open_chat(browser, server, "Alice")
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    probe = probe_for(prefix)
+    probe.publish(f"{prefix}/messages/in", {"client_id": "esp32-kitchen", "username": "Kitchen",
+                                            "message": "23.5 °C", "data": {"temperature": 23.5, "humidity": 41}})
+    message = page.locator(".msg-mqtt").last
+    expect(message.locator(".text")).to_have_text("23.5 °C")
+    expect(message.locator(".chip")).to_have_text(["temperature: 23.5", "humidity: 41"])
+    expect(page.locator("#readings .who")).to_have_text(["Kitchen"])
+    device = page.locator("#users .user-mqtt")
+    expect(device.locator(".who")).to_have_text("Kitchen")
+    expect(device.locator(".src")).to_have_text("MQTT · esp32-kitchen")
+    expect(page.locator(".system-join .text").last).to_have_text("Kitchen joined")
+    page.context.close()
+
+
+def test_script_text_is_shown_as_text_never_run(browser, server, probe_for):
+    """HTML and script from any transport are displayed literally; nothing executes."""
+    page = open_chat(browser, server, "Alice")
+    page.evaluate("window.pwned = false")
+    evil = '<img src=x onerror="window.pwned=true"><script>window.pwned=true</script>'
+    requests.post(server.url + "/api/messages", json={"username": "<b>bold</b>", "message": evil},
+                  timeout=TIMEOUT)
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    probe_for(prefix).publish(f"{prefix}/messages/in", {"client_id": "x", "message": "ok",
+                                                        "data": {"<i>k</i>": "<svg onload=alert(1)>"}})
+    send(page, evil)
+    expect(page.locator(".msg-web .text").last).to_have_text(evil)
+    expect(page.locator(".msg-http .who").last).to_have_text("<b>bold</b>")
+    expect(page.locator(".msg-mqtt .chip").last).to_have_text("<i>k</i>: <svg onload=alert(1)>")
+    assert page.locator(".messages img, .messages script, .messages b, .messages svg").count() == 0
+    assert page.evaluate("window.pwned") is False
+    page.context.close()
+
+
+def test_newcomer_sees_history(browser, server):
+    """A new page gets the last messages on join."""
+    for i in range(3):
+        requests.post(server.url + "/api/messages", json={"username": "cron", "message": f"job {i} done"},
+                      timeout=TIMEOUT)
+    page = open_chat(browser, server, "Late")
+    expect(page.locator(".msg-http .text")).to_have_text(["job 0 done", "job 1 done", "job 2 done"])
+    page.context.close()
+
+
+def test_taken_name_is_explained(browser, server):
+    """Joining with a name in use shows the reason and keeps the form."""
+    first = open_chat(browser, server, "Alice")
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_text("connected")
+    page.fill("#username", "alice")
+    page.click("#join-form button[type=submit]")
+    expect(page.locator("#join-error")).to_contain_text("already in use")
+    expect(page.locator("#send-form")).to_be_hidden()
+    context.close()
+    first.context.close()
+
+
+def test_page_fits_a_phone(browser, server, tmp_path):
+    """On a 390x844 phone screen nothing overflows sideways and the send box is reachable."""
+    page = open_chat(browser, server, "Mobile", viewport={"width": 390, "height": 844},
+                     is_mobile=True, has_touch=True)
+    send(page, "from my phone " + "long-word-" * 20)
+    expect(page.locator(".msg-web .text").last).to_contain_text("from my phone")
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0
+    box = page.locator("#send-form").bounding_box()
+    assert box and box["y"] + box["height"] <= 844 and box["width"] <= 390
+    page.screenshot(path=str(tmp_path / "phone.png"))
+    page.context.close()
