@@ -178,11 +178,8 @@ def validate_client_id(value: Any) -> str:
         not isinstance(value, str)
         or not 1 <= len(value) <= MAX_CLIENT_ID_CHARS
         or not value.isprintable()
-        or any(ch in value for ch in "+#/")
     ):
-        raise ValidationError(
-            "bad_field", f"client_id must be 1-{MAX_CLIENT_ID_CHARS} printable characters without + # /"
-        )
+        raise ValidationError("bad_field", f"client_id must be 1-{MAX_CLIENT_ID_CHARS} printable characters")
     return value
 
 
