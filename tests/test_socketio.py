@@ -42,6 +42,7 @@ def test_mqtt_message_reaches_web_client(make_app, probe_for):
     probe = probe_for(app.prefix)
     web = app.socket()
     assert web.emit("join", {"username": "Alice"}, callback=True)["ok"]
+    app.drain()  # Alice's own join events are pushed by the room's listener thread
     web.get_received()
     probe.publish(f"{app.prefix}/messages/in", {"client_id": "esp", "message": "21 C", "data": {"t": 21}})
     probe.wait(f"{app.prefix}/messages/out")
