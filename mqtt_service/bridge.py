@@ -137,13 +137,13 @@ class MqttBridge:
         client.on_publish = self.on_publish
         self._client = client
         self._running = True
+        log.info("MQTT bridge connecting to %s:%s as %s", settings.mqtt_broker,
+                 settings.mqtt_port, settings.mqtt_client_id)
         client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=30)
         client.loop_start()
         if settings.mqtt_user_timeout > 0:
             threading.Thread(target=self._expire_silent_users, name="mqtt-user-timeout",
                              daemon=True).start()
-        log.info("MQTT bridge connecting to %s:%s as %s", settings.mqtt_broker,
-                 settings.mqtt_port, settings.mqtt_client_id)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline`, flush the outbox (bounded by `timeout`), disconnect."""
