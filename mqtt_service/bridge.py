@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -46,6 +47,13 @@ class _Outgoing:
     payload: bytes
     qos: int
     retain: bool = False
+
+
+def set_tcp_nodelay(sock) -> None:
+    """Turn Nagle off on a paho socket (plain or TLS); a no-op for others (websockets)."""
+    raw = getattr(sock, "_sock", sock)  # TLS sockets are socket subclasses already
+    if isinstance(raw, socket.socket) and raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _object_or_empty(payload: bytes) -> dict:
@@ -130,6 +138,7 @@ class MqttBridge:
         if settings.mqtt_tls:
             client.tls_set(ca_certs=settings.mqtt_ca_certs or None)
         client.will_set(self.topics.bridge_state(), dumps({"state": "offline"}), qos=1, retain=True)
+        client.on_socket_open = self.on_socket_open
         client.on_connect = self.on_connect
         client.on_connect_fail = self.on_connect_fail
         client.on_disconnect = self.on_disconnect
@@ -175,6 +184,12 @@ class MqttBridge:
             return True
 
     # --- paho callbacks (network thread) -------------------------------------
+
+    @_guarded
+    def on_socket_open(self, client, userdata, sock):
+        # paho leaves Nagle on: a PUBLISH queued behind our PUBACK then waits
+        # for the broker's delayed ACK (up to 40 ms).
+        set_tcp_nodelay(sock)
 
     @_guarded
     def on_connect(self, client, userdata, connect_flags, reason_code, properties):

@@ -71,13 +71,14 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
 class Mosquitto:
     """A mosquitto broker on a free port, with its own config and persistence dir."""
 
-    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None):
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, verbose: bool = False):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(self.binary):
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (make test does it)")
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.verbose = verbose  # -v logs every packet: handy when debugging, slow under load
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
@@ -97,7 +98,7 @@ class Mosquitto:
     def start(self) -> "Mosquitto":
         self.write_conf()
         log = open(self.log, "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf), "-v"], stdout=log,
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)] + (["-v"] if self.verbose else []), stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
         wait_for(lambda: port_open(self.port) or self.proc.poll() is not None,

@@ -1,0 +1,293 @@
+"""Relay benchmark: our server vs an ideal minimal paho relay, same broker, same run.
+
+    make bench                      # or: .venv/bin/python -m bench.relay_bench --runs 3
+
+Measures, against a mosquitto started here (nodelay, unlimited queue):
+- throughput: N QoS 1 messages published as fast as paho allows (at most
+  100 in flight), time until the last one arrives on messages/out; lossless
+  or it says how many were lost;
+- latency p50/p99 at a fixed rate: MQTT in -> MQTT out, and for our server
+  also MQTT in -> a Socket.IO client in the room.
+Prints a markdown table with the medians of the runs and our/ideal ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import socketio
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from support import Mosquitto, ServerProcess, stop_process, wait_for  # noqa: E402
+
+from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
+
+
+class OutCollector:
+    """Subscribes to `<prefix>/messages/out` and records when each message number arrives."""
+
+    def __init__(self, port: int, prefix: str):
+        self.arrivals: dict[int, tuple[float, float]] = {}  # n -> (sent, received)
+        self.done = threading.Event()
+        self.expected = 0
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:6]}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/messages/out", qos=1)
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.on_socket_open = lambda client, userdata, sock: set_tcp_nodelay(sock)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._ready.wait(20)
+
+    def _on_message(self, client, userdata, message):
+        received = time.perf_counter()
+        body = json.loads(message.payload)
+        n, sent = parse_content(body.get("content") or body.get("message"))
+        self.arrivals[n] = (sent, received)
+        if len(self.arrivals) >= self.expected:
+            self.done.set()
+
+    def reset(self, expected: int) -> None:
+        self.arrivals = {}
+        self.expected = expected
+        self.done.clear()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def parse_content(text: str) -> tuple[int, float]:
+    n, sent = text.split()
+    return int(n), float(sent)
+
+
+class Publisher:
+    def __init__(self, port: int, prefix: str):
+        self.topic = f"{prefix}/messages/in"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+        self.client.max_inflight_messages_set(100)  # bounded in flight: no broker queue overflow
+        self.client.max_queued_messages_set(0)
+        self.client.on_socket_open = lambda client, userdata, sock: set_tcp_nodelay(sock)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def send(self, n: int) -> None:
+        payload = json.dumps({"client_id": "bench-device", "message": f"{n} {time.perf_counter():.6f}"})
+        self.client.publish(self.topic, payload, qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def throughput(publisher: Publisher, collector: OutCollector, count: int, first: int) -> tuple[float, int]:
+    collector.reset(count)
+    start = time.perf_counter()
+    for n in range(first, first + count):
+        publisher.send(n)
+    collector.done.wait(120)
+    got = len(collector.arrivals)
+    last = max((received for _, received in collector.arrivals.values()), default=start)
+    return got / (last - start), count - got
+
+
+def paced(publisher: Publisher, rate: int, seconds: float, first: int) -> int:
+    """Publish at `rate` msg/s for `seconds`; returns how many were sent."""
+    count = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(count):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # pacing the load generator
+        publisher.send(first + i)
+    return count
+
+
+def latency(publisher: Publisher, collector: OutCollector, rate: int, seconds: float, first: int):
+    count = int(rate * seconds)
+    collector.reset(count)
+    paced(publisher, rate, seconds, first)
+    collector.done.wait(60)
+    delays = [(received - sent) * 1000 for sent, received in collector.arrivals.values()]
+    return percentile(delays, 0.5), percentile(delays, 0.99), count - len(delays)
+
+
+class SocketLatency:
+    """A python-socketio client in the lobby, in a process of its own.
+
+    One Python process cannot publish, collect MQTT and decode Socket.IO events
+    at 1 000 msg/s without becoming the bottleneck itself (BASELINES trap 5).
+    perf_counter is CLOCK_MONOTONIC on Linux, shared by all processes.
+    """
+
+    def __init__(self, url: str):
+        context = multiprocessing.get_context("spawn")
+        self.commands, child_end = context.Pipe()
+        self.process = context.Process(target=_socket_receiver, args=(url, child_end), daemon=True)
+        self.process.start()
+        assert self.commands.poll(30) and self.commands.recv() == "joined"
+
+    def measure(self, publisher: Publisher, rate: int, seconds: float, first: int):
+        expected = int(rate * seconds)
+        self.commands.send(expected)
+        paced(publisher, rate, seconds, first)
+        delays = self.commands.recv() if self.commands.poll(90) else []
+        return percentile(delays, 0.5), percentile(delays, 0.99), expected - len(delays)
+
+    def close(self):
+        self.commands.send(None)
+        self.process.join(10)
+
+
+def _socket_receiver(url: str, commands) -> None:
+    delays: list[float] = []
+    done = threading.Event()
+    expected = [0]
+
+    def on_message(message):
+        received = time.perf_counter()
+        delays.append((received - parse_content(message["content"])[1]) * 1000)
+        if len(delays) >= expected[0]:
+            done.set()
+
+    sio = socketio.Client(reconnection=False)
+    sio.on("chat_message", on_message)
+    sio.connect(url, transports=["websocket"])
+    sio.call("join", {"username": f"bench-{uuid.uuid4().hex[:4]}"}, timeout=20)
+    commands.send("joined")
+    while True:
+        count = commands.recv()
+        if count is None:
+            break
+        delays.clear()
+        done.clear()
+        expected[0] = count
+        done.wait(60)
+        commands.send(list(delays))
+    sio.disconnect()
+
+
+def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    server = relay = None
+    if name == "ideal":
+        relay = subprocess.Popen([sys.executable, str(ROOT / "bench" / "ideal_relay.py"), str(broker.port), prefix])
+    else:
+        env = {"ASYNC_MODE": args.async_mode, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker.port),
+               "MQTT_TOPIC_PREFIX": prefix, "MQTT_CLIENT_ID": f"bench-bridge-{prefix}",
+               "DATABASE_PATH": str(workdir / f"{prefix}.db"), "RATE_LIMIT": "0", "LOG_LEVEL": "WARNING"}
+        server = ServerProcess(env, log_path=workdir / f"{prefix}.log").start()
+    collector = OutCollector(broker.port, prefix)
+    publisher = Publisher(broker.port, prefix)
+    results: dict = {}
+    try:
+        # Warm up (and, for the ideal relay, wait until it has subscribed).
+        collector.reset(1)
+        wait_for(lambda: (publisher.send(0), collector.done.wait(0.5))[1], timeout=30, what=f"{name} relaying")
+        next_n = 1
+        results["throughput"], results["lost"] = throughput(publisher, collector, args.messages, next_n)
+        next_n += args.messages
+        for rate in args.rates:
+            results[f"mqtt@{rate}"] = latency(publisher, collector, rate, args.seconds, next_n)
+            next_n += int(rate * args.seconds)
+        if server is not None:
+            web = SocketLatency(server.url)
+            try:
+                for rate in args.rates:
+                    results[f"socketio@{rate}"] = web.measure(publisher, rate, args.seconds, next_n)
+                    next_n += int(rate * args.seconds)
+            finally:
+                web.close()
+    finally:
+        publisher.close()
+        collector.close()
+        if relay is not None:
+            stop_process(relay)
+        if server is not None:
+            server.stop()
+    return results
+
+
+def median_of(runs: list[dict], key: str, index: int | None = None) -> float:
+    values = [run[key][index] if index is not None else run[key] for run in runs if key in run]
+    return statistics.median(values)
+
+
+def report(ideal: list[dict], ours: list[dict], args) -> str:
+    lines = [
+        f"Runs: {args.runs} (medians), async mode `{args.async_mode}`, {args.messages} messages per throughput run, "
+        f"{args.seconds:g} s per latency rate, QoS 1, mosquitto with `set_tcp_nodelay true`.",
+        "",
+        "| measurement | ideal paho relay | this server | ratio (server/ideal) |",
+        "|---|---|---|---|",
+    ]
+    t_ideal, t_ours = median_of(ideal, "throughput"), median_of(ours, "throughput")
+    lost = (sum(r["lost"] for r in ideal), sum(r["lost"] for r in ours))
+    lines.append(f"| throughput MQTT in → out (msg/s) | {t_ideal:,.0f} | {t_ours:,.0f} | {t_ours / t_ideal:.2f} |")
+    lines.append(f"| messages lost in throughput runs | {lost[0]} | {lost[1]} | |")
+    for rate in args.rates:
+        for label, index in (("p50", 0), ("p99", 1)):
+            ideal_ms = median_of(ideal, f"mqtt@{rate}", index)
+            ours_ms = median_of(ours, f"mqtt@{rate}", index)
+            lines.append(f"| latency MQTT in → out {label} at {rate} msg/s (ms) | {ideal_ms:.2f} | {ours_ms:.2f} | "
+                         f"{ours_ms / ideal_ms:.1f} |")
+    for rate in args.rates:
+        for label, index in (("p50", 0), ("p99", 1)):
+            ideal_ms = median_of(ideal, f"mqtt@{rate}", index)
+            ours_ms = median_of(ours, f"socketio@{rate}", index)
+            lines.append(f"| latency MQTT in → Socket.IO client {label} at {rate} msg/s (ms) | "
+                         f"{ideal_ms:.2f} (MQTT out) | {ours_ms:.2f} | {ours_ms / ideal_ms:.1f} |")
+    lost_latency = sum(run[key][2] for run in ours for key in run if "@" in key)
+    lines.append(f"| messages lost in latency runs (server) | {sum(run[k][2] for run in ideal for k in run if '@' in k)} "
+                 f"| {lost_latency} | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rates", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--async-mode", default="eventlet", choices=["eventlet", "threading"])
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    broker = Mosquitto(workdir / "mosquitto").start()
+    ideal: list[dict] = []
+    ours: list[dict] = []
+    try:
+        for run in range(args.runs):
+            ideal.append(run_target("ideal", broker, args, workdir))
+            ours.append(run_target("server", broker, args, workdir))
+            print(f"run {run + 1}: ideal {ideal[-1]['throughput']:,.0f} msg/s, "
+                  f"server {ours[-1]['throughput']:,.0f} msg/s", file=sys.stderr, flush=True)
+    finally:
+        broker.stop()
+    sys.stdout.write(report(ideal, ours, args) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
