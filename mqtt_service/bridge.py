@@ -213,9 +213,10 @@ class MqttBridge:
                  self.settings.mqtt_broker, self.settings.mqtt_port,
                  connect_flags.session_present, len(self._outbox))
         if self._draining:
-            threading.Thread(target=self._drain_outbox, name="mqtt-outbox-drain", daemon=True).start()
-        if not first_time:
-            self._announce_all("bridge_online", "MQTT bridge is back online")
+            threading.Thread(target=self._drain_outbox, args=(not first_time,), name="mqtt-outbox-drain",
+                             daemon=True).start()
+        elif not first_time:
+            self._announce_back_online()
 
     @_guarded
     def on_connect_fail(self, client, userdata):
@@ -228,13 +229,12 @@ class MqttBridge:
     def on_disconnect(self, client, userdata, disconnect_flags, reason_code, properties):
         with self._lock:
             was_connected, self._connected = self._connected, False
-        if self._stopping.is_set():
-            return
+        if self._stopping.is_set() or not was_connected:
+            return  # a refused or failed attempt already recorded why
         text = f"connection lost: {reason_code}"
         self.stats.error(text)
-        if was_connected:
-            log.warning("MQTT %s; messages wait in the outbox until it returns", text)
-            self._announce_all("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+        log.warning("MQTT %s; messages wait in the outbox until it returns", text)
+        self._announce_all("bridge_offline", "MQTT bridge lost the broker; device messages wait")
 
     @_guarded
     def on_publish(self, client, userdata, mid, reason_code, properties):
@@ -382,8 +382,12 @@ class MqttBridge:
         self._outbox.appendleft(item)
         log.warning("MQTT publish on %s failed (%s); kept in the outbox", item.topic, info.rc)
 
-    def _drain_outbox(self) -> None:
-        """After a reconnect: let paho re-send what was in flight, then send the outbox."""
+    def _drain_outbox(self, announce: bool) -> None:
+        """After a reconnect: let paho re-send what was in flight, then send the outbox.
+
+        `bridge_online` is announced after the backlog, so it neither jumps the
+        queue nor pushes the oldest kept message out of a full outbox.
+        """
         self._wait_until(lambda: self._unacked <= 0, time.monotonic() + RESEND_WAIT_SECONDS)
         sent = 0
         while True:
@@ -398,6 +402,11 @@ class MqttBridge:
         with self._acks:
             self._acks.notify_all()
         log.info("MQTT outbox drained: %d messages published", sent)
+        if announce:
+            self._announce_back_online()
+
+    def _announce_back_online(self) -> None:
+        self._announce_all("bridge_online", "MQTT bridge is back online")
 
     def _announce_all(self, event: str, text: str) -> None:
         for room in self.rooms.active_rooms():

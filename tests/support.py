@@ -71,13 +71,15 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
 class Mosquitto:
     """A mosquitto broker on a free port, with its own config and persistence dir."""
 
-    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, verbose: bool = False):
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, verbose: bool = False,
+                 anonymous: bool = True):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(self.binary):
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (make test does it)")
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.anonymous = anonymous
         self.verbose = verbose  # -v logs every packet: handy when debugging, slow under load
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -87,12 +89,14 @@ class Mosquitto:
     def write_conf(self) -> None:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             "set_tcp_nodelay true\n"
             "max_queued_messages 0\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
-            f"{self.extra_conf}\n"
+            # As root mosquitto would switch to user "mosquitto", who cannot read our tmp files.
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + f"{self.extra_conf}\n"
         )
 
     def start(self) -> "Mosquitto":
@@ -137,13 +141,16 @@ class MqttProbe:
     """A real paho client that records everything under a topic filter."""
 
     def __init__(self, port: int, subscribe: str | list[str] | None = None,
-                 client_id: str | None = None, will: tuple[str, str] | None = None):
+                 client_id: str | None = None, will: tuple[str, str] | None = None,
+                 clean_session: bool = True):
         self.port = port
         self.received: list[Received] = []
         self._cond = threading.Condition()
         self.connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}")
+                                  client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
+                                  clean_session=clean_session)
+        self.client.reconnect_delay_set(0.1, 1)
         if will:
             self.client.will_set(will[0], will[1], qos=1)
         self.client.on_message = self._on_message

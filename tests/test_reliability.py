@@ -1,0 +1,197 @@
+"""Nothing lost: broker outages, server restarts, device drops, shutdown, handler bugs.
+
+Each test kills or restarts a real process (mosquitto, the server, a device's socket).
+"""
+import threading
+
+import requests
+
+from conftest import RunningApp, app_env
+from support import TIMEOUT, MqttProbe, wait_for
+
+
+def post(app: RunningApp, text: str, room: str | None = None):
+    body = {"username": "ops", "message": text, **({"room": room} if room else {})}
+    response = app.http.post("/api/messages", json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["message"]
+
+
+def persistent_probe(port: int, prefix: str, name: str) -> MqttProbe:
+    """A subscriber whose session (and queued QoS 1 messages) survives broker restarts."""
+    return MqttProbe(port, f"{prefix}/#", client_id=name, clean_session=False).start()
+
+
+def start_with_one_message(app: RunningApp, probe: MqttProbe) -> None:
+    """Post one message so the lobby exists (outage events go to existing rooms)."""
+    post(app, "before")
+    probe.wait(f"{app.prefix}/messages/out")
+
+
+def test_outage_messages_are_kept_in_order_and_published_once_on_reconnect(own_broker, tmp_path):
+    """Broker stopped: web/HTTP keep working, 503 + outbox; restarted: all sent in seq order, once."""
+    app = RunningApp(app_env(own_broker, tmp_path)).start()
+    probe = persistent_probe(own_broker.port, app.prefix, "outage-watcher")
+    try:
+        start_with_one_message(app, probe)
+        own_broker.stop()
+        wait_for(lambda: not app.components.bridge.is_connected, what="bridge noticed the outage")
+        sent = [post(app, f"during outage {i}") for i in range(20)]
+        app.drain()
+        status = app.http.get("/mqtt/status")
+        assert status.status_code == 503 and status.get_json()["mqtt_status"]["outbox_size"] >= 20
+        own_broker.start()
+        wait_for(lambda: app.http.get("/mqtt/status").status_code == 200, timeout=60, what="reconnected")
+        during = lambda m: m["content"].startswith("during")
+        outs = probe.wait(f"{app.prefix}/messages/out", count=20, match=during, timeout=60)
+        app.drain()
+        assert [r.json()["seq"] for r in outs] == [m["seq"] for m in sent]
+        assert [r.json()["message_id"] for r in probe.on(f"{app.prefix}/messages/out")
+                if during(r.json())] == [m["message_id"] for m in sent]
+        wait_for(lambda: app.status()["mqtt_status"]["outbox_size"] == 0, what="outbox drained")
+        status = app.status()["mqtt_status"]
+        assert status["reconnect_count"] == 1 and status["messages_dropped"] == 0
+        assert status["last_error"] is None
+        offline = [r.json() for r in probe.on(f"{app.prefix}/system") if r.json()["event"] == "bridge_offline"]
+        online = [r.json() for r in probe.on(f"{app.prefix}/system") if r.json()["event"] == "bridge_online"]
+        assert len(offline) == 1 and len(online) == 1
+    finally:
+        probe.stop()
+        app.stop()
+
+
+def test_outbox_overflow_drops_the_oldest_and_counts_them(own_broker, tmp_path):
+    """With MQTT_OUTBOX_SIZE=5, 8 messages during an outage: the newest 5 survive, 3 dropped."""
+    app = RunningApp(app_env(own_broker, tmp_path, MQTT_OUTBOX_SIZE=5)).start()
+    probe = persistent_probe(own_broker.port, app.prefix, "overflow-watcher")
+    try:
+        start_with_one_message(app, probe)
+        own_broker.stop()
+        wait_for(lambda: not app.components.bridge.is_connected, what="bridge noticed the outage")
+        app.drain()  # the bridge_offline event is queued first
+        sent = [post(app, f"m{i}") for i in range(8)]
+        app.drain()
+        status = app.status()["mqtt_status"]
+        # the outbox holds the offline event too: 9 items into 5 places
+        assert status["outbox_size"] == 5 and status["messages_dropped"] == 4
+        own_broker.start()
+        outs = probe.wait(f"{app.prefix}/messages/out", count=5, match=lambda m: m["content"] != "before",
+                          timeout=60)
+        assert [r.json()["content"] for r in outs] == [m["content"] for m in sent[3:]]
+    finally:
+        probe.stop()
+        app.stop()
+
+
+def test_broker_killed_then_restarted_the_bridge_reconnects(own_broker, tmp_path):
+    """SIGKILL the broker: 503 with last_error; a new broker: 200, reconnect_count 1, outbox acknowledged."""
+    app = RunningApp(app_env(own_broker, tmp_path)).start()
+    try:
+        post(app, "before")  # the lobby exists: the outage is announced there
+        wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 2, what="online + before acknowledged")
+        own_broker.kill()
+        wait_for(lambda: app.http.get("/mqtt/status").status_code == 503, what="503 while down")
+        assert app.status()["mqtt_status"]["last_error"]
+        for i in range(10):
+            post(app, f"while killed {i}")
+        own_broker.start()
+        wait_for(lambda: app.http.get("/mqtt/status").status_code == 200, timeout=60, what="reconnected")
+        # before: 2; after: online state, offline event, 10 messages, online event
+        wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 2 + 1 + 1 + 10 + 1,
+                 timeout=30, what="outbox acknowledged by the new broker")
+        status = app.status()["mqtt_status"]
+        assert status["reconnect_count"] == 1 and status["outbox_size"] == 0 and status["is_connected"]
+    finally:
+        app.stop()
+
+
+def test_device_messages_sent_while_the_server_is_stopped_arrive_after_restart(broker, tmp_path, server_for):
+    """Persistent session: QoS 1 messages published to messages/in while the server is down are relayed."""
+    env = app_env(broker, tmp_path, ASYNC_MODE="eventlet")
+    prefix = env["MQTT_TOPIC_PREFIX"]
+    first = server_for(env)
+    assert first.stop() == 0
+    with MqttProbe(broker.port, f"{prefix}/messages/out") as probe:
+        for i in range(5):
+            probe.publish(f"{prefix}/messages/in", {"client_id": "esp-night", "message": f"reading {i}"})
+        server_for(env)
+        outs = probe.wait(f"{prefix}/messages/out", count=5, timeout=60)
+        assert [r.json()["content"] for r in outs] == [f"reading {i}" for i in range(5)]
+
+
+def test_device_lwt_makes_it_leave_when_its_connection_dies(make_app, probe_for, broker):
+    """A device with an LWT on users/leave leaves when its socket is killed."""
+    app = make_app()
+    watcher = probe_for(app.prefix)
+    device = MqttProbe(broker.port, client_id="esp-lwt",
+                       will=(f"{app.prefix}/users/leave", '{"client_id": "esp-lwt"}')).start()
+    device.publish(f"{app.prefix}/users/join", {"client_id": "esp-lwt", "username": "Porch"})
+    watcher.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "join")
+    device.client.loop_stop()
+    device.client.socket().close()  # no DISCONNECT: the broker publishes the will
+    leave = watcher.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")[0].json()
+    assert leave["username"] == "Porch"
+    assert app.http.get("/api/users").get_json()["users"] == []
+
+
+def test_sigterm_flushes_what_was_just_posted(broker, tmp_path, server_for):
+    """Messages posted right before SIGTERM still reach MQTT; the state ends offline; exit 0."""
+    env = app_env(broker, tmp_path, ASYNC_MODE="eventlet")
+    prefix = env["MQTT_TOPIC_PREFIX"]
+    with MqttProbe(broker.port, f"{prefix}/#") as probe:
+        server = server_for(env)
+        for i in range(30):
+            requests.post(server.url + "/api/messages", json={"username": "u", "message": f"last {i}"},
+                          timeout=TIMEOUT)
+        assert server.stop() == 0
+        outs = probe.wait(f"{prefix}/messages/out", count=30)
+        assert [r.json()["seq"] for r in outs] == list(range(1, 31))
+        states = probe.wait(f"{prefix}/bridge/state", count=2)
+        assert states[-1].json() == {"state": "offline"}
+
+
+def test_handler_bug_does_not_stop_later_relays(make_app, probe_for):
+    """An exception while handling one message is logged and counted; the next one relays."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    rooms = app.components.rooms
+    original = rooms.post
+
+    def buggy_post(room, username, content, *args, **kwargs):
+        if content == "trigger bug":
+            raise RuntimeError("injected handler bug")
+        return original(room, username, content, *args, **kwargs)
+
+    rooms.post = buggy_post
+    probe.publish(f"{app.prefix}/messages/in", {"client_id": "d", "message": "trigger bug"})
+    probe.publish(f"{app.prefix}/messages/in", {"client_id": "d", "message": "after the bug"})
+    out = probe.wait(f"{app.prefix}/messages/out")[0].json()
+    assert out["content"] == "after the bug"
+    status = app.status()["mqtt_status"]
+    assert status["handler_errors"] == 1 and status["is_connected"] and status["messages_received"] == 2
+
+
+def test_many_concurrent_senders_lose_nothing(make_app, probe_for, broker):
+    """Web, HTTP and MQTT at once: every message is published once and seq has no gaps."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    web = app.socket()
+    assert web.emit("join", {"username": "W"}, callback=True)["ok"]
+    count = 60
+
+    def mqtt_sender():
+        with MqttProbe(broker.port) as device:
+            for i in range(count):
+                device.publish(f"{app.prefix}/messages/in", {"client_id": "dev", "message": f"mqtt {i}"})
+
+    sender = threading.Thread(target=mqtt_sender)
+    sender.start()
+    for i in range(count):
+        post(app, f"http {i}")
+        assert web.emit("send_message", {"message": f"web {i}"}, callback=True)["ok"]
+    sender.join(TIMEOUT * 3)
+    outs = probe.wait(f"{app.prefix}/messages/out", count=3 * count, timeout=60)
+    app.drain()
+    seqs = [r.json()["seq"] for r in probe.on(f"{app.prefix}/messages/out")]
+    assert seqs == list(range(1, 3 * count + 1))
+    assert len({r.json()["message_id"] for r in outs}) == 3 * count
