@@ -42,7 +42,7 @@ from flask import Flask
 from flask_socketio import SocketIO
 
 from chatroom.config import ConfigError, Settings
-from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack
+from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack, origin_checker
 from chatroom.limits import DedupWindow, RateLimiter
 from chatroom.metrics import ChatMetrics
 from chatroom.room import Rooms
@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> Flask:
 
     socketio = SocketIO(
         async_mode=settings.async_mode,
-        cors_allowed_origins=list(settings.cors_origins) or None,  # None: same origin only
+        cors_allowed_origins=origin_checker(settings.cors_origins),
         logger=False,
         engineio_logger=False,
     )

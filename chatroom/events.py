@@ -19,6 +19,20 @@ from .room import PresenceChanged, Rooms
 log = logging.getLogger(__name__)
 
 
+def origin_checker(extra_origins: tuple[str, ...]):
+    """Socket.IO origin policy: the page's own origin, plus CORS_ORIGINS.
+
+    Engine.IO drops the same-origin default as soon as a list is given; a
+    dashboard origin must not lock out our own page.
+    """
+    allowed = set(extra_origins)
+
+    def is_allowed(origin: str | None, environ: dict) -> bool:
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        return origin is None or origin == own or origin in allowed
+    return is_allowed
+
+
 def _error(exc: ValidationError) -> dict:
     return {"ok": False, "error": exc.message, "code": exc.code}
 

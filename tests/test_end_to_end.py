@@ -159,3 +159,18 @@ def test_bad_configuration_stops_with_one_clear_line(name, value, tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in result.stderr
+
+
+def test_socketio_refuses_other_origins_unless_configured(broker, tmp_path, server_for):
+    """Same origin only by default; CORS_ORIGINS lets a named origin in (Engine.IO handshake)."""
+    def handshake(server, origin):
+        return requests.get(server.url + "/socket.io/?EIO=4&transport=polling", headers={"Origin": origin},
+                            timeout=TIMEOUT).status_code
+
+    strict = server_for(app_env(broker, tmp_path))
+    assert handshake(strict, "http://evil.example") == 400
+    assert handshake(strict, strict.url) == 200
+    open_one = server_for(app_env(broker, tmp_path, CORS_ORIGINS="http://dashboard.example"))
+    assert handshake(open_one, "http://dashboard.example") == 200
+    assert handshake(open_one, "http://evil.example") == 400
+    assert handshake(open_one, open_one.url) == 200, "the page's own origin stays allowed"

@@ -1,0 +1,43 @@
+"""Settings from the environment: defaults, parsing, one clear error per bad value."""
+import pytest
+
+from chatroom.config import ConfigError, Settings
+
+
+def test_defaults_match_the_contract():
+    """An empty environment gives PROTOCOL's defaults."""
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.async_mode, s.mqtt_broker, s.mqtt_port, s.mqtt_qos) == (
+        "127.0.0.1", 5000, "eventlet", "localhost", 1883, 1)
+    assert (s.mqtt_topic_prefix, s.history_limit, s.max_message_chars) == ("chatroom", 50, 2000)
+    assert (s.rate_limit_count, s.rate_limit_seconds, s.mqtt_user_timeout) == (20, 10.0, 600)
+    assert s.mqtt_client_id.startswith("chatroom-bridge-") and not s.assistant_enabled
+
+
+def test_secret_key_is_random_per_start_unless_given():
+    """No hard-coded secret: two starts without SECRET_KEY differ; a given one is used."""
+    assert Settings.from_env({}).secret_key != Settings.from_env({}).secret_key
+    assert len(Settings.from_env({}).secret_key) >= 32
+    assert Settings.from_env({"SECRET_KEY": "mine"}).secret_key == "mine"
+
+
+def test_every_problem_is_reported_with_its_variable():
+    """All bad values at once, each naming its variable and the value."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"PORT": "abc", "MQTT_QOS": "3", "ASYNC_MODE": "gevent", "RATE_LIMIT": "x"})
+    problems = info.value.problems
+    assert [p.split(":")[0] for p in problems] == ["PORT", "ASYNC_MODE", "MQTT_QOS", "RATE_LIMIT"] or \
+        sorted(p.split(":")[0] for p in problems) == ["ASYNC_MODE", "MQTT_QOS", "PORT", "RATE_LIMIT"]
+    assert "'abc'" in " ".join(problems)
+
+
+def test_rate_limit_zero_disables():
+    """RATE_LIMIT=0 turns limiting off."""
+    assert not Settings.from_env({"RATE_LIMIT": "0"}).rate_limit_enabled
+    assert Settings.from_env({"RATE_LIMIT": "5/2"}).rate_limit_count == 5
+
+
+def test_redacted_hides_secrets():
+    """Secrets never reach a log line through redacted()."""
+    shown = Settings.from_env({"OPENAI_API_KEY": "sk-test", "MQTT_PASSWORD": "pw", "API_TOKEN": "t"}).redacted()
+    assert shown["openai_api_key"] == shown["mqtt_password"] == shown["api_token"] == "***"
