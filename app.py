@@ -41,6 +41,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask_socketio import SocketIO
 
+from chatroom.assistant import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
 from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack, origin_checker
 from chatroom.limits import DedupWindow, RateLimiter
@@ -65,6 +66,7 @@ class Components:
     store: MessageStore
     namespace: ChatNamespace
     bridge: MqttBridge | None
+    assistant: Assistant
     stopped: bool = False
 
     def start(self) -> None:
@@ -108,6 +110,10 @@ def create_app(settings: Settings) -> Flask:
     socketio.on_error_default(internal_error_ack)
     rooms.subscribe("socketio", SocketIOPublisher(socketio))
 
+    backend = OpenAIBackend(settings) if settings.assistant_enabled else None
+    assistant = Assistant(settings, rooms, backend)
+    rooms.subscribe("assistant", assistant)
+
     bridge = None
     if settings.mqtt_enable:
         bridge = MqttBridge(settings, rooms, rate_limiter, DedupWindow(ttl=600.0), reserved_names)
@@ -124,10 +130,17 @@ def create_app(settings: Settings) -> Flask:
              "outbox_size": ("gauge", "Messages waiting for the broker")},
         )
 
+    metrics.add_source("chatroom_assistant", assistant.status, {
+        "requests": ("counter", "Assistant requests started"),
+        "failures": ("counter", "Assistant requests that ended in ai_error"),
+        "in_flight": ("gauge", "Assistant requests running now"),
+        "average_latency_ms": ("gauge", "Average time to a complete answer, ms"),
+    })
+
     app.register_blueprint(create_chat_blueprint(rooms, store, settings, rate_limiter,
                                                  reserved_names, metrics.render))
-    app.register_blueprint(create_status_blueprint(bridge, rooms, lambda: {"enabled": False}))
-    app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge)
+    app.register_blueprint(create_status_blueprint(bridge, rooms, assistant.status))
+    app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge, assistant)
     return app
 
 

@@ -11,6 +11,7 @@ import threading
 from flask import request
 from flask_socketio import Namespace, SocketIO, join_room, leave_room
 
+from .assistant import AssistantDelta
 from .config import Settings
 from .limits import RateLimiter
 from .messages import Message, SystemEvent, ValidationError, validate_data, validate_room, validate_text, validate_username
@@ -145,3 +146,6 @@ class SocketIOPublisher:
             self.socketio.emit("system_message", event.to_dict(), to=event.room)
         elif isinstance(event, PresenceChanged):
             self.socketio.emit("user_list", {"room": event.room, "users": event.users}, to=event.room)
+        elif isinstance(event, AssistantDelta):
+            self.socketio.emit("ai_stream", {"reply_to": event.reply_to, "message_id": event.message_id,
+                                             "delta": event.delta}, to=event.room)

@@ -199,7 +199,8 @@ class Rooms:
     def post(self, room: str, username: str, content: str, source: str, *,
              sender: MemberKey | None = None, client_id: str | None = None,
              data: dict | None = None, client_message_id: str | None = None,
-             type: str = USER_MESSAGE, reply_to: str | None = None) -> Message:
+             type: str = USER_MESSAGE, reply_to: str | None = None,
+             message_id: str | None = None) -> Message:
         """Store a chat message, give it the room's next seq and hand it to listeners."""
         with self._lock:
             state = self._state(room)
@@ -208,6 +209,8 @@ class Rooms:
                 seq=state.seq + 1, type=type, client_id=client_id,
                 client_message_id=client_message_id, data=data, reply_to=reply_to,
             )
+            if message_id is not None:  # the assistant streams under the id its reply will have
+                message.message_id = message_id
             # Stored before anyone sees it: history never lacks a published message.
             self.history.append(message)
             state.seq = message.seq
@@ -224,6 +227,11 @@ class Rooms:
         with self._lock:
             self._publish(system_event)
         return system_event
+
+    def stream(self, event) -> None:
+        """Hand a passing event (a reply being written) to listeners; not stored."""
+        with self._lock:
+            self._publish(event)
 
     def history_of(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]:
         return self.history.recent(room, limit, before_seq)

@@ -1,0 +1,214 @@
+"""The AI assistant: a room listener that answers mentions, streaming its reply.
+
+It decides *when* to answer (AI_REPLY_MODE), builds the context from the room's
+history, and streams deltas into the room while the backend writes; the final
+reply is posted as one `ai_response` message. Requests run on worker threads
+(at most 2 at once, one per sender), never on the MQTT or Socket.IO thread.
+The backend (what talks to the model) is injected: `OpenAIBackend` in the app,
+anything with the same `stream()` in tests.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol
+
+from .config import Settings
+from .messages import AI_RESPONSE, Message
+from .room import Rooms
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 2
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {name}, the assistant of a chat room shared by people, scripts and IoT devices "
+    "(their sensor readings appear as data). Answer briefly and plainly."
+)
+
+
+class AssistantError(Exception):
+    """A failure with a short reason that is safe to show in the room."""
+
+
+class ChatBackend(Protocol):
+    def stream(self, messages: list[dict]) -> Iterable[str]:
+        """Yield the reply's text pieces; raise AssistantError with a human reason."""
+
+
+@dataclass(frozen=True)
+class AssistantDelta:
+    """A piece of a reply being written (pushed to web clients, not stored or sent to MQTT)."""
+
+    room: str
+    reply_to: str
+    message_id: str
+    delta: str
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint through the openai SDK (streaming)."""
+
+    def __init__(self, settings: Settings):
+        import openai  # imported only when the assistant is on: it is slow to import
+
+        self._openai = openai
+        self.model = settings.ai_model
+        self.timeout = settings.ai_timeout
+        self.client = openai.OpenAI(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url or None,
+            timeout=settings.ai_timeout,
+            max_retries=1,  # the SDK retries only transient errors (429, 5xx, connection, timeout)
+        )
+
+    def stream(self, messages: list[dict]) -> Iterator[str]:
+        openai = self._openai
+        try:
+            chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True)
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.APITimeoutError:
+            raise AssistantError(f"the assistant did not answer within {self.timeout:g} s") from None
+        except openai.RateLimitError:
+            raise AssistantError("the assistant's service is busy (rate limited); try again shortly") from None
+        except openai.AuthenticationError:
+            raise AssistantError("the assistant's service refused our API key") from None
+        except openai.APIStatusError as exc:
+            raise AssistantError(f"the assistant's service failed (HTTP {exc.status_code})") from None
+        except openai.APIConnectionError:
+            raise AssistantError("the assistant's service cannot be reached") from None
+
+
+@dataclass
+class AssistantStats:
+    requests: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    total_latency: float = 0.0
+    answered: int = 0
+
+    @property
+    def average_latency_ms(self) -> float | None:
+        return round(1000 * self.total_latency / self.answered, 1) if self.answered else None
+
+
+class Assistant:
+    """Room listener; call `__call__(event)` for every room event."""
+
+    def __init__(self, settings: Settings, rooms: Rooms, backend: ChatBackend | None):
+        self.settings = settings
+        self.rooms = rooms
+        self.backend = backend
+        self.name = settings.ai_name
+        self.mode = settings.ai_reply_mode
+        self.stats = AssistantStats()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self._busy_senders: set[tuple] = set()
+        self._mention = re.compile(rf"^\s*(?:@{re.escape(self.name)}|/ai)(?![\w-])[\s,:]*", re.IGNORECASE)
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None and self.mode != "off"
+
+    # --- deciding -----------------------------------------------------------------
+
+    def wants(self, message: Message) -> bool:
+        """Is this a message the assistant should answer?"""
+        if message.type != "user_message" or message.source == "ai":
+            return False  # never answer itself
+        if self.mode == "all":
+            return True
+        if self.mode == "mention":
+            return bool(self._mention.match(message.content))
+        return False
+
+    def __call__(self, event) -> None:
+        if not isinstance(event, Message) or not self.wants(event):
+            return
+        if self.backend is None:
+            self.rooms.announce(event.room, "ai_error",
+                                f"The assistant is not configured (no OPENAI_API_KEY), so {event.username} "
+                                "gets no answer.", self.name)
+            return
+        sender = (event.source, event.client_id or event.username)
+        with self._lock:
+            if sender in self._busy_senders:
+                notice = f"{event.username}, {self.name} is still answering your previous question."
+                self.rooms.announce(event.room, "ai_busy", notice, self.name)
+                return
+            self._busy_senders.add(sender)
+            self.stats.requests += 1
+        threading.Thread(target=self._answer, args=(event, sender), name="assistant-request",
+                         daemon=True).start()
+
+    # --- answering ------------------------------------------------------------------
+
+    def context_for(self, message: Message) -> list[dict]:
+        """System prompt + the room's last AI_CONTEXT_MESSAGES messages as chat turns."""
+        prompt = self.settings.ai_system_prompt or DEFAULT_SYSTEM_PROMPT.format(name=self.name)
+        turns = [{"role": "system", "content": prompt}]
+        history = self.rooms.history_of(message.room, self.settings.ai_context_messages,
+                                        before_seq=message.seq + 1)
+        for past in history:
+            if past.type == AI_RESPONSE:
+                turns.append({"role": "assistant", "content": past.content})
+            else:
+                text = self._mention.sub("", past.content, count=1) or past.content
+                readings = f" [data: {past.data}]" if past.data else ""
+                turns.append({"role": "user", "content": f"{past.username}: {text}{readings}"})
+        return turns
+
+    def _answer(self, message: Message, sender: tuple) -> None:
+        reply_id = str(uuid.uuid4())
+        started = time.monotonic()
+        with self._slots:  # at most MAX_IN_FLIGHT requests at once; others wait their turn
+            with self._lock:
+                self.stats.in_flight += 1
+            try:
+                pieces = []
+                for delta in self.backend.stream(self.context_for(message)):
+                    pieces.append(delta)
+                    self.rooms.stream(AssistantDelta(message.room, message.message_id, reply_id, delta))
+                text = "".join(pieces).strip()
+                if not text:
+                    raise AssistantError("the assistant gave an empty answer")
+                self.rooms.post(message.room, self.name, text[: self.settings.max_message_chars], "ai",
+                                type=AI_RESPONSE, reply_to=message.message_id, message_id=reply_id)
+                with self._lock:
+                    self.stats.answered += 1
+                    self.stats.total_latency += time.monotonic() - started
+            except AssistantError as exc:
+                self._fail(message, str(exc))
+            except Exception:
+                log.exception("assistant request failed")
+                self._fail(message, "the assistant failed unexpectedly")
+            finally:
+                with self._lock:
+                    self.stats.in_flight -= 1
+                    self._busy_senders.discard(sender)
+
+    def _fail(self, message: Message, reason: str) -> None:
+        with self._lock:
+            self.stats.failures += 1
+        log.warning("assistant could not answer %s in %s: %s", message.message_id, message.room, reason)
+        self.rooms.announce(message.room, "ai_error", f"No answer for {message.username}: {reason}.", self.name)
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "enabled": self.enabled,
+                "model": self.settings.ai_model if self.enabled else None,
+                "reply_mode": self.mode,
+                "requests": self.stats.requests,
+                "failures": self.stats.failures,
+                "in_flight": self.stats.in_flight,
+                "average_latency_ms": self.stats.average_latency_ms,
+            }
