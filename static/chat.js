@@ -43,9 +43,11 @@
     if (seen.has(msg.message_id)) return;
     seen.add(msg.message_id);
     let item = streams.get(msg.message_id);
-    if (item) {
+    if (item) {  // the streamed bubble becomes the final reply
       streams.delete(msg.message_id);
       item.classList.remove("streaming");
+      item.dataset.seq = msg.seq;
+      item.querySelector(".meta").appendChild(el("time", "when", timeOf(msg.timestamp)));
       item.querySelector(".text").textContent = msg.content;
       return;
     }

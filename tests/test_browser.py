@@ -135,3 +135,24 @@ def test_page_fits_a_phone(browser, server, tmp_path):
     assert box and box["y"] + box["height"] <= 844 and box["width"] <= 390
     page.screenshot(path=str(tmp_path / "phone.png"))
     page.context.close()
+
+
+def test_assistant_answer_appears_on_the_page(browser, broker, tmp_path, server_for):
+    """`@AI …` on the page: the answer is streamed into one assistant bubble."""
+    from fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI().start()
+    try:
+        fake.behave(reply="Sure, <b>here</b> is the answer.", chunk_size=4)
+        server = server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet", OPENAI_API_KEY="sk-fake",
+                                    OPENAI_BASE_URL=fake.base_url))
+        page = open_chat(browser, server, "Alice")
+        send(page, "@AI help me")
+        bubble = page.locator(".msg-ai")
+        expect(bubble.locator(".text")).to_have_text("Sure, <b>here</b> is the answer.")
+        expect(bubble).to_have_count(1)
+        expect(bubble.locator(".who")).to_have_text("AI")
+        expect(bubble).not_to_have_class("msg msg-ai streaming")
+        page.context.close()
+    finally:
+        fake.stop()
