@@ -1,0 +1,183 @@
+// ESP32 room sensor: joins the chat room over MQTT and posts a temperature /
+// humidity reading every 30 s as a chat message with a `data` object, so the
+// readings show up on the web page and in GET /api/readings.
+//
+// Libraries (Arduino Library Manager): PubSubClient (Nick O'Leary) 2.8,
+// ArduinoJson (Benoit Blanchon) 7.x, and for a DHT22: "DHT sensor library" (Adafruit).
+// Board: any ESP32 (Arduino core 2.x or 3.x).
+//
+// Edit the settings below; nothing else needs changing.
+
+#include <WiFi.h>
+#include <PubSubClient.h>
+#include <ArduinoJson.h>
+
+// ---- settings ------------------------------------------------------------
+const char *WIFI_SSID = "your-wifi";
+const char *WIFI_PASSWORD = "your-wifi-password";
+const char *MQTT_BROKER = "192.168.1.10";     // the machine running mosquitto
+const uint16_t MQTT_PORT = 1883;
+const char *MQTT_USERNAME = "";                // empty: anonymous
+const char *MQTT_PASSWORD = "";
+const char *TOPIC_PREFIX = "chatroom";         // MQTT_TOPIC_PREFIX of the server
+const char *ROOM = "lobby";                    // "lobby" = the default room
+const char *DISPLAY_NAME = "ESP32 sensor";     // shown in the room (max 32 characters)
+const unsigned long READING_INTERVAL_MS = 30000;
+
+// 1: a DHT22 on DHT_PIN gives temperature and humidity.
+// 0: no extra hardware; the chip's own temperature sensor and the Wi-Fi signal are sent.
+#ifndef SENSOR_DHT22
+#define SENSOR_DHT22 1
+#endif
+#define DHT_PIN 4
+// ---------------------------------------------------------------------------
+
+#if SENSOR_DHT22
+#include <DHT.h>
+DHT dht(DHT_PIN, DHT22);
+#endif
+
+// The server's messages/out payloads are ~450 bytes; PubSubClient's default
+// 256-byte buffer would silently drop every one of them.
+const uint16_t MQTT_BUFFER_SIZE = 1024;
+const unsigned long RECONNECT_INTERVAL_MS = 5000;
+
+WiFiClient network;
+PubSubClient mqtt(network);
+
+char clientId[32];
+char topicIn[96], topicOut[96], topicJoin[96], topicLeave[96], topicErrors[96];
+char leavePayload[64];
+unsigned long lastReadingAt = 0;
+unsigned long lastReconnectAttempt = 0;
+unsigned long readingNumber = 0;
+bool everPublished = false;
+
+void buildTopics() {
+  char base[64];
+  if (strcmp(ROOM, "lobby") == 0) {
+    snprintf(base, sizeof(base), "%s", TOPIC_PREFIX);
+  } else {
+    snprintf(base, sizeof(base), "%s/%s", TOPIC_PREFIX, ROOM);
+  }
+  snprintf(topicIn, sizeof(topicIn), "%s/messages/in", base);
+  snprintf(topicOut, sizeof(topicOut), "%s/messages/out", base);
+  snprintf(topicJoin, sizeof(topicJoin), "%s/users/join", base);
+  snprintf(topicLeave, sizeof(topicLeave), "%s/users/leave", base);
+  snprintf(topicErrors, sizeof(topicErrors), "%s/errors", TOPIC_PREFIX);
+}
+
+void buildClientId() {
+  // Unique per board: the last three bytes of the Wi-Fi MAC address.
+  uint8_t mac[6];
+  WiFi.macAddress(mac);
+  snprintf(clientId, sizeof(clientId), "esp32-%02x%02x%02x", mac[3], mac[4], mac[5]);
+  snprintf(leavePayload, sizeof(leavePayload), "{\"client_id\":\"%s\"}", clientId);
+}
+
+void onMqttMessage(char *topic, byte *payload, unsigned int length) {
+  // Room traffic (and our own errors) to the serial monitor.
+  Serial.printf("[%s] %.*s\n", topic, (int)length, (const char *)payload);
+}
+
+bool publishJson(const char *topic, JsonDocument &doc) {
+  char buffer[512];
+  if (measureJson(doc) >= sizeof(buffer)) {
+    Serial.println("message too large for the buffer; not sent");
+    return false;
+  }
+  size_t size = serializeJson(doc, buffer, sizeof(buffer));
+  return mqtt.publish(topic, (const uint8_t *)buffer, size, false);
+}
+
+bool connectMqtt() {
+  // The will tells the room we left if power or Wi-Fi is lost.
+  const char *user = strlen(MQTT_USERNAME) ? MQTT_USERNAME : nullptr;
+  const char *pass = strlen(MQTT_PASSWORD) ? MQTT_PASSWORD : nullptr;
+  if (!mqtt.connect(clientId, user, pass, topicLeave, 1, false, leavePayload)) {
+    Serial.printf("MQTT connect failed, state %d; retrying in %lu s\n", mqtt.state(),
+                  RECONNECT_INTERVAL_MS / 1000);
+    return false;
+  }
+  JsonDocument join;
+  join["client_id"] = clientId;
+  join["username"] = DISPLAY_NAME;
+  publishJson(topicJoin, join);  // again after every reconnect; the server ignores repeats
+  mqtt.subscribe(topicOut, 1);
+  mqtt.subscribe(topicErrors, 1);
+  Serial.printf("MQTT connected as %s\n", clientId);
+  return true;
+}
+
+void publishReading() {
+#if SENSOR_DHT22
+  float temperature = dht.readTemperature();
+  float humidity = dht.readHumidity();
+  if (isnan(temperature) || isnan(humidity)) {
+    Serial.println("DHT22 read failed; skipping this reading");
+    return;
+  }
+#else
+  float temperature = temperatureRead();  // the ESP32's own die temperature
+  long rssi = WiFi.RSSI();
+#endif
+  readingNumber++;
+  char text[96];
+  JsonDocument doc;
+  doc["client_id"] = clientId;
+  doc["username"] = DISPLAY_NAME;
+  char messageId[48];
+  snprintf(messageId, sizeof(messageId), "%s-%lu-%lu", clientId, (unsigned long)millis(), readingNumber);
+  doc["message_id"] = messageId;  // lets the server drop a QoS redelivery
+  JsonObject data = doc["data"].to<JsonObject>();
+#if SENSOR_DHT22
+  snprintf(text, sizeof(text), "%.1f °C, %.0f %% humidity", temperature, humidity);
+  data["temperature"] = roundf(temperature * 10) / 10;
+  data["humidity"] = roundf(humidity * 10) / 10;
+#else
+  snprintf(text, sizeof(text), "chip %.1f °C, Wi-Fi %ld dBm", temperature, rssi);
+  data["temperature"] = roundf(temperature * 10) / 10;
+  data["rssi"] = rssi;
+#endif
+  doc["message"] = text;
+  if (publishJson(topicIn, doc)) {
+    Serial.printf("sent: %s\n", text);
+  }
+}
+
+void setup() {
+  Serial.begin(115200);
+#if SENSOR_DHT22
+  dht.begin();
+#endif
+  WiFi.mode(WIFI_STA);
+  WiFi.begin(WIFI_SSID, WIFI_PASSWORD);
+  buildClientId();
+  buildTopics();
+  mqtt.setServer(MQTT_BROKER, MQTT_PORT);
+  mqtt.setBufferSize(MQTT_BUFFER_SIZE);
+  mqtt.setKeepAlive(30);
+  mqtt.setCallback(onMqttMessage);
+  Serial.printf("room sensor %s starting\n", clientId);
+}
+
+void loop() {
+  // Never block: Wi-Fi and MQTT reconnect in the background of loop().
+  if (WiFi.status() != WL_CONNECTED) {
+    return;  // the ESP32 Wi-Fi stack reconnects by itself
+  }
+  unsigned long now = millis();
+  if (!mqtt.connected()) {
+    if (now - lastReconnectAttempt >= RECONNECT_INTERVAL_MS || lastReconnectAttempt == 0) {
+      lastReconnectAttempt = now;
+      connectMqtt();
+    }
+    return;
+  }
+  mqtt.loop();
+  if (!everPublished || now - lastReadingAt >= READING_INTERVAL_MS) {
+    everPublished = true;
+    lastReadingAt = now;
+    publishReading();
+  }
+}

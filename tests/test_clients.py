@@ -1,0 +1,275 @@
+"""The shipped clients, each run as a real process against the server and a real mosquitto."""
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import RunningApp, app_env
+from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, stop_process, wait_for
+
+CLIENTS = ROOT / "clients"
+SCRIPTS = CLIENTS / "mosquitto"
+STUBS = ROOT / "tests" / "arduino_stubs"
+
+
+class LineReader:
+    """Collects a process's stdout lines on a thread, so tests can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, fragment: str) -> str:
+        while True:
+            try:
+                line = self.lines.get(timeout=TIMEOUT)
+            except queue.Empty:
+                raise AssertionError(f"no line with {fragment!r}; saw {self.seen}") from None
+            self.seen.append(line)
+            if fragment in line:
+                return line
+
+
+def python_client(app, *args, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, str(CLIENTS / "python_client.py"), "--broker", "127.0.0.1",
+               "--port", str(app.settings.mqtt_port), "--prefix", app.prefix, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def node_client(app, *args, **kwargs) -> subprocess.Popen:
+    command = ["node", str(CLIENTS / "nodejs_client.js"), "--broker", "127.0.0.1",
+               "--port", str(app.settings.mqtt_port), "--prefix", app.prefix, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def node_modules():
+    """`npm ci` once for the Node.js client (the registry is reachable; node 18+ needed)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm not installed: the Node.js client cannot be tested here")
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CLIENTS, check=True,
+                   timeout=300)
+    return CLIENTS / "node_modules"
+
+
+def web_and_probe(app, probe_for):
+    web = app.socket()
+    assert web.emit("join", {"username": "Watcher"}, callback=True)["ok"]
+    return web, probe_for(app.prefix)
+
+
+def web_messages(app, web):
+    app.drain()
+    return [p["args"][0] for p in web.get_received() if p["name"] == "chat_message"]
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_send_once_joins_sends_leaves_and_exits_0(kind, make_app, probe_for, request):
+    """`--send TEXT`: join, one message (seen by MQTT and the web), leave, exit 0."""
+    if kind == "node":
+        request.getfixturevalue("node_modules")
+    app = make_app()
+    web, probe = web_and_probe(app, probe_for)
+    start = python_client if kind == "python" else node_client
+    proc = start(app, "--name", f"{kind} script", "--client-id", f"{kind}-1", "--send", "backup done ✓")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    message = probe.wait(f"{app.prefix}/messages/out")[0].json()
+    assert (message["username"], message["content"], message["client_id"]) == (
+        f"{kind} script", "backup done ✓", f"{kind}-1")
+    mine = lambda e: e["username"] == f"{kind} script"
+    events = [e.json()["event"] for e in probe.wait(f"{app.prefix}/system", count=2, match=mine)]
+    assert events == ["join", "leave"]
+    assert [m["content"] for m in web_messages(app, web)] == ["backup done ✓"]
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_listen_prints_room_messages_until_stopped(kind, make_app, request):
+    """`--listen` prints `[HH:MM:SS] user: text`; SIGINT leaves and exits 0."""
+    if kind == "node":
+        request.getfixturevalue("node_modules")
+    app = make_app()
+    start = python_client if kind == "python" else node_client
+    proc = start(app, "--name", "listener", "--client-id", f"{kind}-listener", "--listen")
+    try:
+        reader = LineReader(proc)
+        reader.wait_for("* listener joined")
+        app.http.post("/api/messages", json={"username": "cron", "message": "hello listeners"})
+        line = reader.wait_for("hello listeners")
+        assert line.endswith("] cron: hello listeners") and line[0] == "[" and line[9] == "]"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 0
+        wait_for(lambda: app.http.get("/api/users").get_json()["users"] == [], what="listener left")
+    finally:
+        stop_process(proc)
+
+
+def test_python_interactive_sends_each_line(make_app, probe_for):
+    """With neither --send nor --listen, typed lines are sent; end of input leaves."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    proc = python_client(app, "--name", "typist", stdin=subprocess.PIPE)
+    proc.communicate("first line\n\nsecond line\n", timeout=60)
+    assert proc.returncode == 0
+    outs = probe.wait(f"{app.prefix}/messages/out", count=2)
+    assert [o.json()["content"] for o in outs] == ["first line", "second line"]
+
+
+def test_node_client_help_lists_the_flags(node_modules):
+    """`--help` names every flag the contract lists."""
+    result = subprocess.run(["node", str(CLIENTS / "nodejs_client.js"), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    for flag in ("--broker", "--port", "--name", "--client-id", "--room", "--send", "--listen"):
+        assert flag in result.stdout
+
+
+def test_python_client_sets_a_will_that_leaves_when_killed(make_app, probe_for):
+    """SIGKILL the Python client: its LWT makes it leave the room."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    proc = python_client(app, "--name", "fragile", "--client-id", "fragile-1", "--listen")
+    try:
+        LineReader(proc).wait_for("* fragile joined")
+        stop_process(proc, signal.SIGKILL)
+        leave = probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")[0].json()
+        assert leave["username"] == "fragile"
+    finally:
+        stop_process(proc)
+
+
+# --- ESP32 sketch ---------------------------------------------------------------------------
+
+def build_sketch(tmp_path, dht22: bool):
+    """Compile the .ino with g++ against the stub Arduino headers; run it for 95 simulated s."""
+    binary = tmp_path / f"sketch-{int(dht22)}"
+    subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-DSENSOR_DHT22={int(dht22)}",
+                    f"-I{STUBS}", "-x", "c++", str(CLIENTS / "esp32_sensor" / "esp32_sensor.ino"),
+                    "-x", "none", str(STUBS / "stub_main.cpp"), "-o", str(binary)], check=True, timeout=180)
+    result = subprocess.run([str(binary), "95"], capture_output=True, text=True, timeout=60, check=True)
+    return [line.split("\t") for line in result.stdout.splitlines()]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing")
+@pytest.mark.parametrize("dht22", [True, False])
+def test_esp32_sketch_compiles_and_its_bytes_are_understood(dht22, own_broker, tmp_path):
+    """The sketch compiles; what it would publish, replayed byte for byte, joins and posts readings."""
+    actions = build_sketch(tmp_path, dht22)
+    buffer_size = int(next(a for a in actions if a[0] == "BUFFER")[1])
+    connect = next(a for a in actions if a[0] == "CONNECT")
+    client_id, will_topic, will_payload = connect[1], connect[4], connect[7]
+    publishes = [a for a in actions if a[0] == "PUBLISH"]
+    assert [p[1] for p in publishes] == ["chatroom/users/join"] + ["chatroom/messages/in"] * 4
+    app = RunningApp(app_env(own_broker, tmp_path, MQTT_TOPIC_PREFIX="chatroom")).start()
+    try:
+        watcher = MqttProbe(own_broker.port, "chatroom/#").start()
+        device = MqttProbe(own_broker.port, client_id=client_id, will=(will_topic, will_payload)).start()
+        for _, topic, _, payload in publishes:
+            device.publish(topic, payload.encode("utf-8"), qos=0)  # PubSubClient publishes at QoS 0
+        outs = watcher.wait("chatroom/messages/out", count=4)
+        assert watcher.on("chatroom/errors") == []
+        key = "temperature"
+        values = [o.json()["data"][key] for o in outs]
+        readings = app.http.get(f"/api/readings?client_id={client_id}&key={key}").get_json()["readings"]
+        assert [r["value"] for r in readings] == values
+        if dht22:
+            assert values == [21, 21.5, 22, 22.5] and outs[0].json()["data"]["humidity"] == 40
+        users = app.http.get("/api/users").get_json()["users"]
+        assert users == [{"username": "ESP32 sensor", "source": "mqtt", "client_id": client_id,
+                          "join_time": users[0]["join_time"]}]
+        # What the device subscribes to must fit its buffer (the 256-byte default would drop it).
+        assert all(256 < len(o.payload) + len(o.topic) + 7 <= buffer_size for o in outs)
+        device.client.loop_stop()
+        device.client.socket().close()  # power cut: the will fires
+        watcher.wait("chatroom/system", match=lambda e: e["event"] == "leave")
+        watcher.stop()
+    finally:
+        app.stop()
+
+
+# --- mosquitto scripts ------------------------------------------------------------------------
+
+def script_env(app, **extra):
+    return {**os.environ, "BROKER": "127.0.0.1", "PORT": str(app.settings.mqtt_port), "PREFIX": app.prefix,
+            **extra}
+
+
+def test_send_sh_posts_one_message(make_app, probe_for):
+    """send.sh TEXT NAME: one message with a JSON-escaped text."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    text = 'quotes " and \\ backslash — ok'
+    subprocess.run([str(SCRIPTS / "send.sh"), text, "shell"], env=script_env(app), check=True, timeout=60)
+    out = probe.wait(f"{app.prefix}/messages/out")[0].json()
+    assert (out["username"], out["content"]) == ("shell", text)
+
+
+def test_sensor_sh_sends_readings_and_leaves(make_app, probe_for):
+    """sensor.sh with COUNT=2: join, two readings with data, leave."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    subprocess.run([str(SCRIPTS / "sensor.sh"), "fake-1", "Fake sensor"],
+                   env=script_env(app, COUNT="2", INTERVAL="0"), check=True, timeout=60)
+    outs = probe.wait(f"{app.prefix}/messages/out", count=2)
+    for out in outs:
+        data = out.json()["data"]
+        assert set(data) == {"temperature", "humidity"} and 20 <= data["temperature"] <= 26
+    probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")
+    readings = app.http.get("/api/readings?client_id=fake-1&key=humidity").get_json()["readings"]
+    assert len(readings) == 2
+
+
+def test_listen_sh_prints_the_room(make_app):
+    """listen.sh prints `[HH:MM:SS] user: text` and system lines."""
+    app = make_app()
+    proc = subprocess.Popen([str(SCRIPTS / "listen.sh")], env=script_env(app), stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        reader = LineReader(proc)
+        # mosquitto_sub may not be subscribed yet: post until the first line shows up.
+        wait_for(lambda: (app.http.post("/api/messages", json={"username": "cron", "message": "ping"}),
+                          not reader.lines.empty())[1], what="listen.sh output", interval=0.3)
+        line = reader.wait_for("cron: ping")
+        assert line.startswith("[") and line.endswith("] cron: ping")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the pipeline: mosquitto_sub and python3
+        proc.wait(TIMEOUT)
+
+
+def test_shipped_mosquitto_conf_runs_a_working_broker(tmp_path, make_app):
+    """clients/mosquitto/mosquitto.conf starts a broker the relay works with."""
+    port_conf = (SCRIPTS / "mosquitto.conf").read_text()
+    broker = Mosquitto(tmp_path / "shipped")
+    broker.write_conf = lambda: broker.conf.write_text(
+        port_conf.replace("listener 1883 127.0.0.1", f"listener {broker.port} 127.0.0.1")
+        .replace("/tmp/chatroom-mosquitto/", f"{broker.workdir}/")
+        + ("user root\n" if os.geteuid() == 0 else ""))
+    broker.start()
+    try:
+        app = RunningApp(app_env(broker, tmp_path)).start()
+        try:
+            with MqttProbe(broker.port, f"{app.prefix}/messages/out") as probe:
+                probe.publish(f"{app.prefix}/messages/in", {"client_id": "c", "message": "shipped conf"})
+                assert probe.wait(f"{app.prefix}/messages/out")[0].json()["content"] == "shipped conf"
+        finally:
+            app.stop()
+    finally:
+        broker.kill()
+
+
+def test_acl_example_is_valid_for_mosquitto():
+    """The ACL example names only the default prefix's topics and the bridge user."""
+    text = (SCRIPTS / "acl.example").read_text()
+    assert "user chatroom-bridge" in text and "topic readwrite chatroom/#" in text
+    assert json.dumps("pattern write chatroom/messages/in")[1:-1] in text
