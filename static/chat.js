@@ -11,7 +11,7 @@
   const socket = io({ transports: ["websocket", "polling"] });
   const seen = new Set();          // message_ids already shown (history + live overlap)
   const streams = new Map();       // ai message_id -> element being streamed into
-  const readings = new Map();      // client_id -> {username, data, timestamp}
+  const readings = new Map();      // client_id -> {username, data, timestamp, series}
   let joined = null;               // {username, room} once joined
 
   function el(tag, className, text) {
@@ -99,26 +99,91 @@
     for (const user of users) {
       const item = el("li", "user user-" + user.source);
       item.appendChild(el("span", "who", user.username));
-      const where = SOURCE_LABEL[user.source] || user.source;
-      item.appendChild(el("span", "src", user.client_id ? where + " · " + user.client_id : where));
+      const where = el("span", "src", SOURCE_LABEL[user.source] || user.source);
+      if (user.client_id) where.appendChild(el("span", "cid", " · " + user.client_id));  // ids are case-sensitive
+      item.appendChild(where);
       if (joined && user.source === "web" && user.username === joined.username) item.classList.add("me");
       list.appendChild(item);
     }
     $("user-count").textContent = String(users.length);
   }
 
+  // Device readings: the latest value of each key, with a sparkline of its recent
+  // history (backfilled once from /api/readings, then extended live).
+  const SPARK_POINTS = 50;
+
   function noteReading(msg) {
-    const key = msg.client_id || msg.username;
-    readings.set(key, { username: msg.username, clientId: msg.client_id, data: msg.data, timestamp: msg.timestamp });
+    const id = msg.client_id || msg.username;
+    let device = readings.get(id);
+    if (!device) {
+      device = { series: new Map() };
+      readings.set(id, device);
+    }
+    Object.assign(device, { username: msg.username, data: msg.data, timestamp: msg.timestamp });
+    for (const [key, value] of Object.entries(msg.data || {})) {
+      if (typeof value !== "number") continue;
+      let series = device.series.get(key);
+      if (!series) {
+        series = { points: [], seqs: new Set() };
+        device.series.set(key, series);
+        if (msg.client_id) backfill(msg.client_id, key, series);
+      }
+      addPoint(series, msg.seq, value);
+    }
+    renderReadings();
+  }
+
+  function addPoint(series, seq, value) {
+    if (series.seqs.has(seq)) return;
+    series.seqs.add(seq);
+    series.points.push({ seq: seq, value: value });
+    series.points.sort((a, b) => a.seq - b.seq);
+    if (series.points.length > SPARK_POINTS) series.points.splice(0, series.points.length - SPARK_POINTS);
+  }
+
+  function backfill(clientId, key, series) {
+    const query = new URLSearchParams({ client_id: clientId, key: key, limit: String(SPARK_POINTS) });
+    fetch("/api/readings?" + query)
+      .then((response) => response.json())
+      .then((body) => {
+        (body.readings || []).forEach((r) => { if (typeof r.value === "number") addPoint(series, r.seq, r.value); });
+        renderReadings();
+      })
+      .catch(() => {});  // the live values still show
+  }
+
+  function sparkline(points) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", "0 0 100 24");
+    svg.setAttribute("preserveAspectRatio", "none");
+    if (points.length < 2) return svg;
+    const values = points.map((p) => p.value);
+    const low = Math.min(...values), high = Math.max(...values), span = high - low || 1;
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", values.map((v, i) =>
+      (i * 100 / (values.length - 1)).toFixed(1) + "," + (22 - (v - low) * 20 / span).toFixed(1)).join(" "));
+    svg.appendChild(line);
+    return svg;
+  }
+
+  function renderReadings() {
     const list = $("readings");
     list.replaceChildren();
-    for (const reading of readings.values()) {
+    for (const device of readings.values()) {
       const item = el("li", "reading");
       const head = el("div", "meta");
-      head.appendChild(el("span", "who", reading.username));
-      head.appendChild(el("time", "when", timeOf(reading.timestamp)));
+      head.appendChild(el("span", "who", device.username));
+      head.appendChild(el("time", "when", timeOf(device.timestamp)));
       item.appendChild(head);
-      item.appendChild(dataChips(reading.data));
+      for (const [key, value] of Object.entries(device.data || {})) {
+        const row = el("div", "reading-row");
+        row.appendChild(el("span", "chip", key + ": " + value));
+        const series = device.series.get(key);
+        if (series) row.appendChild(sparkline(series.points));
+        item.appendChild(row);
+      }
       list.appendChild(item);
     }
     $("no-readings").hidden = readings.size > 0;

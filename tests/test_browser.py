@@ -72,6 +72,7 @@ def test_device_message_shows_readings_and_source(browser, server, probe_for):
     expect(message.locator(".text")).to_have_text("23.5 °C")
     expect(message.locator(".chip")).to_have_text(["temperature: 23.5", "humidity: 41"])
     expect(page.locator("#readings .who")).to_have_text(["Kitchen"])
+    expect(page.locator("#readings .chip")).to_have_text(["temperature: 23.5", "humidity: 41"])
     device = page.locator("#users .user-mqtt")
     expect(device.locator(".who")).to_have_text("Kitchen")
     expect(device.locator(".src")).to_have_text("MQTT · esp32-kitchen")
@@ -156,3 +157,21 @@ def test_assistant_answer_appears_on_the_page(browser, broker, tmp_path, server_
         page.context.close()
     finally:
         fake.stop()
+
+
+def test_readings_panel_plots_a_devices_history(browser, server, probe_for):
+    """Earlier readings (from /api/readings) and live ones draw one sparkline per key."""
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    probe = probe_for(prefix)
+    for t in (20.0, 21.0, 22.5):
+        probe.publish(f"{prefix}/messages/in", {"client_id": "esp-plot", "message": f"{t} C",
+                                                "data": {"temperature": t}})
+    probe.wait(f"{prefix}/messages/out", count=3)
+    page = open_chat(browser, server, "Plotter", viewport={"width": 1200, "height": 800})
+    probe.publish(f"{prefix}/messages/in", {"client_id": "esp-plot", "message": "23 C", "data": {"temperature": 23}})
+    expect(page.locator("#readings .chip")).to_have_text(["temperature: 23"])
+    line = page.locator("#readings svg.spark polyline")
+    expect(line).to_have_count(1)
+    page.wait_for_function("document.querySelector('#readings polyline').getAttribute('points').split(' ').length == 4")
+    page.screenshot(path=str(server.log_path.parent / "desktop.png"))
+    page.context.close()
