@@ -124,7 +124,7 @@ def create_app(settings: Settings) -> Flask:
         metrics.add_source(
             "chatroom_mqtt",
             lambda: {**bridge.stats.snapshot(), "connected": int(bridge.is_connected),
-                     "outbox_size": bridge.status()["outbox_size"]},
+                     "outbox_size": bridge.outbox_size},
             {**{name: ("counter", f"MQTT bridge {name.replace('_', ' ')}") for name in COUNTERS},
              "connected": ("gauge", "1 while the bridge is connected to the broker"),
              "outbox_size": ("gauge", "Messages waiting for the broker")},

@@ -119,6 +119,11 @@ class MqttBridge:
     def is_connected(self) -> bool:
         return self._connected
 
+    @property
+    def outbox_size(self) -> int:
+        with self._lock:
+            return len(self._outbox)
+
     def start(self) -> None:
         """Connect in the background; the server works while the broker is down."""
         settings = self.settings
@@ -421,9 +426,7 @@ class MqttBridge:
              "message_count": user.message_count, "room": user.room}
             for _, user in self.rooms.members(source="mqtt")
         ]
-        with self._lock:
-            outbox_size = len(self._outbox)
-            connected = self._connected
+        connected = self._connected
         return {
             "is_connected": connected,
             "is_running": self._running,
@@ -431,7 +434,7 @@ class MqttBridge:
                             "tls": settings.mqtt_tls, "client_id": settings.mqtt_client_id},
             "mqtt_users_count": len(mqtt_users),
             **self.stats.snapshot(),
-            "outbox_size": outbox_size,
+            "outbox_size": self.outbox_size,
             "active_topics": list(self._subscriptions) if connected else [],
             "mqtt_users": mqtt_users,
         }
