@@ -18,6 +18,7 @@ RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "error
 DEFAULT_ROOM = "lobby"
 
 ASYNC_MODES = ("eventlet", "threading")
+NOT_YET_SUPPORTED = ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL")  # PROTOCOL section 8
 AI_REPLY_MODES = ("mention", "all", "off")
 
 
@@ -120,6 +121,11 @@ class Settings:
             ai_timeout=reader.get("AI_TIMEOUT", "30", _positive_float),
             ai_system_prompt=reader.get("AI_SYSTEM_PROMPT", "", str),
         )
+        for name in NOT_YET_SUPPORTED:
+            if env.get(name, "").strip():
+                # Half a multi-instance setup would duplicate or lose messages: refuse it clearly.
+                reader.problems.append(f"{name}: running several instances is not supported yet; "
+                                       "unset it (see docs/PROTOCOL.md)")
         if settings.mqtt_tls is False and settings.mqtt_ca_certs:
             reader.problems.append("MQTT_CA_CERTS: set, but MQTT_TLS is false (set MQTT_TLS=true)")
         if reader.problems:

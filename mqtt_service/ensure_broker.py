@@ -76,11 +76,16 @@ def install_mosquitto() -> bool:
 
 def start_mosquitto(port: int) -> bool:
     """Start mosquitto in the background with the shipped config on `port`."""
-    conf_text = SHIPPED_CONF.read_text().replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
     conf_dir = Path(tempfile.gettempdir()) / "chatroom-mosquitto"
     conf_dir.mkdir(exist_ok=True)
     conf = conf_dir / f"mosquitto-{port}.conf"
-    conf.write_text(conf_text)
+    conf.write_text(
+        SHIPPED_CONF.read_text()
+        .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+        .replace("/tmp/chatroom-mosquitto/", f"{conf_dir}/")
+        + f"pid_file {conf_dir}/mosquitto-{port}.pid\n"  # so it can be stopped by PID
+        + ("user root\n" if os.geteuid() == 0 else "")  # as root it would switch to a user who can't write here
+    )
     log.info("starting mosquitto on 127.0.0.1:%s (config %s)", port, conf)
     result = subprocess.run([mosquitto_binary(), "-d", "-c", str(conf)], capture_output=True, text=True)
     if result.returncode != 0:

@@ -41,3 +41,11 @@ def test_redacted_hides_secrets():
     """Secrets never reach a log line through redacted()."""
     shown = Settings.from_env({"OPENAI_API_KEY": "sk-test", "MQTT_PASSWORD": "pw", "API_TOKEN": "t"}).redacted()
     assert shown["openai_api_key"] == shown["mqtt_password"] == shown["api_token"] == "***"
+
+
+@pytest.mark.parametrize("name", ["REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL"])
+def test_multi_instance_settings_are_refused_not_ignored(name):
+    """Several instances are not built yet: setting their variables is an error, not a silent no-op."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: "something"})
+    assert info.value.problems[0].startswith(f"{name}: running several instances is not supported yet")

@@ -3,6 +3,7 @@
 MQTT -> web, web -> MQTT, HTTP -> both, history across a restart, clean
 shutdown, and start-up refusing bad configuration.
 """
+import os
 import queue
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import requests
 import socketio
 
 from conftest import app_env
-from support import ROOT, TIMEOUT, wait_for
+from support import ROOT, TIMEOUT, MqttProbe, free_port, wait_for
 
 
 class WebClient:
@@ -174,3 +175,24 @@ def test_socketio_refuses_other_origins_unless_configured(broker, tmp_path, serv
     assert handshake(open_one, "http://dashboard.example") == 200
     assert handshake(open_one, "http://evil.example") == 400
     assert handshake(open_one, open_one.url) == 200, "the page's own origin stays allowed"
+
+
+def test_ensure_broker_starts_mosquitto_when_none_answers(tmp_path):
+    """`make run`'s broker step: nothing on MQTT_PORT -> mosquitto started there with the shipped config."""
+    port = free_port()
+    env = {**os.environ, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(port), "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "mqtt_service.ensure_broker"], cwd=str(ROOT), env=env,
+                            capture_output=True, text=True, timeout=120)
+    pid_file = tmp_path / "chatroom-mosquitto" / f"mosquitto-{port}.pid"
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"MQTT broker running at 127.0.0.1:{port}" in result.stderr
+        with MqttProbe(port, "check/#") as probe:
+            probe.publish("check/it", {"ok": True})
+            probe.wait("check/it")
+        again = subprocess.run([sys.executable, "-m", "mqtt_service.ensure_broker"], cwd=str(ROOT), env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "reachable" in again.stderr
+    finally:
+        wait_for(pid_file.exists, what="mosquitto pid file")
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
