@@ -15,7 +15,8 @@ if __name__ == "__main__":
         if _os.environ.get("ASYNC_MODE", "").strip():
             return _os.environ["ASYNC_MODE"].strip().lower()
         try:
-            with open(".env", encoding="utf-8") as env_file:
+            with open(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), ".env"),
+                      encoding="utf-8") as env_file:
                 found = _re.search(r"^\s*ASYNC_MODE\s*=\s*['\"]?(\w+)", env_file.read(), _re.M)
         except OSError:
             found = None
@@ -54,6 +55,7 @@ from mqtt_service.routes import create_status_blueprint
 from mqtt_service.stats import COUNTERS
 
 log = logging.getLogger("chatroom.app")
+ENV_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")  # beside app.py, whatever the cwd
 
 
 @dataclass
@@ -168,7 +170,7 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per request from the threading-mode dev server is noise next to our own events.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    load_dotenv(override=False)  # the real environment wins over .env
+    load_dotenv(ENV_FILE, override=False)  # the real environment wins over .env
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
