@@ -25,7 +25,7 @@ def main() -> int:
     out_topic = f"{prefix}/messages/out"
     seq = 0
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ideal-relay-{uuid.uuid4().hex[:6]}")
-    client.max_inflight_messages_set(200)
+    client.max_inflight_messages_set(0)  # the same window as our bridge
     client.max_queued_messages_set(0)
 
     def on_connect(client, userdata, flags, reason_code, properties):

@@ -66,6 +66,8 @@ class Message:
     client_message_id: str | None = None
     data: dict | None = None
     reply_to: str | None = None
+    # The JSON text, made once: the store, MQTT and the benchmarked hot path all need it.
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {
@@ -84,7 +86,10 @@ class Message:
         }
 
     def to_json(self) -> str:
-        return dumps(self.to_dict())
+        """The message as JSON; computed on first use, so set every field before calling it."""
+        if self._json is None:
+            self._json = dumps(self.to_dict())
+        return self._json
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Message":

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 
-from .messages import Message, dumps
+from .messages import Message
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class MessageStore:
                 "INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (message.room, message.seq, message.message_id, message.client_id,
-                 message.timestamp, dumps(message.to_dict())),
+                 message.timestamp, message.to_json()),
             )
 
     def last_seq(self, room: str) -> int:

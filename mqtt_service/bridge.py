@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 LOG_PAYLOAD_CHARS = 200
 RESEND_WAIT_SECONDS = 10.0
-MAX_INFLIGHT = 200  # paho's default of 20 caps a QoS 1 relay well below one core
+# 0 = no limit. paho's default window of 20 caps a QoS 1 relay well below one core,
+# and any window makes paho scan its whole queue on every PUBACK. The broker takes
+# what we send; our own outbox bounds memory while it is unreachable.
+MAX_INFLIGHT = 0
 
 
 @dataclass(frozen=True)
