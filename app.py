@@ -46,6 +46,7 @@ from chatroom.assistant import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
 from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack, origin_checker
 from chatroom.limits import DedupWindow, RateLimiter
+from chatroom.messages import Message, SystemEvent
 from chatroom.metrics import ChatMetrics
 from chatroom.room import Rooms
 from chatroom.routes import MAX_BODY_BYTES, create_chat_blueprint
@@ -114,12 +115,12 @@ def create_app(settings: Settings) -> Flask:
 
     backend = OpenAIBackend(settings) if settings.assistant_enabled else None
     assistant = Assistant(settings, rooms, backend)
-    rooms.subscribe("assistant", assistant)
+    rooms.subscribe("assistant", assistant, events=(Message,))
 
     bridge = None
     if settings.mqtt_enable:
         bridge = MqttBridge(settings, rooms, rate_limiter, DedupWindow(ttl=600.0), reserved_names)
-        rooms.subscribe("mqtt", bridge.on_room_event)
+        rooms.subscribe("mqtt", bridge.on_room_event, events=(Message, SystemEvent))
 
     metrics = ChatMetrics(rooms, web_clients=lambda: namespace.connected_clients)
     if bridge is not None:

@@ -53,9 +53,11 @@ class _RoomState:
 class _ListenerWorker:
     """Delivers events to one listener, in order, on its own thread."""
 
-    def __init__(self, name: str, callback: Listener, on_failure: Callable[[], None]):
+    def __init__(self, name: str, callback: Listener, on_failure: Callable[[], None],
+                 events: tuple[type, ...] = ()):
         self.name = name
         self.callback = callback
+        self.events = events  # empty: every event
         self.on_failure = on_failure
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=f"room-listener-{name}", daemon=True)
@@ -98,10 +100,11 @@ class Rooms:
 
     # --- listeners ------------------------------------------------------------
 
-    def subscribe(self, name: str, listener: Listener) -> None:
-        """Call `listener(event)` for every room event, on a thread of its own."""
+    def subscribe(self, name: str, listener: Listener, events: tuple[type, ...] = ()) -> None:
+        """Call `listener(event)` for every room event (or only those of the types in
+        `events`), on a thread of its own."""
         with self._lock:
-            self._workers.append(_ListenerWorker(name, listener, self._count_failure))
+            self._workers.append(_ListenerWorker(name, listener, self._count_failure, events))
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until every listener has handled every event published so far."""
@@ -122,7 +125,8 @@ class Rooms:
     def _publish(self, event: RoomEvent) -> None:
         # Called with the lock held: the queues receive events in seq order.
         for worker in self._workers:
-            worker.queue.put(event)
+            if not worker.events or isinstance(event, worker.events):
+                worker.queue.put(event)
 
     # --- rooms and presence ---------------------------------------------------
 

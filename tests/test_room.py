@@ -134,3 +134,14 @@ def test_presence_changed_lists_sources(rooms):
     presence = [e for e in events if isinstance(e, PresenceChanged)][0]
     assert presence.users == [{"username": "Kitchen", "source": "mqtt", "client_id": "esp",
                                "join_time": presence.users[0]["join_time"]}]
+
+
+def test_listener_can_ask_for_some_event_types_only(rooms):
+    """A listener subscribed to Message events never sees presence or system events."""
+    messages_only = []
+    rooms.subscribe("messages-only", messages_only.append, events=(Message,))
+    rooms.join("lobby", ("web", "s1"), "Alice", "web")
+    rooms.post("lobby", "Alice", "hi", "web")
+    rooms.announce("lobby", "bridge_online", "back")
+    assert rooms.drain()
+    assert [type(e).__name__ for e in messages_only] == ["Message"]
