@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from dataclasses import dataclass
 
@@ -147,6 +148,18 @@ def create_app(settings: Settings) -> Flask:
     return app
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the web server could not listen on host:port, found before anything starts."""
+    try:
+        family = socket.getaddrinfo(host, port)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def serve(app: Flask, settings: Settings) -> None:
     """Serve HTTP + Socket.IO until the process is stopped."""
     socketio: SocketIO = app.extensions["chatroom"].socketio
@@ -178,7 +191,15 @@ def main() -> int:
         log.error("configuration error: %s", exc)
         return 2
 
-    app = create_app(settings)
+    problem = port_problem(settings.host, settings.port)
+    if problem:
+        log.error("cannot serve on %s:%s: %s (set HOST/PORT)", settings.host, settings.port, problem)
+        return 2
+    try:
+        app = create_app(settings)
+    except (sqlite3.Error, OSError) as exc:
+        log.error("cannot open the history database %s: %s (set DATABASE_PATH)", settings.database_path, exc)
+        return 2
     components: Components = app.extensions["chatroom"]
 
     def shutdown_and_exit(signal_name: str) -> None:

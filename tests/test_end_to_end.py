@@ -196,3 +196,22 @@ def test_ensure_broker_starts_mosquitto_when_none_answers(tmp_path):
     finally:
         wait_for(pid_file.exists, what="mosquitto pid file")
         os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_port_in_use_and_bad_database_path_stop_with_one_line(tmp_path):
+    """A taken PORT or an unusable DATABASE_PATH: exit 2 and one clear line, no traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [({"PORT": str(port)}, "cannot serve on 127.0.0.1"),
+                 ({"PORT": str(free_port()), "DATABASE_PATH": "/proc/no/such/chat.db"}, "DATABASE_PATH")]
+        for extra, words in cases:
+            env = {"PATH": "/usr/bin:/bin", "ASYNC_MODE": "threading", "MQTT_ENABLE": "false",
+                   "DATABASE_PATH": str(tmp_path / "c.db"), **extra}
+            result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, cwd=str(tmp_path),
+                                    capture_output=True, text=True, timeout=60)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr
