@@ -189,10 +189,24 @@
     $("no-readings").hidden = readings.size > 0;
   }
 
-  function setConnection(text, ok) {
-    const badge = $("connection");
+  function setBadge(id, text, ok) {
+    const badge = $(id);
     badge.textContent = text;
     badge.className = "badge " + (ok ? "badge-on" : "badge-off");
+  }
+
+  function setConnection(text, ok) { setBadge("connection", text, ok); }
+
+  // Is the MQTT side (the devices) reachable? /mqtt/status says 200 or 503.
+  function refreshBridge() {
+    fetch("/mqtt/status")
+      .then((response) => response.json())
+      .then((body) => {
+        const mqtt = body.mqtt_status || {};
+        if (!mqtt.is_running) setBadge("bridge", "MQTT off", false);
+        else setBadge("bridge", mqtt.is_connected ? "MQTT online" : "MQTT offline", mqtt.is_connected);
+      })
+      .catch(() => setBadge("bridge", "MQTT ?", false));
   }
 
   function showJoined(state) {
@@ -255,12 +269,17 @@
 
   socket.on("connect", () => {
     setConnection("connected", true);
+    refreshBridge();
     // After a server restart or network blip, rejoin with the same name.
     if (joined) join(joined.username, joined.room);
   });
   socket.on("disconnect", () => setConnection("reconnecting…", false));
   socket.on("chat_message", renderMessage);
-  socket.on("system_message", renderSystem);
+  socket.on("system_message", (event) => {
+    renderSystem(event);
+    if (event.event === "bridge_online") setBadge("bridge", "MQTT online", true);
+    if (event.event === "bridge_offline") setBadge("bridge", "MQTT offline", false);
+  });
   socket.on("user_list", (payload) => renderUsers(payload.users));
   socket.on("ai_stream", renderStream);
 

@@ -54,6 +54,7 @@ def test_two_tabs_chat_live_and_see_each_other_online(browser, server):
     send(alice, "hello Bob")
     expect(bob.locator(".msg-web .text").last).to_have_text("hello Bob")
     expect(alice.locator("#users .who")).to_have_text(["Alice", "Bob"])
+    expect(alice.locator("#bridge")).to_have_text("MQTT online")
     expect(alice.locator("#user-count")).to_have_text("2")
     bob.context.close()
     expect(alice.locator("#users .who")).to_have_text(["Alice"])
@@ -174,4 +175,17 @@ def test_readings_panel_plots_a_devices_history(browser, server, probe_for):
     expect(line).to_have_count(1)
     page.wait_for_function("document.querySelector('#readings polyline').getAttribute('points').split(' ').length == 4")
     page.screenshot(path=str(server.log_path.parent / "desktop.png"))
+    page.context.close()
+
+
+def test_page_shows_when_the_mqtt_side_goes_away_and_returns(browser, own_broker, tmp_path, server_for):
+    """Broker killed: the MQTT badge turns offline with a notice; broker back: online again."""
+    server = server_for(app_env(own_broker, tmp_path, ASYNC_MODE="eventlet"))
+    page = open_chat(browser, server, "Watcher")
+    expect(page.locator("#bridge")).to_have_text("MQTT online")
+    own_broker.kill()
+    expect(page.locator("#bridge")).to_have_text("MQTT offline", timeout=TIMEOUT * 1000)
+    expect(page.locator(".system-bridge_offline")).to_have_count(1)
+    own_broker.start()
+    expect(page.locator("#bridge")).to_have_text("MQTT online", timeout=60_000)
     page.context.close()
