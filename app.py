@@ -191,6 +191,7 @@ def main() -> int:
         log.error("configuration error: %s", exc)
         return 2
 
+    log.debug("settings: %s", settings.redacted())
     problem = port_problem(settings.host, settings.port)
     if problem:
         log.error("cannot serve on %s:%s: %s (set HOST/PORT)", settings.host, settings.port, problem)

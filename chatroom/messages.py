@@ -18,7 +18,6 @@ from .config import DEFAULT_ROOM, RESERVED_ROOM_NAMES, ROOM_NAME
 USER_MESSAGE = "user_message"
 AI_RESPONSE = "ai_response"
 
-SOURCES = ("web", "mqtt", "http", "ai")
 SYSTEM_NAME = "system"
 
 MAX_PAYLOAD_BYTES = 16 * 1024

@@ -175,10 +175,6 @@ class Rooms:
             state = self._rooms.get(room)
             return state.members.get(key) if state else None
 
-    def rooms_of(self, key: MemberKey) -> list[str]:
-        with self._lock:
-            return [name for name, state in self._rooms.items() if key in state.members]
-
     def members(self, source: str | None = None) -> list[tuple[MemberKey, User]]:
         """Every present member of every room, optionally of one source."""
         with self._lock:

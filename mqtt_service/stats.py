@@ -51,10 +51,6 @@ class BridgeStats:
         with self._lock:
             self.last_error = text
 
-    def count(self, counter: str) -> int:
-        with self._lock:
-            return self._counts[counter]
-
     def snapshot(self) -> dict:
         with self._lock:
             return {
