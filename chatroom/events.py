@@ -29,8 +29,14 @@ def origin_checker(extra_origins: tuple[str, ...]):
     allowed = set(extra_origins)
 
     def is_allowed(origin: str | None, environ: dict) -> bool:
-        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
-        return origin is None or origin == own or origin in allowed
+        scheme, host = environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST", "")
+        own = {f"{scheme}://{host}"}
+        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+            # Behind a reverse proxy, as Engine.IO's own default allows.
+            proxied_scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
+            proxied_host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+            own.add(f"{proxied_scheme}://{proxied_host}")
+        return origin is None or origin in own or origin in allowed
     return is_allowed
 
 

@@ -175,6 +175,10 @@ def test_socketio_refuses_other_origins_unless_configured(broker, tmp_path, serv
     assert handshake(open_one, "http://dashboard.example") == 200
     assert handshake(open_one, "http://evil.example") == 400
     assert handshake(open_one, open_one.url) == 200, "the page's own origin stays allowed"
+    behind_proxy = requests.get(strict.url + "/socket.io/?EIO=4&transport=polling", timeout=TIMEOUT,
+                                headers={"Origin": "https://chat.example", "X-Forwarded-Proto": "https",
+                                         "X-Forwarded-Host": "chat.example"})
+    assert behind_proxy.status_code == 200, "a reverse proxy's public origin is the page's own"
 
 
 def test_ensure_broker_starts_mosquitto_when_none_answers(tmp_path):
