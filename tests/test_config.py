@@ -49,3 +49,21 @@ def test_multi_instance_settings_are_refused_not_ignored(name):
     with pytest.raises(ConfigError) as info:
         Settings.from_env({name: "something"})
     assert info.value.problems[0].startswith(f"{name}: running several instances is not supported yet")
+
+
+def test_env_example_lists_every_variable_with_its_default():
+    """.env.example names every variable Settings reads, with the same default."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "chatroom" / "config.py").read_text()
+    example = (root / ".env.example").read_text()
+    read = re.findall(r'reader\.get\("([A-Z_]+)", "([^"]*)"', source)
+    assert len(read) >= 30
+    listed = dict(re.findall(r"^#?\s*([A-Z_]+)=(.*)$", example, re.M))
+    for name, default in read:
+        assert name in listed, f"{name} missing from .env.example"
+        assert listed[name] == default, f"{name}: .env.example says {listed[name]!r}, code says {default!r}"
+    for name in ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL", "LOG_LEVEL"):
+        assert name in listed
