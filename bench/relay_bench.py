@@ -111,6 +111,12 @@ def throughput(publisher: Publisher, collector: OutCollector, count: int, first:
     return got / (last - start), count - got
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def paced(publisher: Publisher, rate: int, seconds: float, first: int) -> int:
     """Publish at `rate` msg/s for `seconds`; returns how many were sent."""
     count = int(rate * seconds)
@@ -206,7 +212,10 @@ def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:
         collector.reset(1)
         wait_for(lambda: (publisher.send(0), collector.done.wait(0.5))[1], timeout=30, what=f"{name} relaying")
         next_n = 1
+        relay_pid = relay.pid if relay is not None else server.proc.pid
+        cpu_before = cpu_seconds(relay_pid)
         results["throughput"], results["lost"] = throughput(publisher, collector, args.messages, next_n)
+        results["cpu_us"] = (cpu_seconds(relay_pid) - cpu_before) * 1e6 / args.messages
         next_n += args.messages
         for rate in args.rates:
             results[f"mqtt@{rate}"] = latency(publisher, collector, rate, args.seconds, next_n)
@@ -246,6 +255,10 @@ def report(ideal: list[dict], ours: list[dict], args) -> str:
     lost = (sum(r["lost"] for r in ideal), sum(r["lost"] for r in ours))
     lines.append(f"| throughput MQTT in → out (msg/s) | {t_ideal:,.0f} | {t_ours:,.0f} | {t_ours / t_ideal:.2f} |")
     lines.append(f"| messages lost in throughput runs | {lost[0]} | {lost[1]} | |")
+    # CPU per message is steadier than msg/s on a shared machine: it ignores time spent waiting.
+    c_ideal, c_ours = median_of(ideal, "cpu_us"), median_of(ours, "cpu_us")
+    lines.append(f"| relay CPU per message in the throughput run (µs) | {c_ideal:.0f} | {c_ours:.0f} | "
+                 f"{c_ours / c_ideal:.1f} |")
     # Both paths of the server are compared with the ideal relay's MQTT in -> out.
     for kind, path, note in (("mqtt", "out", ""), ("socketio", "Socket.IO client", " (MQTT out)")):
         for rate in args.rates:
