@@ -170,6 +170,13 @@ class Rooms:
                 self._publish(PresenceChanged(room, self._user_list(state)))
             return user
 
+    def check_name_free(self, room: str, username: str) -> None:
+        """Refuse a name a present member holds (ignoring case): no speaking as someone else."""
+        with self._lock:
+            state = self._rooms.get(room)
+            if state and any(u.username.casefold() == username.casefold() for u in state.members.values()):
+                raise ValidationError("bad_name", f"username {username!r} is already in use in {room}")
+
     def member(self, room: str, key: MemberKey) -> User | None:
         with self._lock:
             state = self._rooms.get(room)

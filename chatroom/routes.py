@@ -101,6 +101,7 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, rate_limiter:
         text = validate_text(body.get("message"), settings.max_message_chars)
         room = validate_room(body.get("room"))
         readings = validate_data(body.get("data"))
+        rooms.check_name_free(room, username)
         if not rate_limiter.allow(("http", request.remote_addr)):
             raise ValidationError("rate_limited", "too many messages; slow down")
         message = rooms.post(room, username, text, "http", data=readings)

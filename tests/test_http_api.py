@@ -154,3 +154,14 @@ def test_status_is_503_while_the_broker_is_unreachable(make_app):
     assert post(app, {"username": "u", "message": "kept"}).status_code == 201
     app.drain()
     assert app.status()["mqtt_status"]["outbox_size"] == 1
+
+
+def test_http_cannot_post_as_a_present_user(make_app):
+    """A script cannot speak as someone who is in the room (names are unique per room)."""
+    app = make_app()
+    web = app.socket()
+    assert web.emit("join", {"username": "Alice"}, callback=True)["ok"]
+    response = post(app, {"username": "alice", "message": "I am Alice, honest"})
+    assert response.status_code == 400 and response.get_json()["code"] == "bad_name"
+    assert post(app, {"username": "alice", "message": "fine elsewhere", "room": "ops"}).status_code == 201
+    web.disconnect()
