@@ -247,14 +247,9 @@ def test_listen_sh_prints_the_room(make_app):
         proc.wait(TIMEOUT)
 
 
-def test_shipped_mosquitto_conf_runs_a_working_broker(tmp_path, make_app):
+def test_shipped_mosquitto_conf_runs_a_working_broker(tmp_path):
     """clients/mosquitto/mosquitto.conf starts a broker the relay works with."""
-    port_conf = (SCRIPTS / "mosquitto.conf").read_text()
-    broker = Mosquitto(tmp_path / "shipped")
-    broker.write_conf = lambda: broker.conf.write_text(
-        port_conf.replace("listener 1883 127.0.0.1", f"listener {broker.port} 127.0.0.1")
-        .replace("/tmp/chatroom-mosquitto/", f"{broker.workdir}/")
-        + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = Mosquitto(tmp_path / "shipped", conf_file=SCRIPTS / "mosquitto.conf")
     broker.start()
     try:
         app = RunningApp(app_env(broker, tmp_path)).start()
