@@ -145,10 +145,7 @@ class Rooms:
         """
         with self._lock:
             state = self._state(room)
-            folded = username.casefold()
-            for other_key, other in state.members.items():
-                if other_key != key and other.username.casefold() == folded:
-                    raise ValidationError("bad_name", f"username {username!r} is already in use in {room}")
+            self._refuse_taken_name(state, username, except_key=key)
             current = state.members.get(key)
             if current is not None:
                 if current.username != username:
@@ -174,8 +171,15 @@ class Rooms:
         """Refuse a name a present member holds (ignoring case): no speaking as someone else."""
         with self._lock:
             state = self._rooms.get(room)
-            if state and any(u.username.casefold() == username.casefold() for u in state.members.values()):
-                raise ValidationError("bad_name", f"username {username!r} is already in use in {room}")
+            if state is not None:
+                self._refuse_taken_name(state, username)
+
+    @staticmethod
+    def _refuse_taken_name(state: _RoomState, username: str, except_key: MemberKey | None = None) -> None:
+        folded = username.casefold()
+        for key, member in state.members.items():
+            if key != except_key and member.username.casefold() == folded:
+                raise ValidationError("bad_name", f"username {username!r} is already in use in {state.name}")
 
     def member(self, room: str, key: MemberKey) -> User | None:
         with self._lock:
@@ -231,12 +235,11 @@ class Rooms:
     def announce(self, room: str, event: str, text: str, username: str | None = None) -> SystemEvent:
         """Send a system event (not a chat message: no seq, not stored)."""
         system_event = SystemEvent(event, text, room, username)
-        with self._lock:
-            self._publish(system_event)
+        self.stream(system_event)
         return system_event
 
     def stream(self, event) -> None:
-        """Hand a passing event (a reply being written) to listeners; not stored."""
+        """Hand a passing event (a system event, a reply being written) to listeners; not stored."""
         with self._lock:
             self._publish(event)
 
