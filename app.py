@@ -148,11 +148,15 @@ def create_app(settings: Settings) -> Flask:
     return app
 
 
+def address_family(host: str, port: int) -> int:
+    """IPv4 or IPv6, as HOST resolves."""
+    return socket.getaddrinfo(host, port)[0][0]
+
+
 def port_problem(host: str, port: int) -> str | None:
     """Why the web server could not listen on host:port, found before anything starts."""
     try:
-        family = socket.getaddrinfo(host, port)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        with socket.socket(address_family(host, port), socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
@@ -170,8 +174,8 @@ def serve(app: Flask, settings: Settings) -> None:
     import eventlet
     import eventlet.wsgi
 
-    family = socket.getaddrinfo(settings.host, settings.port)[0][0]
-    listener = eventlet.listen((settings.host, settings.port), family=family)
+    address = (settings.host, settings.port)
+    listener = eventlet.listen(address, family=address_family(*address))
     # Accepted sockets inherit TCP_NODELAY: without it, small Socket.IO frames
     # wait on the browser's delayed ACK and fan-out latency climbs to seconds
     # at 1 000 msg/s (docs/PERFORMANCE.md).

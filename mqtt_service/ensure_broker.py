@@ -74,15 +74,20 @@ def install_mosquitto() -> bool:
     return True
 
 
+def shipped_conf(port: int, directory: Path) -> str:
+    """clients/mosquitto/mosquitto.conf, listening on `port`, persisting in `directory`."""
+    return (SHIPPED_CONF.read_text()
+            .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+            .replace("/tmp/chatroom-mosquitto/", f"{directory}/"))
+
+
 def start_mosquitto(port: int) -> bool:
     """Start mosquitto in the background with the shipped config on `port`."""
     conf_dir = Path(tempfile.gettempdir()) / "chatroom-mosquitto"
     conf_dir.mkdir(exist_ok=True)
     conf = conf_dir / f"mosquitto-{port}.conf"
     conf.write_text(
-        SHIPPED_CONF.read_text()
-        .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
-        .replace("/tmp/chatroom-mosquitto/", f"{conf_dir}/")
+        shipped_conf(port, conf_dir)
         + f"pid_file {conf_dir}/mosquitto-{port}.pid\n"  # so it can be stopped by PID
         + ("user root\n" if os.geteuid() == 0 else "")  # as root it would switch to a user who can't write here
     )

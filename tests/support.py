@@ -72,7 +72,7 @@ class Mosquitto:
     """A mosquitto broker on a free port, with its own config and persistence dir."""
 
     def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, verbose: bool = False,
-                 anonymous: bool = True, conf_file: Path | None = None):
+                 anonymous: bool = True, shipped: bool = False):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(self.binary):
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (make test does it)")
@@ -80,7 +80,7 @@ class Mosquitto:
         self.port = port or free_port()
         self.extra_conf = extra_conf
         self.anonymous = anonymous
-        self.conf_file = conf_file
+        self.shipped = shipped  # start from clients/mosquitto/mosquitto.conf
         self.verbose = verbose  # -v logs every packet: handy when debugging, slow under load
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -89,11 +89,9 @@ class Mosquitto:
 
     def base_conf(self) -> str:
         """The test broker's settings; a test may start from another file (the shipped one)."""
-        if self.conf_file is not None:
-            return (self.conf_file.read_text()
-                    .replace("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1")
-                    .replace("persistence_location /tmp/chatroom-mosquitto/",
-                             f"persistence_location {self.workdir}/"))
+        if self.shipped:
+            from mqtt_service.ensure_broker import shipped_conf
+            return shipped_conf(self.port, self.workdir)
         return (f"listener {self.port} 127.0.0.1\n"
                 f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
                 "set_tcp_nodelay true\n"

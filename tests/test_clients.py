@@ -249,7 +249,7 @@ def test_listen_sh_prints_the_room(make_app):
 
 def test_shipped_mosquitto_conf_runs_a_working_broker(tmp_path):
     """clients/mosquitto/mosquitto.conf starts a broker the relay works with."""
-    broker = Mosquitto(tmp_path / "shipped", conf_file=SCRIPTS / "mosquitto.conf")
+    broker = Mosquitto(tmp_path / "shipped", shipped=True)
     broker.start()
     try:
         app = RunningApp(app_env(broker, tmp_path)).start()
