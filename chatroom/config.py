@@ -12,9 +12,11 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
-ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# Used with fullmatch() only: `$` would let a trailing newline through, and a
+# newline in a topic makes the broker drop the bridge's connection (PROTOCOL 9).
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Room names that would collide with the default room's topic segments.
-RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "errors"})
+RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "errors", "devices"})
 DEFAULT_ROOM = "lobby"
 
 ASYNC_MODES = ("eventlet", "threading")
@@ -236,8 +238,10 @@ def _parse_rate(raw: str) -> tuple[int, float] | None:
 
 
 def _topic_prefix(raw: str) -> str:
-    if any(ch in raw for ch in "+#\x00") or raw.startswith("/") or raw.endswith("/") or raw.startswith("$"):
-        raise ValueError("must be a plain topic prefix without +, #, $ or leading/trailing /")
+    if (any(ch in raw for ch in "+#") or not raw.isprintable() or raw.startswith("/")
+            or raw.endswith("/") or raw.startswith("$")):
+        raise ValueError("must be a plain topic prefix without +, #, $, control characters "
+                         "or leading/trailing /")
     return raw
 
 

@@ -168,7 +168,7 @@ class DeviceMessage:
 def validate_room(room: Any) -> str:
     if room is None or room == "":
         return DEFAULT_ROOM
-    if not isinstance(room, str) or not ROOM_NAME.match(room) or room in RESERVED_ROOM_NAMES:
+    if not isinstance(room, str) or not ROOM_NAME.fullmatch(room) or room in RESERVED_ROOM_NAMES:
         raise ValidationError(
             "bad_field", "room must be 1-32 letters, digits, '_' or '-' and not a reserved word"
         )
@@ -273,9 +273,11 @@ def parse_device_message(obj: Mapping[str, Any], max_chars: int, reserved: tuple
         message_id = _optional(obj, "message_id")
         if message_id is not None and (
             not isinstance(message_id, (str, int)) or isinstance(message_id, bool)
-            or len(str(message_id)) > MAX_MESSAGE_ID_CHARS
+            or not 1 <= len(str(message_id)) <= MAX_MESSAGE_ID_CHARS
+            or not str(message_id).isprintable()  # the whole string: no newline forges a log line
         ):
-            raise ValidationError("bad_field", f"message_id must be a string of at most {MAX_MESSAGE_ID_CHARS} characters")
+            raise ValidationError("bad_field", f"message_id must be 1-{MAX_MESSAGE_ID_CHARS} printable "
+                                               "characters or a whole number")
         return DeviceMessage(
             client_id=client_id,
             message=text,

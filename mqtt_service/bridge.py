@@ -32,7 +32,7 @@ from chatroom.messages import (
 from chatroom.room import Rooms
 
 from .stats import BridgeStats
-from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics
+from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics, topic_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +363,13 @@ class MqttBridge:
         self._publish(_Outgoing(topic, event.to_json().encode("utf-8"), self.qos))
 
     def _publish(self, item: _Outgoing) -> None:
+        problem = topic_name_problem(item.topic)
+        if problem is not None:
+            # Poison: the broker would drop our connection for it, and paho would
+            # send it again after every reconnect. Drop it here, once, counted.
+            self.stats.add("messages_dropped")
+            log.warning("MQTT publication dropped: %s (topic %r)", problem, item.topic[:200])
+            return
         with self._lock:
             # Behind a non-empty outbox, new messages queue up too: order is kept.
             if self._connected and not self._draining:

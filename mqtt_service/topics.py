@@ -11,6 +11,31 @@ USERS_LEAVE = "users/leave"
 INBOUND_KINDS = (MESSAGES_IN, USERS_JOIN, USERS_LEAVE)
 
 
+MAX_TOPIC_BYTES = 65535
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why a broker would refuse a PUBLISH to `topic` (None when it is fine).
+
+    MQTT 3.1.1 section 4.7 plus mosquitto's UTF-8 check, which also refuses
+    control characters: the broker answers such a packet by dropping the
+    connection, and paho would re-send it on every reconnect.
+    """
+    if not topic:
+        return "empty topic"
+    if "+" in topic or "#" in topic:
+        return "wildcard in a topic name"
+    for char in topic:
+        point = ord(char)
+        if point < 0x20 or 0x7F <= point <= 0x9F:
+            return "control character in the topic"
+        if 0xD800 <= point <= 0xDFFF or point & 0xFFFE == 0xFFFE or 0xFDD0 <= point <= 0xFDEF:
+            return "character not allowed in MQTT UTF-8"
+    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+        return "topic longer than 65535 bytes"
+    return None
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str = "chatroom"
@@ -59,6 +84,6 @@ class Topics:
         if rest in INBOUND_KINDS:
             return DEFAULT_ROOM, rest
         room, _, kind = rest.partition("/")
-        if kind in INBOUND_KINDS and ROOM_NAME.match(room) and room not in RESERVED_ROOM_NAMES:
+        if kind in INBOUND_KINDS and ROOM_NAME.fullmatch(room) and room not in RESERVED_ROOM_NAMES:
             return room, kind
         return None
