@@ -46,9 +46,11 @@ from flask_socketio import SocketIO
 from chatroom.assistant import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
 from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack, origin_checker
+from chatroom.intake import DEDUP_SECONDS, DeviceTimeout, Intake
 from chatroom.limits import DedupWindow, RateLimiter
 from chatroom.messages import Message, SystemEvent
 from chatroom.metrics import ChatMetrics
+from chatroom.names import NameRules, name_key
 from chatroom.room import Rooms
 from chatroom.routes import MAX_BODY_BYTES, create_chat_blueprint
 from chatroom.store import MessageStore
@@ -71,9 +73,12 @@ class Components:
     namespace: ChatNamespace
     bridge: MqttBridge | None
     assistant: Assistant
+    intake: Intake
+    device_timeout: DeviceTimeout
     stopped: bool = False
 
     def start(self) -> None:
+        self.device_timeout.start()
         if self.bridge is not None:
             self.bridge.start()
 
@@ -82,6 +87,7 @@ class Components:
         if self.stopped:
             return
         self.stopped = True
+        self.device_timeout.stop()
         self.rooms.drain(timeout=5.0)  # events already posted reach MQTT and the web
         if self.bridge is not None:
             self.bridge.stop(timeout=5.0)
@@ -105,11 +111,12 @@ def create_app(settings: Settings) -> Flask:
     socketio.init_app(app)
 
     store = MessageStore(settings.database_path)
-    rooms = Rooms(store)
-    reserved_names = (settings.ai_name,)
+    rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members)
     rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)
+    intake = Intake(rooms, NameRules(reserved=(settings.ai_name,)), rate_limiter,
+                    DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars)
 
-    namespace = ChatNamespace(rooms, settings, rate_limiter, reserved_names)
+    namespace = ChatNamespace(rooms, intake, settings)
     socketio.on_namespace(namespace)
     socketio.on_error_default(internal_error_ack)
     rooms.subscribe("socketio", SocketIOPublisher(socketio))
@@ -120,7 +127,7 @@ def create_app(settings: Settings) -> Flask:
 
     bridge = None
     if settings.mqtt_enable:
-        bridge = MqttBridge(settings, rooms, rate_limiter, DedupWindow(ttl=600.0), reserved_names)
+        bridge = MqttBridge(settings, rooms, intake)
         rooms.subscribe("mqtt", bridge.on_room_event, events=(Message, SystemEvent))
 
     metrics = ChatMetrics(rooms, web_clients=lambda: namespace.connected_clients)
@@ -141,10 +148,10 @@ def create_app(settings: Settings) -> Flask:
         "average_latency_ms": ("gauge", "Average time to a complete answer, ms"),
     })
 
-    app.register_blueprint(create_chat_blueprint(rooms, store, settings, rate_limiter,
-                                                 reserved_names, metrics.render))
+    app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render))
     app.register_blueprint(create_status_blueprint(bridge, rooms, assistant.status))
-    app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge, assistant)
+    app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge, assistant,
+                                            intake, DeviceTimeout(rooms, settings.mqtt_user_timeout))
     return app
 
 
@@ -184,8 +191,7 @@ def serve(app: Flask, settings: Settings) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per request from the threading-mode dev server is noise next to our own events.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     load_dotenv(ENV_FILE, override=False)  # the real environment wins over .env
@@ -194,6 +200,7 @@ def main() -> int:
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
+    logging.getLogger().setLevel(settings.log_level)
 
     log.debug("settings: %s", settings.redacted())
     problem = port_problem(settings.host, settings.port)

@@ -22,6 +22,8 @@ DEFAULT_ROOM = "lobby"
 ASYNC_MODES = ("eventlet", "threading")
 NOT_YET_SUPPORTED = ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL")  # PROTOCOL section 8
 AI_REPLY_MODES = ("mention", "all", "off")
+OUT_FORMATS = ("full", "compact")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -52,10 +54,12 @@ class Settings:
     mqtt_qos: int = 1
     mqtt_user_timeout: int = 600
     mqtt_outbox_size: int = 10_000
+    mqtt_out_format: str = "full"
 
     database_path: str = "data/chat.db"
     history_limit: int = 50
     max_message_chars: int = 2000
+    max_room_members: int = 1000
     rate_limit_count: int = 20
     rate_limit_seconds: float = 10.0
     api_token: str = ""
@@ -68,6 +72,7 @@ class Settings:
     ai_context_messages: int = 20
     ai_timeout: float = 30.0
     ai_system_prompt: str = ""
+    log_level: str = "INFO"
 
     @property
     def rate_limit_enabled(self) -> bool:
@@ -89,9 +94,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
         reader = _Reader(env)
         rate = reader.get("RATE_LIMIT", "20/10", _parse_rate)
+        port = reader.get("PORT", "5000", _port)
         settings = cls(
             host=reader.get("HOST", "127.0.0.1", _non_empty),
-            port=reader.get("PORT", "5000", _port),
+            port=port,
             secret_key=reader.get("SECRET_KEY", "", str) or secrets.token_hex(32),
             async_mode=reader.get("ASYNC_MODE", "eventlet", _choice(ASYNC_MODES)),
             cors_origins=reader.get("CORS_ORIGINS", "", _csv),
@@ -102,15 +108,18 @@ class Settings:
             mqtt_password=reader.get("MQTT_PASSWORD", "", str),
             mqtt_tls=reader.get("MQTT_TLS", "false", _bool),
             mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", str),
+            # The port is in the default: two servers on one host must not share a session.
             mqtt_client_id=reader.get("MQTT_CLIENT_ID", "", str)
-            or f"chatroom-bridge-{socket.gethostname()}",
+            or f"chatroom-bridge-{socket.gethostname()}-{port}",
             mqtt_topic_prefix=reader.get("MQTT_TOPIC_PREFIX", "chatroom", _topic_prefix),
             mqtt_qos=reader.get("MQTT_QOS", "1", _choice_int((0, 1, 2))),
             mqtt_user_timeout=reader.get("MQTT_USER_TIMEOUT", "600", _int_at_least(0)),
             mqtt_outbox_size=reader.get("MQTT_OUTBOX_SIZE", "10000", _int_at_least(1)),
+            mqtt_out_format=reader.get("MQTT_OUT_FORMAT", "full", _choice(OUT_FORMATS)),
             database_path=reader.get("DATABASE_PATH", "data/chat.db", _non_empty),
             history_limit=reader.get("HISTORY_LIMIT", "50", _int_at_least(0)),
             max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", _int_at_least(1)),
+            max_room_members=reader.get("MAX_ROOM_MEMBERS", "1000", _int_at_least(1)),
             rate_limit_count=rate[0] if rate else 0,
             rate_limit_seconds=rate[1] if rate else 1.0,
             api_token=reader.get("API_TOKEN", "", str),
@@ -122,6 +131,7 @@ class Settings:
             ai_context_messages=reader.get("AI_CONTEXT_MESSAGES", "20", _int_at_least(0)),
             ai_timeout=reader.get("AI_TIMEOUT", "30", _positive_float),
             ai_system_prompt=reader.get("AI_SYSTEM_PROMPT", "", str),
+            log_level=reader.get("LOG_LEVEL", "INFO", _log_level),
         )
         for name in NOT_YET_SUPPORTED:
             if env.get(name, "").strip():
@@ -249,3 +259,9 @@ def _ai_name(raw: str) -> str:
     if not 1 <= len(raw) <= 32 or any(ch.isspace() for ch in raw):
         raise ValueError("must be 1-32 characters without spaces")
     return raw
+
+
+def _log_level(raw: str) -> str:
+    if raw.upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return raw.upper()

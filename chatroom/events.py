@@ -13,8 +13,8 @@ from flask_socketio import Namespace, SocketIO, join_room, leave_room
 
 from .assistant import AssistantDelta
 from .config import Settings
-from .limits import RateLimiter
-from .messages import Message, SystemEvent, ValidationError, validate_data, validate_room, validate_text, validate_username
+from .intake import WEB, Intake, Submission
+from .messages import Message, SystemEvent, ValidationError, optional
 from .room import PresenceChanged, Rooms
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,21 @@ def _error(exc: ValidationError) -> dict:
     return {"ok": False, "error": exc.message, "code": exc.code}
 
 
-class ChatNamespace(Namespace):
-    """The `/` namespace of the chat page."""
+def _payload(data) -> dict:
+    """PROTOCOL 5: an event with a missing or non-object payload is `bad_field`."""
+    if not isinstance(data, dict):
+        raise ValidationError("bad_field", "the event's payload must be an object")
+    return data
 
-    def __init__(self, rooms: Rooms, settings: Settings, rate_limiter: RateLimiter,
-                 reserved_names: tuple[str, ...], namespace: str = "/"):
+
+class ChatNamespace(Namespace):
+    """The `/` namespace of the chat page: Socket.IO events in, intake calls, acks out."""
+
+    def __init__(self, rooms: Rooms, intake: Intake, settings: Settings, namespace: str = "/"):
         super().__init__(namespace)
         self.rooms = rooms
+        self.intake = intake
         self.settings = settings
-        self.rate_limiter = rate_limiter
-        self.reserved_names = reserved_names
         self._room_of_sid: dict[str, str] = {}  # a web client is in one room at a time
         self._lock = threading.Lock()
         self.connected_clients = 0
@@ -63,74 +68,88 @@ class ChatNamespace(Namespace):
         with self._lock:
             self.connected_clients += 1
 
-    def on_join(self, data):
-        """Sent by the page when the user picks a name. Broadcasts a join event and `user_list`."""
+    def on_join(self, data=None):
+        """Sent by the page when the user picks a name (and on every reconnect)."""
         sid = request.sid
+        previous = self._current_room(sid)
         try:
-            payload = data if isinstance(data, dict) else {}
-            username = validate_username(payload.get("username"), self.reserved_names)
-            room = validate_room(payload.get("room"))
-            previous = self._current_room(sid)
-            if previous is not None and previous != room:
-                self._leave(sid, previous)
-            user, _ = self.rooms.join(room, ("web", sid), username, "web")
+            payload = _payload(data)
+            accepted = self.intake.join(
+                Submission(WEB, room=payload.get("room"), username=payload.get("username"),
+                           client_id=optional(payload, "client_id"), connection=sid),
+                switch_from=previous)
         except ValidationError as exc:
             return _error(exc)
+        room = accepted.room
+        if previous is not None and previous != room:
+            self._forget_socket_room(sid, previous)
+        if accepted.replaced is not None:  # the same page's old socket, not yet gone
+            old_sid = accepted.replaced[1]
+            self._forget_socket_room(old_sid, room)
         with self._lock:
             self._room_of_sid[sid] = room
         join_room(room)
         history = self.rooms.history_of(room, self.settings.history_limit)
-        return {"ok": True, "user": user.to_dict(), "room": room,
+        return {"ok": True, "user": accepted.user.to_dict(), "room": room,
                 "history": [message.to_dict() for message in history],
                 "users": self.rooms.users(room)}
 
-    def on_send_message(self, data):
-        """Sent by the page to chat. Broadcasts `chat_message` to the room (sender included)."""
+    def on_send_message(self, data=None):
+        """Sent by the page to chat. The message reaches the room (sender included) once."""
         sid = request.sid
         room = self._current_room(sid)
-        user = self.rooms.member(room, ("web", sid)) if room else None
-        if user is None:
-            return {"ok": False, "error": "join a room first", "code": "not_joined"}
         try:
-            payload = data if isinstance(data, dict) else {}
-            text = validate_text(payload.get("message"), self.settings.max_message_chars)
-            readings = validate_data(payload.get("data"))
+            payload = _payload(data)
+            if room is None:
+                raise ValidationError("not_joined", "join a room first")
+            accepted = self.intake.post(Submission(
+                WEB, room=room, text=payload.get("message"), data=optional(payload, "data"),
+                message_id=optional(payload, "client_message_id"), connection=sid,
+                client_id=self._page_id(room, sid)))
         except ValidationError as exc:
             return _error(exc)
-        if not self.rate_limiter.allow(("web", sid)):
-            return {"ok": False, "error": "too many messages; slow down", "code": "rate_limited"}
-        message = self.rooms.post(room, user.username, text, "web", sender=("web", sid), data=readings)
-        return {"ok": True, "message_id": message.message_id, "seq": message.seq}
+        if accepted.message is None:  # a resend of what was already posted
+            return {"ok": True, "message_id": accepted.message_id, "duplicate": True}
+        return {"ok": True, "message_id": accepted.message_id, "seq": accepted.message.seq}
 
     def on_leave(self, data=None):
-        """Sent by the page to leave its room. Broadcasts a leave event and `user_list`."""
-        sid = request.sid
-        room = self._current_room(sid)
-        if room is not None:
-            self._leave(sid, room)
+        """Sent by the page to leave its room."""
+        try:
+            _payload(data)
+        except ValidationError as exc:
+            return _error(exc)
+        self._leave(request.sid)
         return {"ok": True}
 
     def on_disconnect(self, reason=None):
         """A closed tab leaves its room."""
-        sid = request.sid
         with self._lock:
             self.connected_clients -= 1
-        room = self._current_room(sid)
-        if room is not None:
-            self._leave(sid, room)
+        self._leave(request.sid)
 
     def _current_room(self, sid: str) -> str | None:
         with self._lock:
             return self._room_of_sid.get(sid)
 
-    def _leave(self, sid: str, room: str) -> None:
+    def _page_id(self, room: str, sid: str) -> str | None:
+        member = self.rooms.member(room, (WEB, sid))
+        return member.private_id if member else None
+
+    def _leave(self, sid: str) -> None:
+        room = self._current_room(sid)
+        if room is None:
+            return
+        self.intake.leave(Submission(WEB, room=room, connection=sid))
+        self._forget_socket_room(sid, room)
+
+    def _forget_socket_room(self, sid: str, room: str) -> None:
         with self._lock:
-            self._room_of_sid.pop(sid, None)
-        self.rooms.leave(room, ("web", sid))
+            if self._room_of_sid.get(sid) == room:
+                del self._room_of_sid[sid]
         try:
             leave_room(room, sid=sid)
         except Exception:  # the socket may already be gone on disconnect
-            log.debug("leave_room(%s) for a closed socket", room)
+            log.debug("leave_room(%r) for a closed socket", room)
 
 
 def internal_error_ack(exc: Exception) -> dict:

@@ -28,29 +28,44 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.count > 0
 
-    def allow(self, sender: Hashable) -> bool:
-        """Take one token for `sender`; False when its bucket is empty."""
+    def wait_time(self, sender: Hashable) -> float:
+        """Seconds until `sender` may send again (0 when it may now). Takes nothing."""
         if not self.enabled:
-            return True
+            return 0.0
+        with self._lock:
+            tokens = self._tokens(sender, self.now())
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.refill_per_second
+
+    def take(self, sender: Hashable) -> None:
+        """Spend one token of `sender` (never below zero): called once an input is accepted."""
+        if not self.enabled:
+            return
         with self._lock:
             now = self.now()
-            tokens, last = self._buckets.pop(sender, (float(self.count), now))
-            tokens = min(float(self.count), tokens + (now - last) * self.refill_per_second)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[sender] = (tokens, now)
+            tokens = self._tokens(sender, now)
+            self._buckets.pop(sender, None)
+            self._buckets[sender] = (max(0.0, tokens - 1.0), now)
             # Oldest senders first: a full bucket table forgets the least recent.
             while len(self._buckets) > self.max_senders:
                 self._buckets.popitem(last=False)
-            return allowed
+
+    def allow(self, sender: Hashable) -> bool:
+        """Take one token for `sender` if it has one; False when its bucket is empty."""
+        if self.wait_time(sender) > 0:
+            return False
+        self.take(sender)
+        return True
+
+    def _tokens(self, sender: Hashable, now: float) -> float:
+        tokens, last = self._buckets.get(sender, (float(self.count), now))
+        return min(float(self.count), tokens + (now - last) * self.refill_per_second)
 
 
 class DedupWindow:
-    """Remembers keys for `ttl` seconds.
+    """Remembers keys (with a value: the accepted message's id) for `ttl` seconds.
 
-    `contains` and `remember` are separate so a message that is rejected for
-    another reason (rate limit) is not mistaken for a duplicate when re-sent.
+    `get` and `remember` are separate: only what the intake accepted is
+    remembered, so a corrected resend of a rejected message goes through.
     """
 
     def __init__(self, ttl: float = 600.0, now: Callable[[], float] = time.monotonic,
@@ -58,24 +73,27 @@ class DedupWindow:
         self.ttl = ttl
         self.now = now
         self.max_keys = max_keys
-        self._expiry: OrderedDict[Hashable, float] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def contains(self, key: Hashable) -> bool:
+    def get(self, key: Hashable):
+        """What was remembered for `key` (the accepted message's id), or None."""
         with self._lock:
             self._expire()
-            return key in self._expiry
+            entry = self._entries.get(key)
+            return entry[1] if entry else None
 
-    def remember(self, key: Hashable) -> None:
+    def remember(self, key: Hashable, value: object = True) -> None:
         with self._lock:
             self._expire()
-            self._expiry[key] = self.now() + self.ttl
+            self._entries.pop(key, None)
+            self._entries[key] = (self.now() + self.ttl, value)
 
     def _expire(self) -> None:
         # Keys are kept in insertion order, so expired ones sit at the front.
         now = self.now()
-        while self._expiry:
-            expires = next(iter(self._expiry.values()))
-            if expires > now and len(self._expiry) <= self.max_keys:
+        while self._entries:
+            expires = next(iter(self._entries.values()))[0]
+            if expires > now and len(self._entries) <= self.max_keys:
                 break
-            self._expiry.popitem(last=False)
+            self._entries.popitem(last=False)

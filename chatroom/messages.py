@@ -18,13 +18,10 @@ from .config import DEFAULT_ROOM, RESERVED_ROOM_NAMES, ROOM_NAME
 USER_MESSAGE = "user_message"
 AI_RESPONSE = "ai_response"
 
-SYSTEM_NAME = "system"
-
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_DATA_KEYS = 32
 MAX_DATA_BYTES = 1024
 MAX_CLIENT_ID_CHARS = 64
-MAX_USERNAME_CHARS = 32
 MAX_MESSAGE_ID_CHARS = 128
 
 
@@ -42,11 +39,13 @@ def dumps(obj: Any) -> str:
 class ValidationError(ValueError):
     """Bad input from any transport; `code` is the PROTOCOL error code."""
 
-    def __init__(self, code: str, message: str, client_id: str | None = None):
+    def __init__(self, code: str, message: str, client_id: str | None = None,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.client_id = client_id
+        self.retry_after = retry_after  # rate_limited: seconds until the sender may try again
 
 
 @dataclass
@@ -90,6 +89,11 @@ class Message:
             self._json = dumps(self.to_dict())
         return self._json
 
+    def to_compact_json(self) -> str:
+        """The original project's shape: five fields, no spaces (fits PubSubClient's 256 bytes)."""
+        return dumps({"type": self.type, "username": self.username, "content": self.content,
+                      "timestamp": self.timestamp, "message_id": self.message_id})
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Message":
         return cls(
@@ -117,9 +121,10 @@ class SystemEvent:
     room: str
     username: str | None = None
     timestamp: str = field(default_factory=utc_timestamp)
+    previous: str | None = None  # a rename's old name
 
     def to_dict(self) -> dict:
-        return {
+        body = {
             "type": "system_message",
             "event": self.event,
             "message": self.message,
@@ -127,6 +132,9 @@ class SystemEvent:
             "room": self.room,
             "timestamp": self.timestamp,
         }
+        if self.previous is not None:
+            body["previous"] = self.previous
+        return body
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
@@ -139,9 +147,13 @@ class User:
     username: str
     source: str
     room: str
-    client_id: str | None = None
+    client_id: str | None = None  # a device's; never a web page's (that one stays private)
     join_time: str = field(default_factory=utc_timestamp)
     message_count: int = 0
+    private_id: str | None = field(default=None, repr=False)  # the page's stable client_id
+    requested: str | None = None  # the name asked for; `username` may be "<requested> (2)"
+    name_key: str = field(default="", repr=False)  # names.name_key(username), made once
+    last_seen: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -150,17 +162,6 @@ class User:
             "client_id": self.client_id,
             "join_time": self.join_time,
         }
-
-
-@dataclass(frozen=True)
-class DeviceMessage:
-    """A validated chat message from `P/messages/in` (or an HTTP post)."""
-
-    client_id: str
-    message: str
-    username: str | None = None
-    message_id: str | None = None
-    data: dict | None = None
 
 
 # --- validation -------------------------------------------------------------
@@ -185,19 +186,6 @@ def validate_client_id(value: Any) -> str:
     ):
         raise ValidationError("bad_field", f"client_id must be 1-{MAX_CLIENT_ID_CHARS} printable characters")
     return value
-
-
-def validate_username(value: Any, reserved: tuple[str, ...] = ()) -> str:
-    """A display name: 1-32 printable characters, not the assistant or `system`."""
-    if not isinstance(value, str):
-        raise ValidationError("bad_name", "username must be a string")
-    name = value.strip()
-    if not 1 <= len(name) <= MAX_USERNAME_CHARS or not name.isprintable():
-        raise ValidationError("bad_name", f"username must be 1-{MAX_USERNAME_CHARS} printable characters")
-    taken = {SYSTEM_NAME, *(r.casefold() for r in reserved)}
-    if name.casefold() in taken:
-        raise ValidationError("bad_name", f"username {name!r} is reserved")
-    return name
 
 
 def validate_text(value: Any, max_chars: int) -> str:
@@ -233,12 +221,6 @@ def validate_data(value: Any) -> dict | None:
     return dict(value)
 
 
-def _optional(obj: Mapping[str, Any], key: str) -> Any:
-    """PROTOCOL: a null optional field, or an empty username, counts as absent."""
-    value = obj.get(key)
-    return None if value is None or value == "" else value
-
-
 def parse_json_object(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict:
     """Decode an MQTT payload into a JSON object, or raise the PROTOCOL error."""
     if len(payload) > max_bytes:
@@ -257,53 +239,33 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def client_id_of(obj: Mapping[str, Any]) -> str | None:
+def client_id_of(obj: Any) -> str | None:
     """The sender's client_id when the payload named a valid one (for error replies)."""
     try:
-        return validate_client_id(obj.get("client_id"))
+        return validate_client_id(obj.get("client_id")) if isinstance(obj, dict) else None
     except ValidationError:
         return None
 
 
-def parse_device_message(obj: Mapping[str, Any], max_chars: int, reserved: tuple[str, ...]) -> DeviceMessage:
-    client_id = validate_client_id(obj.get("client_id"))
-    try:
-        text = validate_text(obj.get("message"), max_chars)
-        username = _optional(obj, "username")
-        message_id = _optional(obj, "message_id")
-        if message_id is not None and (
-            not isinstance(message_id, (str, int)) or isinstance(message_id, bool)
-            or not 1 <= len(str(message_id)) <= MAX_MESSAGE_ID_CHARS
-            or not str(message_id).isprintable()  # the whole string: no newline forges a log line
-        ):
-            raise ValidationError("bad_field", f"message_id must be 1-{MAX_MESSAGE_ID_CHARS} printable "
-                                               "characters or a whole number")
-        return DeviceMessage(
-            client_id=client_id,
-            message=text,
-            username=None if username is None else validate_username(username, reserved),
-            message_id=None if message_id is None else str(message_id),
-            data=validate_data(_optional(obj, "data")),
-        )
-    except ValidationError as exc:
-        exc.client_id = client_id
-        raise
+def validate_message_id(value: Any) -> str | None:
+    """A sender's own message id, as its JSON text: `7` and `"7"` are different ids."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValidationError("bad_field", "message_id must be a string or a whole number")
+    text = value if isinstance(value, str) else str(value)
+    if not 1 <= len(text) <= MAX_MESSAGE_ID_CHARS or not text.isprintable():
+        # The whole string: a newline here would forge a log line.
+        raise ValidationError("bad_field", f"message_id must be 1-{MAX_MESSAGE_ID_CHARS} printable characters")
+    return text
 
 
-def parse_device_join(obj: Mapping[str, Any], reserved: tuple[str, ...]) -> tuple[str, str]:
-    """`{client_id, username?}` -> (client_id, display name; the client_id if none)."""
-    client_id = validate_client_id(obj.get("client_id"))
-    return client_id, device_name(client_id, _optional(obj, "username"), reserved)
+def dedup_text(value: Any) -> str:
+    """How a message id is compared for de-duplication: its JSON text (7 != "7")."""
+    return dumps(value)
 
 
-def device_name(client_id: str, username: Any, reserved: tuple[str, ...]) -> str:
-    """A device's display name: the one it gave, else its client_id (cut to fit)."""
-    try:
-        return validate_username(client_id[:MAX_USERNAME_CHARS] if username is None else username, reserved)
-    except ValidationError as exc:
-        exc.client_id = client_id
-        raise
-
-
-def parse_device_leave(obj: Mapping[str, Any]) -> str:
-    return validate_client_id(obj.get("client_id"))
+def optional(obj: Mapping[str, Any], key: str) -> Any:
+    """PROTOCOL: a null optional field, or an empty string, counts as absent."""
+    value = obj.get(key)
+    return None if value is None or value == "" else value

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Protocol
@@ -34,6 +35,21 @@ class PresenceChanged:
 
 
 RoomEvent = Message | SystemEvent | PresenceChanged
+
+# What to do when a joining member asks for a name another present member holds.
+REFUSE = "refuse"   # a person chooses another name (name_taken)
+SUFFIX = "suffix"   # a device is shown as "<name> (2)": fleets of identical sensors get through
+
+# What a join did.
+JOINED, RENAMED, UNCHANGED, RECLAIMED = "joined", "renamed", "unchanged", "reclaimed"
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    user: User
+    outcome: str
+    previous: str | None = None      # the display name before a rename
+    replaced: Hashable | None = None  # the old connection key of a reclaimed entry
 Listener = Callable[[RoomEvent], None]
 
 
@@ -88,10 +104,18 @@ class _ListenerWorker:
 
 
 class Rooms:
-    """All rooms of this server. Thread-safe."""
+    """All rooms of this server. Thread-safe.
 
-    def __init__(self, history: History):
+    `name_key` says when two names are the same (injected: the room itself
+    knows no Unicode tables); `clock` is monotonic seconds, for liveness.
+    """
+
+    def __init__(self, history: History, name_key: Callable[[str], str] = str.casefold,
+                 max_members: int = 1000, clock: Callable[[], float] = time.monotonic):
         self.history = history
+        self.name_key = name_key
+        self.max_members = max_members
+        self.clock = clock
         self._lock = threading.RLock()
         self._rooms: dict[str, _RoomState] = {}
         self._workers: list[_ListenerWorker] = []
@@ -137,26 +161,70 @@ class Rooms:
             state = self._rooms[room] = _RoomState(room, self.history.last_seq(room))
         return state
 
-    def join(self, room: str, key: MemberKey, username: str, source: str,
-             client_id: str | None = None) -> tuple[User, bool]:
-        """Add a member (or rename it). Returns (user, True if newly joined).
+    def join(self, room: str, key: MemberKey, name: str, source: str, *,
+             client_id: str | None = None, private_id: str | None = None,
+             on_clash: str = REFUSE) -> JoinResult:
+        """Add a member, rename it, or only note it is alive. Atomic.
 
-        Names are unique per room among present members, ignoring case.
+        `name` is the name asked for. When another present member holds it (the
+        same name key), `on_clash` decides: REFUSE raises `name_taken`, SUFFIX
+        shows the newcomer as `<name> (2)`, `<name> (3)`, ... A member with the
+        same `private_id` (a page reconnecting) takes its old entry back.
         """
         with self._lock:
             state = self._state(room)
-            self._refuse_taken_name(state, username, except_key=key)
             current = state.members.get(key)
+            if current is not None and current.requested == name:
+                current.last_seen = self.clock()
+                return JoinResult(current, UNCHANGED)
+            holder_key, holder = self._holder(state, self.name_key(name), except_key=key)
+            display = name
+            if holder is not None:
+                if (private_id is not None and holder.private_id == private_id
+                        and holder.source == source and current is None):
+                    return self._reclaim(state, holder_key, key, holder)
+                if on_clash == SUFFIX:
+                    display = self._free_variant(state, name, except_key=key)
+                else:
+                    raise ValidationError("name_taken", f"the name {name!r} is taken in {room}; choose another")
             if current is not None:
-                if current.username != username:
-                    current.username = username
+                previous, current.username, current.requested = current.username, display, name
+                current.name_key = self.name_key(display)
+                current.last_seen = self.clock()
+                if previous != display:
+                    self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
+                                              previous=previous))
                     self._publish(PresenceChanged(room, self._user_list(state)))
-                return current, False
-            user = User(username=username, source=source, room=room, client_id=client_id)
+                return JoinResult(current, RENAMED, previous=previous)
+            if len(state.members) >= self.max_members:
+                raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
+            user = User(username=display, source=source, room=room, client_id=client_id,
+                        private_id=private_id, requested=name, last_seen=self.clock(),
+                        name_key=self.name_key(display))
             state.members[key] = user
-            self._publish(SystemEvent("join", f"{username} joined", room, username))
+            self._publish(SystemEvent("join", f"{display} joined", room, display))
             self._publish(PresenceChanged(room, self._user_list(state)))
-            return user, True
+            return JoinResult(user, JOINED)
+
+    def _reclaim(self, state: _RoomState, old_key: MemberKey, key: MemberKey, user: User) -> JoinResult:
+        """A page that reconnected (same private id) takes over its old entry: no events."""
+        del state.members[old_key]
+        state.members[key] = user
+        user.last_seen = self.clock()
+        return JoinResult(user, RECLAIMED, replaced=old_key)
+
+    def _holder(self, state: _RoomState, wanted: str, except_key: MemberKey | None = None):
+        for key, member in state.members.items():
+            if key != except_key and member.name_key == wanted:
+                return key, member
+        return None, None
+
+    def _free_variant(self, state: _RoomState, name: str, except_key: MemberKey) -> str:
+        taken = {member.name_key for key, member in state.members.items() if key != except_key}
+        number = 2
+        while self.name_key(f"{name} ({number})") in taken:
+            number += 1
+        return f"{name} ({number})"
 
     def leave(self, room: str, key: MemberKey) -> User | None:
         with self._lock:
@@ -167,19 +235,27 @@ class Rooms:
                 self._publish(PresenceChanged(room, self._user_list(state)))
             return user
 
-    def check_name_free(self, room: str, username: str) -> None:
-        """Refuse a name a present member holds (ignoring case): no speaking as someone else."""
+    def holds_name(self, room: str, name: str) -> bool:
+        """True when a present member of `room` holds `name` (by name key)."""
         with self._lock:
             state = self._rooms.get(room)
-            if state is not None:
-                self._refuse_taken_name(state, username)
+            return state is not None and self._holder(state, self.name_key(name))[1] is not None
 
-    @staticmethod
-    def _refuse_taken_name(state: _RoomState, username: str, except_key: MemberKey | None = None) -> None:
-        folded = username.casefold()
-        for key, member in state.members.items():
-            if key != except_key and member.username.casefold() == folded:
-                raise ValidationError("bad_name", f"username {username!r} is already in use in {state.name}")
+    def touch(self, room: str, key: MemberKey) -> None:
+        """A sign of life from a member: it is not silent."""
+        with self._lock:
+            state = self._rooms.get(room)
+            member = state.members.get(key) if state else None
+            if member is not None:
+                member.last_seen = self.clock()
+
+    def expire_silent(self, source: str, silent_since: float) -> list[User]:
+        """Members of `source` not heard from since `silent_since` (the room's clock) leave."""
+        with self._lock:
+            silent = [(state.name, key) for state in self._rooms.values()
+                      for key, member in state.members.items()
+                      if member.source == source and member.last_seen < silent_since]
+            return [user for room, key in silent if (user := self.leave(room, key)) is not None]
 
     def member(self, room: str, key: MemberKey) -> User | None:
         with self._lock:
@@ -263,6 +339,6 @@ class Rooms:
         with self._lock:
             return dict(self._posted)
 
-    def active_rooms(self) -> list[str]:
+    def rooms_with_members(self) -> list[str]:
         with self._lock:
-            return list(self._rooms)
+            return [name for name, state in self._rooms.items() if state.members]

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 
 from flask import Blueprint, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from .config import Settings
-from .limits import RateLimiter
-from .messages import ValidationError, validate_data, validate_room, validate_text, validate_username
+from .intake import HTTP, Intake, Submission
+from .messages import ValidationError, optional, parse_json_object, validate_room
 from .room import Rooms
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,9 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 500
 MAX_BODY_BYTES = 16 * 1024
 
-STATUS_OF_CODE = {"rate_limited": 429, "too_large": 413}
+MAX_SEQ = 2**63 - 1  # SQLite's INTEGER; anything larger is not a seq we could have given
+
+STATUS_OF_CODE = {"rate_limited": 429, "too_large": 413, "name_taken": 409}
 
 
 def error_response(status: int, message: str, code: str | None = None):
@@ -27,32 +30,43 @@ def error_response(status: int, message: str, code: str | None = None):
     return jsonify(body), status
 
 
-def _limit_arg(default: int) -> int:
-    raw = request.args.get("limit", default)
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValidationError("bad_field", "limit must be a whole number") from None
-    return max(0, min(value, MAX_PAGE))
-
-
-def _optional_int_arg(name: str) -> int | None:
+def _positive_int_arg(name: str, default: int | None, maximum: int) -> int | None:
+    """A query parameter that must be a whole number in 1..maximum (400 otherwise)."""
     raw = request.args.get(name)
-    if raw in (None, ""):
-        return None
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= maximum:
+        raise ValidationError("bad_field", f"{name} must be a whole number from 1 to {maximum}")
+    return int(raw)
+
+
+def _json_body() -> dict:
+    """The request body as a JSON object, refusing oversized (chunked too) and non-JSON bodies."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ValidationError("too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+    if not request.is_json:
+        raise UnsupportedMediaType("body must be application/json")
     try:
-        return int(raw)
-    except ValueError:
-        raise ValidationError("bad_field", f"{name} must be a whole number") from None
+        # MAX_CONTENT_LENGTH also bounds a chunked body while it is read.
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise ValidationError("too_large", f"body is larger than {MAX_BODY_BYTES} bytes") from None
+    return parse_json_object(raw, MAX_BODY_BYTES)
 
 
-def create_chat_blueprint(rooms: Rooms, store, settings: Settings, rate_limiter: RateLimiter,
-                          reserved_names: tuple[str, ...], metrics_text) -> Blueprint:
+def _address() -> str | None:
+    return request.remote_addr
+
+
+def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intake, metrics_text) -> Blueprint:
     bp = Blueprint("chat", __name__)
 
     @bp.errorhandler(ValidationError)
     def on_validation_error(exc: ValidationError):
-        return error_response(STATUS_OF_CODE.get(exc.code, 400), exc.message, exc.code)
+        response, status = error_response(STATUS_OF_CODE.get(exc.code, 400), exc.message, exc.code)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response, status
 
     @bp.app_errorhandler(HTTPException)
     def on_http_error(exc: HTTPException):
@@ -78,8 +92,8 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, rate_limiter:
     @bp.get("/api/messages")
     def list_messages():
         room = validate_room(request.args.get("room"))
-        messages = rooms.history_of(room, _limit_arg(settings.history_limit),
-                                    _optional_int_arg("before_seq"))
+        limit = _positive_int_arg("limit", settings.history_limit, MAX_PAGE)
+        messages = rooms.history_of(room, limit, _positive_int_arg("before_seq", None, MAX_SEQ))
         return jsonify({"success": True, "messages": [m.to_dict() for m in messages]})
 
     @bp.post("/api/messages")
@@ -88,24 +102,11 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, rate_limiter:
             supplied = request.headers.get("Authorization", "")
             if not hmac.compare_digest(supplied.encode(), f"Bearer {settings.api_token}".encode()):
                 return error_response(401, "missing or wrong API token (Authorization: Bearer <token>)")
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return error_response(413, f"body is larger than {MAX_BODY_BYTES} bytes", "too_large")
-        if not request.is_json:
-            return error_response(415, "body must be application/json")
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            return error_response(400, "body must be a JSON object", "invalid_json")
-        if body.get("username") in (None, ""):
-            raise ValidationError("missing_field", "username is required")
-        username = validate_username(body.get("username"), reserved_names)
-        text = validate_text(body.get("message"), settings.max_message_chars)
-        room = validate_room(body.get("room"))
-        readings = validate_data(body.get("data"))
-        rooms.check_name_free(room, username)
-        if not rate_limiter.allow(("http", request.remote_addr)):
-            raise ValidationError("rate_limited", "too many messages; slow down")
-        message = rooms.post(room, username, text, "http", data=readings)
-        return jsonify({"success": True, "message": message.to_dict()}), 201
+        body = _json_body()
+        accepted = intake.post(Submission(
+            HTTP, room=body.get("room"), username=optional(body, "username"), text=body.get("message"),
+            data=optional(body, "data"), address=_address()))
+        return jsonify({"success": True, "message": accepted.message.to_dict()}), 201
 
     @bp.get("/api/users")
     def list_users():
@@ -118,7 +119,7 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, rate_limiter:
         key = request.args.get("key", "")
         if not client_id or not key:
             raise ValidationError("missing_field", "client_id and key are required")
-        readings = store.readings(client_id, key, _limit_arg(100))
+        readings = store.readings(client_id, key, _positive_int_arg("limit", 100, MAX_PAGE))
         return jsonify({"success": True, "client_id": client_id, "key": key, "readings": readings})
 
     return bp

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from chatroom.config import Settings
-from chatroom.limits import DedupWindow, RateLimiter
+from chatroom.config import DEFAULT_ROOM, Settings
+from chatroom.intake import DUPLICATE, MQTT, Intake, Submission
 from chatroom.messages import (
-    Message, SystemEvent, ValidationError, client_id_of, device_name, dumps,
-    parse_device_join, parse_device_leave, parse_device_message, parse_json_object,
+    Message, SystemEvent, ValidationError, client_id_of, dumps, optional, parse_json_object,
     utc_timestamp,
 )
 from chatroom.room import Rooms
@@ -36,12 +35,14 @@ from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics, topic_name_pro
 
 log = logging.getLogger(__name__)
 
-LOG_PAYLOAD_CHARS = 200
 RESEND_WAIT_SECONDS = 10.0
 # 0 = no limit. paho's default window of 20 caps a QoS 1 relay well below one core,
 # and any window makes paho scan its whole queue on every PUBACK. The broker takes
 # what we send; our own outbox bounds memory while it is unreachable.
 MAX_INFLIGHT = 0
+# A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
+# times within TAKEOVER_WINDOW seconds, is another client taking our client id.
+TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,14 @@ def _guarded(callback):
 
 
 class MqttBridge:
-    def __init__(self, settings: Settings, rooms: Rooms, rate_limiter: RateLimiter,
-                 dedup: DedupWindow, reserved_names: tuple[str, ...]):
+    def __init__(self, settings: Settings, rooms: Rooms, intake: Intake):
         self.settings = settings
         self.rooms = rooms
-        self.rate_limiter = rate_limiter
-        self.dedup = dedup
-        self.reserved_names = reserved_names
+        self.intake = intake
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
         self.qos = settings.mqtt_qos
+        self.compact = settings.mqtt_out_format == "compact"  # the original project's 5 fields
         self._client: mqtt.Client | None = None
         self._running = False
         self._stopping = threading.Event()
@@ -104,13 +103,13 @@ class MqttBridge:
         self._draining = False
         self._outbox: deque[_Outgoing] = deque()
         self._subscriptions: list[str] = []
+        self._connected_at = 0.0
+        self._short_sessions: list[float] = []  # when connections closed right after opening
+        self._takeover_logged = float("-inf")
 
         # Publications handed to paho and not yet acknowledged.
         self._acks = threading.Condition()
         self._unacked = 0
-
-        self._last_seen: dict[tuple[str, str], float] = {}
-        self._last_seen_lock = threading.Lock()
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -158,9 +157,6 @@ class MqttBridge:
                  settings.mqtt_port, settings.mqtt_client_id)
         client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=30)
         client.loop_start()
-        if settings.mqtt_user_timeout > 0:
-            threading.Thread(target=self._expire_silent_users, name="mqtt-user-timeout",
-                             daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline`, flush the outbox (bounded by `timeout`), disconnect."""
@@ -220,11 +216,13 @@ class MqttBridge:
         log.info("MQTT connected to %s:%s (session present: %s, outbox: %d)",
                  self.settings.mqtt_broker, self.settings.mqtt_port,
                  connect_flags.session_present, len(self._outbox))
+        self._connected_at = time.monotonic()
+        online_text = "MQTT service connected" if first_time else "MQTT bridge is back online"
         if self._draining:
-            threading.Thread(target=self._drain_outbox, args=(not first_time,), name="mqtt-outbox-drain",
+            threading.Thread(target=self._drain_outbox, args=(online_text,), name="mqtt-outbox-drain",
                              daemon=True).start()
-        elif not first_time:
-            self._announce_back_online()
+        else:
+            self._announce_all("bridge_online", online_text)
 
     @_guarded
     def on_connect_fail(self, client, userdata):
@@ -242,7 +240,29 @@ class MqttBridge:
         text = f"connection lost: {reason_code}"
         self.stats.error(text)
         log.warning("MQTT %s; messages wait in the outbox until it returns", text)
+        self._notice_takeover()
         self._announce_all("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+
+    def _notice_takeover(self) -> None:
+        """Say so when connections keep being closed right after they open.
+
+        MQTT 3.1.1 gives no reason, but this pattern is what a second client with
+        our client id causes: the broker closes the older session each time one
+        of the two reconnects, forever.
+        """
+        now = time.monotonic()
+        if now - self._connected_at > TAKEOVER_SECONDS:
+            return
+        self._short_sessions = [t for t in self._short_sessions if now - t < TAKEOVER_WINDOW] + [now]
+        if len(self._short_sessions) < TAKEOVER_COUNT:
+            return
+        text = (f"the broker closed {len(self._short_sessions)} connections within "
+                f"{TAKEOVER_WINDOW:g} s right after they opened: another client probably uses "
+                f"MQTT_CLIENT_ID {self.settings.mqtt_client_id!r}; give each server its own")
+        self.stats.error(text)
+        if now - self._takeover_logged > TAKEOVER_WINDOW:
+            self._takeover_logged = now
+            log.error("MQTT %s", text)
 
     @_guarded
     def on_publish(self, client, userdata, mid, reason_code, properties):
@@ -260,95 +280,35 @@ class MqttBridge:
     # --- inbound ---------------------------------------------------------------
 
     def _handle_inbound(self, topic: str, payload: bytes) -> None:
+        """Payload -> Submission -> intake; a refusal -> one reply on P/errors."""
         obj: dict | None = None
         try:
             parsed = self.topics.parse(topic)
             if parsed is None:
-                raise ValidationError("bad_field", f"not an inbound topic of a valid room: {topic}")
+                raise ValidationError("bad_field", "not an inbound topic of a valid room")
             room, kind = parsed
             obj = parse_json_object(payload)
+            submission = Submission(MQTT, room=room, client_id=obj.get("client_id"),
+                                    username=optional(obj, "username"), text=obj.get("message"),
+                                    data=optional(obj, "data"), message_id=optional(obj, "message_id"))
             if kind == MESSAGES_IN:
-                self._on_chat_message(room, obj)
+                if self.intake.post(submission).outcome == DUPLICATE:
+                    self.stats.add("messages_duplicate")
             elif kind == USERS_JOIN:
-                self._on_device_join(room, obj)
+                self.intake.join(submission)
             elif kind == USERS_LEAVE:
-                self._on_device_leave(room, obj)
+                self.intake.leave(submission)
         except ValidationError as exc:
             if exc.client_id is None:
                 exc.client_id = client_id_of(obj if obj is not None else _object_or_empty(payload))
-            self._reject(topic, payload, exc)
+            self._reject(topic, exc)
 
-    def _on_chat_message(self, room: str, obj: dict) -> None:
-        incoming = parse_device_message(obj, self.settings.max_message_chars, self.reserved_names)
-        client_id = incoming.client_id
-        dedup_key = (client_id, incoming.message_id)
-        if incoming.message_id is not None and self.dedup.contains(dedup_key):
-            self.stats.add("messages_duplicate")
-            log.info("MQTT duplicate %s from %s dropped", incoming.message_id, client_id)
-            return
-        if not self.rate_limiter.allow(("mqtt", client_id)):
-            raise ValidationError("rate_limited", "too many messages; slow down", client_id)
-        if incoming.message_id is not None:
-            self.dedup.remember(dedup_key)
-        key = ("mqtt", client_id)
-        current = self.rooms.member(room, key)
-        name = incoming.username or (current.username if current else
-                                     device_name(client_id, None, self.reserved_names))
-        user = self._join(room, client_id, name)  # joins implicitly, or renames
-        self._seen(room, client_id)
-        self.rooms.post(room, user.username, incoming.message, "mqtt", sender=key,
-                        client_id=client_id, data=incoming.data,
-                        client_message_id=incoming.message_id)
-
-    def _on_device_join(self, room: str, obj: dict) -> None:
-        client_id, name = parse_device_join(obj, self.reserved_names)
-        self._join(room, client_id, name)
-        self._seen(room, client_id)
-
-    def _on_device_leave(self, room: str, obj: dict) -> None:
-        client_id = parse_device_leave(obj)
-        self.rooms.leave(room, ("mqtt", client_id))
-        with self._last_seen_lock:
-            self._last_seen.pop((room, client_id), None)
-
-    def _join(self, room: str, client_id: str, name: str):
-        try:
-            user, _ = self.rooms.join(room, ("mqtt", client_id), name, "mqtt", client_id)
-            return user
-        except ValidationError as exc:
-            exc.client_id = client_id
-            raise
-
-    def _reject(self, topic: str, payload: bytes, exc: ValidationError) -> None:
+    def _reject(self, topic: str, exc: ValidationError) -> None:
         self.stats.rejected(exc.code)
-        log.warning("MQTT rejected %s on %s from %s: %s (payload %r)", exc.code, topic,
-                    exc.client_id, exc.message, payload[:LOG_PAYLOAD_CHARS])
+        log.warning("MQTT rejected %s on %r from %r: %s", exc.code, topic, exc.client_id, exc.message)
         error = {"type": "error", "code": exc.code, "error": exc.message, "topic": topic,
                  "client_id": exc.client_id, "timestamp": utc_timestamp()}
         self._publish(_Outgoing(self.topics.errors(), dumps(error).encode(), self.qos))
-
-    # --- silent devices ----------------------------------------------------------
-
-    def _seen(self, room: str, client_id: str) -> None:
-        with self._last_seen_lock:
-            self._last_seen[(room, client_id)] = time.monotonic()
-
-    def _expire_silent_users(self) -> None:
-        timeout = self.settings.mqtt_user_timeout
-        interval = min(max(timeout / 4, 1.0), 30.0)
-        while not self._stopping.wait(interval):
-            self.expire_silent_users(time.monotonic() - timeout)
-
-    def expire_silent_users(self, silent_since: float) -> int:
-        """Mark MQTT users with no traffic since `silent_since` (monotonic) as left."""
-        with self._last_seen_lock:
-            silent = [key for key, seen in self._last_seen.items() if seen < silent_since]
-            for key in silent:
-                del self._last_seen[key]
-        for room, client_id in silent:
-            if self.rooms.leave(room, ("mqtt", client_id)) is not None:
-                log.info("MQTT user %s in %s timed out", client_id, room)
-        return len(silent)
 
     # --- outbound --------------------------------------------------------------
 
@@ -356,11 +316,12 @@ class MqttBridge:
         """Room listener: republish chat messages and system events."""
         if isinstance(event, Message):
             topic = self.topics.messages_out(event.room)
+            text = event.to_compact_json() if self.compact else event.to_json()
         elif isinstance(event, SystemEvent):
-            topic = self.topics.system(event.room)
+            topic, text = self.topics.system(event.room), event.to_json()
         else:
             return
-        self._publish(_Outgoing(topic, event.to_json().encode("utf-8"), self.qos))
+        self._publish(_Outgoing(topic, text.encode("utf-8"), self.qos))
 
     def _publish(self, item: _Outgoing) -> None:
         problem = topic_name_problem(item.topic)
@@ -397,7 +358,7 @@ class MqttBridge:
         self._outbox.appendleft(item)
         log.warning("MQTT publish on %s failed (%s); kept in the outbox", item.topic, info.rc)
 
-    def _drain_outbox(self, announce: bool) -> None:
+    def _drain_outbox(self, online_text: str) -> None:
         """After a reconnect: let paho re-send what was in flight, then send the outbox.
 
         `bridge_online` is announced after the backlog, so it neither jumps the
@@ -417,14 +378,11 @@ class MqttBridge:
         with self._acks:
             self._acks.notify_all()
         log.info("MQTT outbox drained: %d messages published", sent)
-        if announce:
-            self._announce_back_online()
-
-    def _announce_back_online(self) -> None:
-        self._announce_all("bridge_online", "MQTT bridge is back online")
+        self._announce_all("bridge_online", online_text)
 
     def _announce_all(self, event: str, text: str) -> None:
-        for room in self.rooms.active_rooms():
+        """A bridge event for the lobby and every room with members (not every room ever seen)."""
+        for room in dict.fromkeys([DEFAULT_ROOM, *self.rooms.rooms_with_members()]):
             self.rooms.announce(room, event, text)
 
     # --- status -------------------------------------------------------------------

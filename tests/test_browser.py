@@ -119,7 +119,7 @@ def test_taken_name_is_explained(browser, server):
     expect(page.locator("#connection")).to_have_text("connected")
     page.fill("#username", "alice")
     page.click("#join-form button[type=submit]")
-    expect(page.locator("#join-error")).to_contain_text("already in use")
+    expect(page.locator("#join-error")).to_contain_text("is taken")
     expect(page.locator("#send-form")).to_be_hidden()
     context.close()
     first.context.close()

@@ -161,7 +161,7 @@ def test_http_cannot_post_as_a_present_user(make_app):
     app = make_app()
     web = app.socket()
     assert web.emit("join", {"username": "Alice"}, callback=True)["ok"]
-    response = post(app, {"username": "alice", "message": "I am Alice, honest"})
-    assert response.status_code == 400 and response.get_json()["code"] == "bad_name"
+    response = post(app, {"username": "ＡＬＩＣＥ", "message": "I am Alice, honest"})
+    assert response.status_code == 409 and response.get_json()["code"] == "name_taken"
     assert post(app, {"username": "alice", "message": "fine elsewhere", "room": "ops"}).status_code == 201
     web.disconnect()

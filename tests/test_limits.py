@@ -31,8 +31,8 @@ def test_dedup_window_forgets_after_ttl():
     """A key is a duplicate for ttl seconds, then new again."""
     clock = Clock()
     window = DedupWindow(ttl=600, now=clock)
-    assert not window.contains(("c", "1"))
-    window.remember(("c", "1"))
-    assert window.contains(("c", "1")) and not window.contains(("c", "2"))
+    assert window.get(("c", "1")) is None
+    window.remember(("c", "1"), "server-id-1")
+    assert window.get(("c", "1")) == "server-id-1" and window.get(("c", "2")) is None
     clock.t += 601
-    assert not window.contains(("c", "1"))
+    assert window.get(("c", "1")) is None

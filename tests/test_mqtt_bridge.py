@@ -158,7 +158,8 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     """received/sent/rejected/duplicate and the MQTT user table match what happened."""
     app = make_app()
     probe = probe_for(app.prefix)
-    wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 1, what="online state acknowledged")
+    # the retained online state and the bridge_online event in the lobby (every connect, the first too)
+    wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 2, what="online state acknowledged")
     p = app.prefix
     probe.publish(f"{p}/users/join", {"client_id": "a", "username": "Alpha"})          # join event
     probe.publish(f"{p}/messages/in", {"client_id": "a", "message": "1", "message_id": "x"})  # out
@@ -168,8 +169,8 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     probe.wait(f"{p}/errors")
     probe.wait(f"{p}/messages/out", count=2)
     app.drain()
-    # sent = online + 2 joins + 2 outs + 1 error, each acknowledged by the broker
-    expected_sent = 6
+    # sent = online state + bridge_online + 2 joins + 2 outs + 1 error, each acknowledged by the broker
+    expected_sent = 7
     wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == expected_sent, what="acks")
     body = app.status()
     status = body["mqtt_status"]
@@ -188,15 +189,16 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     assert body["room"] == {"rooms": 1, "web_users": 0, "messages_total": 2}
 
 
-def test_device_cannot_take_a_present_web_users_name(make_app, probe_for):
-    """Names are unique per room across transports: a device can't impersonate a web user."""
+def test_a_device_under_a_present_web_users_name_is_shown_with_a_number(make_app, probe_for):
+    """A device is never refused for its name, and never passes as the web user: `alice (2)`."""
     app = make_app()
     probe = probe_for(app.prefix)
     web = app.socket()
     assert web.emit("join", {"username": "Alice"}, callback=True)["ok"]
-    probe.publish(f"{app.prefix}/messages/in", {"client_id": "evil", "username": "alice", "message": "hi"})
-    error = probe.wait(f"{app.prefix}/errors")[0].json()
-    assert (error["code"], error["client_id"]) == ("bad_name", "evil")
+    probe.publish(f"{app.prefix}/messages/in", {"client_id": "evil", "username": "аlice", "message": "hi"})
+    out = probe.wait(f"{app.prefix}/messages/out")[0].json()
+    assert (out["username"], out["client_id"], out["source"]) == ("аlice (2)", "evil", "mqtt")
+    assert probe.on(f"{app.prefix}/errors") == []
     web.disconnect()
 
 
@@ -206,6 +208,7 @@ def test_silent_mqtt_users_are_marked_left(make_app, probe_for):
     probe = probe_for(app.prefix)
     probe.publish(f"{app.prefix}/users/join", {"client_id": "quiet"})
     probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "join")
-    assert app.components.bridge.expire_silent_users(time.monotonic() + 1) == 1
+    app.components.rooms.clock = lambda: time.monotonic() + 3601  # an hour of silence, without waiting it
+    assert [u.client_id for u in app.components.device_timeout.expire()] == ["quiet"]
     probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")
     assert app.http.get("/api/users").get_json()["users"] == []

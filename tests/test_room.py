@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from chatroom.messages import Message, SystemEvent, ValidationError
-from chatroom.room import PresenceChanged, Rooms
+from chatroom.room import RENAMED, SUFFIX, UNCHANGED, PresenceChanged, Rooms
 from chatroom.store import MessageStore
 
 
@@ -60,12 +60,35 @@ def test_join_and_leave_emit_system_events_and_presence(rooms):
 
 
 def test_names_are_unique_per_room_ignoring_case(rooms):
-    """A second 'alice' is refused while 'Alice' is present, but fine elsewhere."""
+    """A second 'alice' is refused (name_taken) while 'Alice' is present, but fine elsewhere."""
     rooms.join("lobby", ("web", "s1"), "Alice", "web")
     with pytest.raises(ValidationError) as info:
-        rooms.join("lobby", ("mqtt", "dev"), "alice", "mqtt", "dev")
-    assert info.value.code == "bad_name"
+        rooms.join("lobby", ("web", "s3"), "alice", "web")
+    assert info.value.code == "name_taken"
     rooms.join("kitchen", ("web", "s2"), "alice", "web")
+
+
+def test_a_device_with_a_held_name_is_shown_with_a_number(rooms):
+    """SUFFIX: the first free `<name> (n)`; the device keeps it while it repeats its join."""
+    rooms.join("lobby", ("web", "s1"), "Kitchen", "web")
+    second = rooms.join("lobby", ("mqtt", "a"), "Kitchen", "mqtt", client_id="a", on_clash=SUFFIX)
+    third = rooms.join("lobby", ("mqtt", "b"), "kitchen", "mqtt", client_id="b", on_clash=SUFFIX)
+    assert (second.user.username, third.user.username) == ("Kitchen (2)", "kitchen (3)")
+    again = rooms.join("lobby", ("mqtt", "a"), "Kitchen", "mqtt", client_id="a", on_clash=SUFFIX)
+    assert again.outcome == UNCHANGED and again.user.username == "Kitchen (2)"
+
+
+def test_rooms_are_bounded_in_members(tmp_path):
+    """MAX_ROOM_MEMBERS: one more join is room_full; a present member's rename is not."""
+    store = MessageStore(":memory:")
+    small = Rooms(store, max_members=2)
+    small.join("lobby", ("web", "1"), "a", "web")
+    small.join("lobby", ("web", "2"), "b", "web")
+    with pytest.raises(ValidationError) as info:
+        small.join("lobby", ("web", "3"), "c", "web")
+    assert info.value.code == "room_full"
+    assert small.join("lobby", ("web", "2"), "bee", "web").outcome == RENAMED
+    small.close()
 
 
 def test_listeners_see_events_in_seq_order_even_from_many_threads(rooms):
@@ -129,7 +152,7 @@ def test_announce_is_not_a_chat_message(rooms):
 def test_presence_changed_lists_sources(rooms):
     """The user list tells where each user is from."""
     events = collect(rooms)
-    rooms.join("lobby", ("mqtt", "esp"), "Kitchen", "mqtt", "esp")
+    rooms.join("lobby", ("mqtt", "esp"), "Kitchen", "mqtt", client_id="esp")
     assert rooms.drain()
     presence = [e for e in events if isinstance(e, PresenceChanged)][0]
     assert presence.users == [{"username": "Kitchen", "source": "mqtt", "client_id": "esp",

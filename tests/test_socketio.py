@@ -60,7 +60,8 @@ def test_mqtt_message_reaches_web_client(make_app, probe_for):
     ({"message": 5}, "bad_field"),
     ({"message": "x" * 2001}, "too_long"),
     ({"message": "x", "data": "nope"}, "bad_field"),
-    ("just a string", "missing_field"),
+    ("just a string", "bad_field"),
+    (["a", "list"], "bad_field"),
 ])
 def test_bad_send_gets_ok_false_with_code(make_app, payload, code):
     """Bad input is an ack with ok false and the PROTOCOL code; the socket stays usable."""
@@ -93,7 +94,7 @@ def test_names_are_unique_per_room_case_insensitive(make_app):
     alice, other = app.socket(), app.socket()
     assert alice.emit("join", {"username": "Alice"}, callback=True)["ok"]
     refused = other.emit("join", {"username": "alice"}, callback=True)
-    assert refused["ok"] is False and "in use" in refused["error"]
+    assert refused["ok"] is False and refused["code"] == "name_taken" and "taken" in refused["error"]
     assert alice.emit("leave", {}, callback=True) == {"ok": True}
     assert other.emit("join", {"username": "alice"}, callback=True)["ok"]
 
@@ -124,9 +125,9 @@ def test_rooms_are_separate(make_app):
 
 def test_web_rate_limit(make_app):
     """Over RATE_LIMIT a web sender gets rate_limited."""
-    app = make_app(RATE_LIMIT="2/3600")
+    app = make_app(RATE_LIMIT="3/3600")
     web = app.socket()
-    assert web.emit("join", {"username": "A"}, callback=True)["ok"]
+    assert web.emit("join", {"username": "A"}, callback=True)["ok"]  # a presence change takes a token too
     codes = [web.emit("send_message", {"message": str(i)}, callback=True).get("code") for i in range(3)]
     assert codes == [None, None, "rate_limited"]
 

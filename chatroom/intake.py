@@ -1,0 +1,253 @@
+"""The one way into a room, for every transport (DESIGN.md).
+
+A transport turns its input into a `Submission` and calls `post`, `join` or
+`leave`; it turns the answer (an `Accepted`, or a `ValidationError` with the
+PROTOCOL code) into an ack, an HTTP status or a `P/errors` message. The rules
+run here, in the contract's order:
+
+    validate -> name rules -> rate limit -> dedup -> implicit join / rename -> post
+
+and only what is accepted leaves a trace: a rejected input takes no rate-limit
+token, is not remembered for de-duplication and joins nobody. The rules need no
+broker, no Flask and no Socket.IO, so they are tested on their own.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from .limits import DedupWindow, RateLimiter
+from .messages import (
+    Message, User, ValidationError, dedup_text, validate_client_id, validate_data,
+    validate_message_id, validate_room, validate_text,
+)
+from .names import NameRules
+from .room import JOINED, REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
+
+log = logging.getLogger(__name__)
+
+WEB, MQTT, HTTP = "web", "mqtt", "http"
+DEDUP_SECONDS = 600.0
+
+# Outcomes besides a room's JoinResult outcomes (joined, renamed, unchanged, reclaimed).
+POSTED, DUPLICATE, LEFT, NOT_PRESENT = "posted", "duplicate", "left", "not_present"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One input from any transport, as raw values: the intake validates them.
+
+    `connection` is the transport's handle of a web member (its Socket.IO sid);
+    `client_id` is a device's id or the page's stable id; `address` is the
+    remote address of an HTTP caller (its rate-limit key).
+    """
+
+    source: str
+    room: Any = None
+    username: Any = None
+    text: Any = None
+    data: Any = None
+    client_id: Any = None
+    message_id: Any = None
+    connection: Hashable | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    outcome: str
+    room: str
+    user: User | None = None
+    message: Message | None = None
+    message_id: str | None = None       # the server's id of the message (the original one for a duplicate)
+    replaced: Hashable | None = None    # a reclaimed web entry's old connection key
+
+
+class Intake:
+    def __init__(self, rooms: Rooms, names: NameRules, rate_limiter: RateLimiter,
+                 dedup: DedupWindow, max_message_chars: int):
+        self.rooms = rooms
+        self.names = names
+        self.rate_limiter = rate_limiter
+        self.dedup = dedup
+        self.max_message_chars = max_message_chars
+        # One decision at a time: "is there a token / is it a duplicate / is the name
+        # free" and acting on the answer must not interleave with another input.
+        self._lock = threading.RLock()
+
+    # --- chat messages ----------------------------------------------------------
+
+    def post(self, sub: Submission) -> Accepted:
+        """A chat message. Devices join implicitly (or are renamed) on the way."""
+        client_id = self._client_id(sub)
+        try:
+            return self._post(sub, client_id)
+        except ValidationError as exc:
+            exc.client_id = exc.client_id or (client_id if sub.source == MQTT else None)
+            raise
+
+    def _post(self, sub: Submission, client_id: str | None) -> Accepted:
+        room = validate_room(sub.room)
+        text = validate_text(sub.text, self.max_message_chars)
+        data = validate_data(sub.data)
+        message_id = validate_message_id(sub.message_id)
+        with self._lock:
+            member_key, name, on_clash = self._author(sub, room, client_id)
+            sender = self._sender(sub, client_id)
+            self._check_rate(sender, client_id)
+            dedup_key = self._dedup_key(sub, room, client_id)
+            if dedup_key is not None:
+                original = self.dedup.get(dedup_key)
+                if original is not None:
+                    return Accepted(DUPLICATE, room, message_id=original)
+            user = None
+            if sub.source == MQTT:
+                user = self.rooms.join(room, member_key, name, MQTT, client_id=client_id,
+                                       on_clash=on_clash).user
+                name = user.username
+            elif sub.source == WEB:
+                user = self.rooms.member(room, member_key)
+                name = user.username
+            self.rate_limiter.take(sender)
+            message = self.rooms.post(room, name, text, sub.source, sender=member_key,
+                                      client_id=client_id if sub.source == MQTT else None,
+                                      data=data, client_message_id=message_id)
+            if dedup_key is not None:
+                self.dedup.remember(dedup_key, message.message_id)
+        return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)
+
+    def _author(self, sub: Submission, room: str, client_id: str | None):
+        """(member key, name asked for, what to do on a name clash) of a message's author."""
+        if sub.source == MQTT:
+            key = (MQTT, client_id)
+            if sub.username is not None:
+                return key, self.names.display_name(sub.username), SUFFIX
+            current = self.rooms.member(room, key)
+            name = current.requested if current else self.names.device_name(client_id, None)
+            return key, name, SUFFIX
+        if sub.source == WEB:
+            key = (WEB, sub.connection)
+            if self.rooms.member(room, key) is None:
+                raise ValidationError("not_joined", "join a room first")
+            return key, None, REFUSE
+        if sub.username is None:
+            raise ValidationError("missing_field", "username is required")
+        name = self.names.display_name(sub.username)
+        if self.rooms.holds_name(room, name):
+            raise ValidationError("name_taken", f"the name {name!r} is held by a member of {room}; "
+                                                "choose another")
+        return None, name, REFUSE
+
+    # --- presence -----------------------------------------------------------------
+
+    def join(self, sub: Submission, switch_from: str | None = None) -> Accepted:
+        """A web user or a device joins (or renames itself, or says it is alive).
+
+        A web user switching rooms leaves `switch_from` only once the new room
+        accepted it: a refused switch keeps the old room.
+        """
+        client_id = self._client_id(sub)
+        try:
+            room = validate_room(sub.room)
+            if sub.source == MQTT:
+                name, key, on_clash = self.names.device_name(client_id, sub.username), (MQTT, client_id), SUFFIX
+            else:
+                name, key, on_clash = self.names.display_name(sub.username), (WEB, sub.connection), REFUSE
+            with self._lock:
+                current = self.rooms.member(room, key)
+                changes = current is None or current.requested != name
+                sender = self._sender(sub, client_id)
+                if changes:
+                    self._check_rate(sender, client_id)
+                result: JoinResult = self.rooms.join(
+                    room, key, name, sub.source, on_clash=on_clash,
+                    client_id=client_id if sub.source == MQTT else None,
+                    private_id=client_id if sub.source == WEB else None)
+                if result.outcome != UNCHANGED:
+                    self.rate_limiter.take(sender)
+                if switch_from is not None and switch_from != room:
+                    self.rooms.leave(switch_from, key)
+        except ValidationError as exc:
+            exc.client_id = exc.client_id or (client_id if sub.source == MQTT else None)
+            raise
+        return Accepted(result.outcome, room, user=result.user, replaced=result.replaced)
+
+    def leave(self, sub: Submission) -> Accepted:
+        """A member leaves. Never refused (a refused leave would leave a ghost), but
+        it spends a token when it has one: join/leave floods are limited."""
+        client_id = self._client_id(sub)
+        room = validate_room(sub.room)
+        key = (MQTT, client_id) if sub.source == MQTT else (WEB, sub.connection)
+        with self._lock:
+            user = self.rooms.leave(room, key)
+            if user is not None and sub.source == MQTT:
+                sender = self._sender(sub, client_id)
+                if self.rate_limiter.wait_time(sender) == 0:
+                    self.rate_limiter.take(sender)
+        return Accepted(LEFT if user else NOT_PRESENT, room, user=user)
+
+    # --- the parts of each rule ---------------------------------------------------
+
+    @staticmethod
+    def _client_id(sub: Submission) -> str | None:
+        """A device must name itself; a page may (its stable id, optional)."""
+        if sub.source == MQTT or sub.client_id is not None:
+            return validate_client_id(sub.client_id)
+        return None
+
+    @staticmethod
+    def _sender(sub: Submission, client_id: str | None) -> Hashable:
+        """Whose rate-limit bucket an input spends."""
+        if sub.source == MQTT:
+            return (MQTT, client_id)
+        if sub.source == WEB:
+            return (WEB, client_id or sub.connection)
+        return (HTTP, sub.address)
+
+    @staticmethod
+    def _dedup_key(sub: Submission, room: str, client_id: str | None) -> Hashable | None:
+        if sub.message_id in (None, ""):
+            return None
+        # Scoped by room and sender; a web page without a stable id is scoped by its socket.
+        return (room, sub.source, client_id or sub.connection, dedup_text(sub.message_id))
+
+    def _check_rate(self, sender: Hashable, client_id: str | None) -> None:
+        wait = self.rate_limiter.wait_time(sender)
+        if wait > 0:
+            raise ValidationError("rate_limited", "too many messages; slow down", client_id,
+                                  retry_after=wait)
+
+
+class DeviceTimeout:
+    """Devices silent for `timeout` seconds leave (MQTT_USER_TIMEOUT; 0 = never).
+
+    Liveness lives in the room (every accepted publication and every repeated
+    join refreshes it); this only looks at the clock now and then.
+    """
+
+    def __init__(self, rooms: Rooms, timeout: float):
+        self.rooms = rooms
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.timeout > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="device-timeout", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def expire(self) -> list[User]:
+        gone = self.rooms.expire_silent(MQTT, self.rooms.clock() - self.timeout)
+        for user in gone:
+            log.info("device %r in %r was silent for %g s: left", user.client_id, user.room, self.timeout)
+        return gone
+
+    def _run(self) -> None:
+        interval = min(max(self.timeout / 4, 1.0), 30.0)
+        while not self._stop.wait(interval):
+            self.expire()

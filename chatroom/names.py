@@ -1,0 +1,56 @@
+"""Display names: which strings may be names, and when two names are the same.
+
+Names are labels, never identities (PROTOCOL section 2). Two names are *the same*
+when their keys are equal: NFKC, then case folding, then the Unicode confusable
+skeleton of UTS #39 — so `Аlice` (Cyrillic А), `ＡＬＩＣＥ` and `Alice\u3164` are
+all `Alice`. The confusables data and the skeleton come from `disarm` (Unicode's
+own tables, maintained), not from a hand-copied table.
+"""
+from __future__ import annotations
+
+import unicodedata
+from typing import Any, Iterable
+
+from disarm import skeleton_key
+
+from .messages import ValidationError
+
+SYSTEM_NAME = "system"
+MAX_USERNAME_CHARS = 32
+
+# Bidirectional overrides and isolates reorder the text around a name on screen:
+# `Bob\u202e` can make a line read as if someone else wrote it.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def name_key(name: str) -> str:
+    """The key two names share when people would take them for the same name."""
+    # Case folding first: the skeleton maps some capitals (I) to other letters (l).
+    return skeleton_key(unicodedata.normalize("NFKC", name).casefold())
+
+
+class NameRules:
+    """Checks names and knows the reserved ones (the assistant's and `system`)."""
+
+    def __init__(self, reserved: Iterable[str] = ()):
+        self._reserved = {name_key(name) for name in (SYSTEM_NAME, *reserved)}
+
+    def display_name(self, value: Any) -> str:
+        """A valid name as it will be shown (trimmed), or ValidationError `bad_name`."""
+        if not isinstance(value, str):
+            raise ValidationError("bad_name", "username must be a string")
+        name = value.strip()
+        if not 1 <= len(name) <= MAX_USERNAME_CHARS:
+            raise ValidationError("bad_name", f"username must be 1-{MAX_USERNAME_CHARS} characters")
+        if any(unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS for char in name):
+            raise ValidationError("bad_name", "username must not contain control characters")
+        key = name_key(name)
+        if not key.strip():
+            raise ValidationError("bad_name", "username must have a visible character")
+        if key in self._reserved:
+            raise ValidationError("bad_name", f"username {name!r} is reserved")
+        return name
+
+    def device_name(self, client_id: str, username: Any) -> str:
+        """A device's name: the one it gave, else its client_id cut to fit."""
+        return self.display_name(client_id[:MAX_USERNAME_CHARS] if username is None else username)
