@@ -14,19 +14,25 @@ $(VENV)/.installed: requirements.txt
 	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+# requirements-compat.txt: paho-mqtt 1.x for the original project's client, beside the venv.
+$(VENV)/.installed-dev: requirements-dev.txt requirements-compat.txt $(VENV)/.installed
 	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PIP) install --quiet --disable-pip-version-check --upgrade --target $(VENV)/compat -r requirements-compat.txt
 	@touch $@
 
+# tools.run starts mosquitto when no broker answers, then the server, and stops
+# that mosquitto again when the server exits (Ctrl-C).
 run: $(VENV)/.installed
-	$(PY) -m mqtt_service.ensure_broker
-	$(PY) app.py
+	$(PY) -m tools.run
 
-# Tests start their own mosquitto and drive Debian's chromium: both must be installed.
+# Tests start their own mosquitto, drive Debian's chromium, build sketches with g++
+# and run the Node.js client: all must be installed.
 system-test-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	  else echo "Missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; fi; \

@@ -47,11 +47,30 @@ def _json_body() -> dict:
     if not request.is_json:
         raise UnsupportedMediaType("body must be application/json")
     try:
-        # MAX_CONTENT_LENGTH also bounds a chunked body while it is read.
-        raw = request.get_data(cache=False)
+        raw = request.get_data(cache=False) if request.content_length is not None else _chunked_body()
     except RequestEntityTooLarge:
         raise ValidationError("too_large", f"body is larger than {MAX_BODY_BYTES} bytes") from None
     return parse_json_object(raw, MAX_BODY_BYTES)
+
+
+def _chunked_body() -> bytes:
+    """A body without Content-Length (chunked), read to its end but never past the limit.
+
+    Werkzeug only reads such a body when the server marks the stream as
+    terminated; eventlet's does not, so the server's own (de-chunking) input is
+    read here, in pieces, and a body over the limit is refused, not truncated.
+    """
+    stream = request.environ.get("wsgi.input")
+    if stream is None or "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        return b""
+    parts, size = [], 0
+    while size <= MAX_BODY_BYTES:
+        piece = stream.read(MAX_BODY_BYTES + 1 - size)
+        if not piece:
+            return b"".join(parts)
+        parts.append(piece)
+        size += len(piece)
+    raise RequestEntityTooLarge()
 
 
 def _address() -> str | None:

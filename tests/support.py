@@ -90,7 +90,7 @@ class Mosquitto:
     def base_conf(self) -> str:
         """The test broker's settings; a test may start from another file (the shipped one)."""
         if self.shipped:
-            from mqtt_service.ensure_broker import shipped_conf
+            from tools.ensure_broker import shipped_conf
             return shipped_conf(self.port, self.workdir)
         return (f"listener {self.port} 127.0.0.1\n"
                 f"allow_anonymous {'true' if self.anonymous else 'false'}\n"

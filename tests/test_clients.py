@@ -15,7 +15,6 @@ from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, stop_process, wait_for
 
 CLIENTS = ROOT / "clients"
 SCRIPTS = CLIENTS / "mosquitto"
-STUBS = ROOT / "tests" / "arduino_stubs"
 
 
 class LineReader:
@@ -147,55 +146,6 @@ def test_python_client_sets_a_will_that_leaves_when_killed(make_app, probe_for):
         assert leave["username"] == "fragile"
     finally:
         stop_process(proc)
-
-
-# --- ESP32 sketch ---------------------------------------------------------------------------
-
-def build_sketch(tmp_path, dht22: bool):
-    """Compile the .ino with g++ against the stub Arduino headers; run it for 95 simulated s."""
-    binary = tmp_path / f"sketch-{int(dht22)}"
-    subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-DSENSOR_DHT22={int(dht22)}",
-                    f"-I{STUBS}", "-x", "c++", str(CLIENTS / "esp32_sensor" / "esp32_sensor.ino"),
-                    "-x", "none", str(STUBS / "stub_main.cpp"), "-o", str(binary)], check=True, timeout=180)
-    result = subprocess.run([str(binary), "95"], capture_output=True, text=True, timeout=60, check=True)
-    return [line.split("\t") for line in result.stdout.splitlines()]
-
-
-@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing")
-@pytest.mark.parametrize("dht22", [True, False])
-def test_esp32_sketch_compiles_and_its_bytes_are_understood(dht22, own_broker, tmp_path):
-    """The sketch compiles; what it would publish, replayed byte for byte, joins and posts readings."""
-    actions = build_sketch(tmp_path, dht22)
-    buffer_size = int(next(a for a in actions if a[0] == "BUFFER")[1])
-    connect = next(a for a in actions if a[0] == "CONNECT")
-    client_id, will_topic, will_payload = connect[1], connect[4], connect[7]
-    publishes = [a for a in actions if a[0] == "PUBLISH"]
-    assert [p[1] for p in publishes] == ["chatroom/users/join"] + ["chatroom/messages/in"] * 4
-    app = RunningApp(app_env(own_broker, tmp_path, MQTT_TOPIC_PREFIX="chatroom")).start()
-    try:
-        watcher = MqttProbe(own_broker.port, "chatroom/#").start()
-        device = MqttProbe(own_broker.port, client_id=client_id, will=(will_topic, will_payload)).start()
-        for _, topic, _, payload in publishes:
-            device.publish(topic, payload.encode("utf-8"), qos=0)  # PubSubClient publishes at QoS 0
-        outs = watcher.wait("chatroom/messages/out", count=4)
-        assert watcher.on("chatroom/errors") == []
-        key = "temperature"
-        values = [o.json()["data"][key] for o in outs]
-        readings = app.http.get(f"/api/readings?client_id={client_id}&key={key}").get_json()["readings"]
-        assert [r["value"] for r in readings] == values
-        if dht22:
-            assert values == [21, 21.5, 22, 22.5] and outs[0].json()["data"]["humidity"] == 40
-        users = app.http.get("/api/users").get_json()["users"]
-        assert users == [{"username": "ESP32 sensor", "source": "mqtt", "client_id": client_id,
-                          "join_time": users[0]["join_time"]}]
-        # What the device subscribes to must fit its buffer (the 256-byte default would drop it).
-        assert all(256 < len(o.payload) + len(o.topic) + 7 <= buffer_size for o in outs)
-        device.client.loop_stop()
-        device.client.socket().close()  # power cut: the will fires
-        watcher.wait("chatroom/system", match=lambda e: e["event"] == "leave")
-        watcher.stop()
-    finally:
-        app.stop()
 
 
 # --- mosquitto scripts ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import requests
 import socketio
 
 from conftest import app_env
-from support import ROOT, TIMEOUT, MqttProbe, free_port, wait_for
+from support import ROOT, TIMEOUT, MqttProbe, free_port, port_open, wait_for
 
 
 class WebClient:
@@ -185,7 +185,7 @@ def test_ensure_broker_starts_mosquitto_when_none_answers(tmp_path):
     """`make run`'s broker step: nothing on MQTT_PORT -> mosquitto started there with the shipped config."""
     port = free_port()
     env = {**os.environ, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(port), "TMPDIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "mqtt_service.ensure_broker"], cwd=str(ROOT), env=env,
+    result = subprocess.run([sys.executable, "-m", "tools.ensure_broker"], cwd=str(ROOT), env=env,
                             capture_output=True, text=True, timeout=120)
     pid_file = tmp_path / "chatroom-mosquitto" / f"mosquitto-{port}.pid"
     try:
@@ -194,12 +194,37 @@ def test_ensure_broker_starts_mosquitto_when_none_answers(tmp_path):
         with MqttProbe(port, "check/#") as probe:
             probe.publish("check/it", {"ok": True})
             probe.wait("check/it")
-        again = subprocess.run([sys.executable, "-m", "mqtt_service.ensure_broker"], cwd=str(ROOT), env=env,
+        again = subprocess.run([sys.executable, "-m", "tools.ensure_broker"], cwd=str(ROOT), env=env,
                                capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "reachable" in again.stderr
     finally:
         wait_for(pid_file.exists, what="mosquitto pid file")
         os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_make_run_stops_the_broker_it_started(tmp_path):
+    """`make run` (tools.run): no broker -> mosquitto started; SIGINT -> server and that mosquitto stop."""
+    port, web_port = free_port(), free_port()
+    env = {**os.environ, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(port), "TMPDIR": str(tmp_path),
+           "PORT": str(web_port), "DATABASE_PATH": str(tmp_path / "run.db"), "ASYNC_MODE": "eventlet",
+           "MQTT_CLIENT_ID": f"make-run-{port}"}
+    env.pop("OPENAI_API_KEY", None)
+    runner = subprocess.Popen([sys.executable, "-m", "tools.run"], cwd=str(ROOT), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid_file = tmp_path / "chatroom-mosquitto" / f"mosquitto-{port}.pid"
+    try:
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{web_port}/mqtt/status", timeout=2).status_code == 200
+                 if port_open(web_port) else False, timeout=60, what="server connected to its broker")
+        broker_pid = int(pid_file.read_text())
+        os.kill(runner.pid, signal.SIGINT)
+        output = runner.communicate(timeout=60)[0].decode()
+        assert runner.returncode == 0, output
+        assert f"stopped the mosquitto this run started (pid {broker_pid})" in output
+        wait_for(lambda: not os.path.exists(f"/proc/{broker_pid}"), what="mosquitto gone")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
 
 
 def test_port_in_use_and_bad_database_path_stop_with_one_line(tmp_path):

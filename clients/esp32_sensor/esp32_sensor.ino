@@ -37,10 +37,15 @@ const unsigned long READING_INTERVAL_MS = 30000;
 DHT dht(DHT_PIN, DHT22);
 #endif
 
-// The server's messages/out payloads are ~450 bytes; PubSubClient's default
-// 256-byte buffer would silently drop every one of them.
-const uint16_t MQTT_BUFFER_SIZE = 1024;
+// PubSubClient silently drops any packet larger than its buffer (256 bytes by
+// default). A short reading on messages/out is ~330 bytes, and the largest payload
+// the server can send (2000 four-byte characters, 1 KB of data, the longest ids)
+// is 10,212 bytes: 11 KiB holds every room message (docs/CLIENTS.md).
+const uint16_t MQTT_BUFFER_SIZE = 11264;
 const unsigned long RECONNECT_INTERVAL_MS = 5000;
+// The server marks a device silent after MQTT_USER_TIMEOUT (600 s by default);
+// a repeated join every third of that keeps it present between readings.
+const unsigned long HEARTBEAT_INTERVAL_MS = 200000;
 
 WiFiClient network;
 PubSubClient mqtt(network);
@@ -50,6 +55,7 @@ char topicIn[96], topicOut[96], topicJoin[96], topicLeave[96], topicErrors[96];
 char leavePayload[64];
 unsigned long lastReadingAt = 0;
 unsigned long lastReconnectAttempt = 0;
+unsigned long lastJoinAt = 0;
 unsigned long readingNumber = 0;
 bool everPublished = false;
 
@@ -99,14 +105,20 @@ bool connectMqtt() {
                   RECONNECT_INTERVAL_MS / 1000);
     return false;
   }
+  // Subscribe first: the room's answer to our join must not pass us by.
+  mqtt.subscribe(topicOut, 1);
+  mqtt.subscribe(topicErrors, 1);
+  sendJoin();  // again after every reconnect; the server ignores repeats
+  lastJoinAt = millis();
+  Serial.printf("MQTT connected as %s\n", clientId);
+  return true;
+}
+
+void sendJoin() {
   JsonDocument join;
   join["client_id"] = clientId;
   join["username"] = DISPLAY_NAME;
-  publishJson(topicJoin, join);  // again after every reconnect; the server ignores repeats
-  mqtt.subscribe(topicOut, 1);
-  mqtt.subscribe(topicErrors, 1);
-  Serial.printf("MQTT connected as %s\n", clientId);
-  return true;
+  publishJson(topicJoin, join);
 }
 
 void publishReading() {
@@ -175,6 +187,10 @@ void loop() {
     return;
   }
   mqtt.loop();
+  if (now - lastJoinAt >= HEARTBEAT_INTERVAL_MS) {
+    lastJoinAt = now;
+    sendJoin();
+  }
   if (!everPublished || now - lastReadingAt >= READING_INTERVAL_MS) {
     everPublished = true;
     lastReadingAt = now;

@@ -1,4 +1,4 @@
-"""`python -m mqtt_service.ensure_broker`: make sure `make run` has a broker.
+"""`python -m tools.ensure_broker`: make sure `make run` has a broker.
 
 If MQTT_BROKER:MQTT_PORT answers, nothing to do. If it is this machine and no
 broker answers, install mosquitto with apt where we can (root or passwordless
@@ -81,8 +81,8 @@ def shipped_conf(port: int, directory: Path) -> str:
             .replace("/tmp/chatroom-mosquitto/", f"{directory}/"))
 
 
-def start_mosquitto(port: int) -> bool:
-    """Start mosquitto in the background with the shipped config on `port`."""
+def start_mosquitto(port: int) -> int | None:
+    """Start mosquitto in the background with the shipped config on `port`; its PID."""
     conf_dir = Path(tempfile.gettempdir()) / "chatroom-mosquitto"
     conf_dir.mkdir(exist_ok=True)
     conf = conf_dir / f"mosquitto-{port}.conf"
@@ -92,39 +92,53 @@ def start_mosquitto(port: int) -> bool:
         + ("user root\n" if os.geteuid() == 0 else "")  # as root it would switch to a user who can't write here
     )
     log.info("starting mosquitto on 127.0.0.1:%s (config %s)", port, conf)
+    pid_file = conf_dir / f"mosquitto-{port}.pid"
+    pid_file.unlink(missing_ok=True)
     result = subprocess.run([mosquitto_binary(), "-d", "-c", str(conf)], capture_output=True, text=True)
     if result.returncode != 0:
         log.error("mosquitto did not start: %s", result.stderr.strip() or result.stdout.strip())
-        return False
-    return wait_reachable("127.0.0.1", port, 10)
+        return None
+    if not wait_reachable("127.0.0.1", port, 10) or not pid_file.exists():
+        return None
+    return int(pid_file.read_text().strip())
+
+
+def ensure(settings: Settings) -> tuple[int, int | None]:
+    """(exit status, PID of a mosquitto started here or None)."""
+    host, port = settings.mqtt_broker, settings.mqtt_port
+    if not settings.mqtt_enable:
+        log.info("MQTT_ENABLE=false: no broker needed")
+        return 0, None
+    if reachable(host, port):
+        log.info("MQTT broker reachable at %s:%s", host, port)
+        return 0, None
+    if host not in LOCAL_HOSTS:
+        log.warning("MQTT broker %s:%s does not answer; the server starts anyway and keeps retrying", host, port)
+        return 0, None
+    if mosquitto_binary() is None and not install_mosquitto():
+        return 1, None
+    pid = start_mosquitto(port)
+    if pid is not None:
+        log.info("MQTT broker running at %s:%s (mosquitto pid %s; stop it with: kill %s)", host, port, pid, pid)
+        return 0, pid
+    log.error("no broker at %s:%s. Start one (mosquitto -c %s) or set MQTT_BROKER/MQTT_PORT in .env",
+              host, port, SHIPPED_CONF)
+    return 1, None
+
+
+def load_settings() -> Settings:
+    load_dotenv(ROOT / ".env", override=False)
+    return Settings.from_env(os.environ)
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    load_dotenv(ROOT / ".env", override=False)
     try:
-        settings = Settings.from_env(os.environ)
+        settings = load_settings()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
-    host, port = settings.mqtt_broker, settings.mqtt_port
-    if not settings.mqtt_enable:
-        log.info("MQTT_ENABLE=false: no broker needed")
-        return 0
-    if reachable(host, port):
-        log.info("MQTT broker reachable at %s:%s", host, port)
-        return 0
-    if host not in LOCAL_HOSTS:
-        log.warning("MQTT broker %s:%s does not answer; the server starts anyway and keeps retrying", host, port)
-        return 0
-    if mosquitto_binary() is None and not install_mosquitto():
-        return 1
-    if start_mosquitto(port):
-        log.info("MQTT broker running at %s:%s", host, port)
-        return 0
-    log.error("no broker at %s:%s. Start one (mosquitto -c %s) or set MQTT_BROKER/MQTT_PORT in .env",
-              host, port, SHIPPED_CONF)
-    return 1
+    return ensure(settings)[0]
 
 
 if __name__ == "__main__":
