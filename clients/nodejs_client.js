@@ -5,8 +5,11 @@
 //   node clients/nodejs_client.js --name cron --send "backup done"       # send once, exit 0
 //   node clients/nodejs_client.js --listen                               # print the room
 //
-// Same flags as clients/python_client.py. It joins on (every) connect, leaves on
-// exit, and sets a will on users/leave so the room sees it go if it drops.
+// Same flags as clients/python_client.py. It joins on (every) connect and every
+// --heartbeat seconds (so a listener stays present), leaves on exit, and sets a
+// will on users/leave so the room sees it go if it drops. --send waits for the
+// room to confirm. Exit status: 0 done, 1 the server rejected something we sent
+// (or no broker), 3 no confirmation. Room text is printed with control characters escaped.
 "use strict";
 
 const mqtt = require("mqtt");
@@ -14,8 +17,12 @@ const os = require("os");
 const readline = require("readline");
 const crypto = require("crypto");
 
+const HEARTBEAT_SECONDS = 200;  // the server's MQTT_USER_TIMEOUT (600 s) / 3
+const CONFIRM_SECONDS = 10;
+
 const HELP = `usage: nodejs_client.js [--broker HOST] [--port N] [--name NAME] [--client-id ID]
                         [--room ROOM] [--prefix PREFIX] [--send TEXT] [--listen]
+                        [--heartbeat SECONDS]
 
 Chat room client over MQTT.
 
@@ -27,13 +34,16 @@ Chat room client over MQTT.
   --prefix PREFIX   topic prefix (default chatroom)
   --send TEXT       join, send TEXT once, leave and exit
   --listen          print room messages until Ctrl-C
+  --heartbeat SECONDS  re-send join every SECONDS so the server keeps us present
+                    (default ${HEARTBEAT_SECONDS}; 0 = off)
   --help            this text`;
 
 function parseArgs(argv) {
   const args = { broker: "localhost", port: 1883, name: ("js-" + os.hostname()).slice(0, 32),
-                 clientId: null, room: "lobby", prefix: "chatroom", send: null, listen: false };
+                 clientId: null, room: "lobby", prefix: "chatroom", send: null, listen: false,
+                 heartbeat: HEARTBEAT_SECONDS };
   const valued = { "--broker": "broker", "--port": "port", "--name": "name", "--client-id": "clientId",
-                   "--room": "room", "--prefix": "prefix", "--send": "send" };
+                   "--room": "room", "--prefix": "prefix", "--send": "send", "--heartbeat": "heartbeat" };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === "--help" || flag === "-h") { console.log(HELP); process.exit(0); }
@@ -42,6 +52,7 @@ function parseArgs(argv) {
     else { console.error(`unknown or incomplete argument: ${flag}\n\n${HELP}`); process.exit(2); }
   }
   args.port = Number(args.port);
+  args.heartbeat = Number(args.heartbeat);
   args.clientId = args.clientId || "js-" + crypto.randomBytes(4).toString("hex");
   return args;
 }
@@ -54,14 +65,25 @@ function topicsFor(prefix, room) {
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
+// Room text for a terminal: control and format characters escaped, so no escape
+// sequence or bidi override from the room reaches the screen.
+function safe(text) {
+  return String(text).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => {
+    const code = c.codePointAt(0);
+    return code <= 0xff ? "\\x" + code.toString(16).padStart(2, "0")
+      : code <= 0xffff ? "\\u" + code.toString(16).padStart(4, "0") : "\\U" + code.toString(16).padStart(8, "0");
+  });
+}
+
 // `[HH:MM:SS] user: text` for messages, `[HH:MM:SS] * text` for system events.
 function formatEvent(event) {
   const date = new Date(event.timestamp);
   const when = isNaN(date) ? new Date() : date;
   const stamp = `${pad(when.getHours())}:${pad(when.getMinutes())}:${pad(when.getSeconds())}`;
-  if (event.type === "system_message") return `[${stamp}] * ${event.message}`;
-  const readings = event.data ? "  (" + Object.entries(event.data).map(([k, v]) => `${k}=${v}`).join(", ") + ")" : "";
-  return `[${stamp}] ${event.username}: ${event.content}${readings}`;
+  if (event.type === "system_message") return `[${stamp}] * ${safe(event.message)}`;
+  const readings = event.data && typeof event.data === "object"
+    ? "  (" + Object.entries(event.data).map(([k, v]) => `${safe(k)}=${safe(v)}`).join(", ") + ")" : "";
+  return `[${stamp}] ${safe(event.username)}: ${safe(event.content)}${readings}`;
 }
 
 function main() {
@@ -75,6 +97,8 @@ function main() {
   });
   let joined = false;
   let closing = false;
+  let rejected = false;
+  const pending = new Map();  // our message_id -> resolve(true) once seen on messages/out
 
   const publish = (topic, body) => new Promise((resolve, reject) =>
     client.publish(topic, JSON.stringify(body), { qos: 1 }, (err) => (err ? reject(err) : resolve())));
@@ -82,9 +106,27 @@ function main() {
   const say = (text) => publish(topics.in, { client_id: args.clientId, username: args.name, message: text,
                                             message_id: crypto.randomUUID() });
 
+  // Resolves true when the room published it, false when the server rejected it, null on timeout.
+  const sayConfirmed = async (text) => {
+    const messageId = crypto.randomUUID();
+    const verdict = new Promise((resolve) => {
+      pending.set(messageId, resolve);
+      setTimeout(() => resolve(null), CONFIRM_SECONDS * 1000);
+    });
+    await publish(topics.in, { client_id: args.clientId, username: args.name, message: text, message_id: messageId });
+    return verdict;
+  };
+
+  const join = () => publish(topics.join, { client_id: args.clientId, username: args.name });
+  if (args.heartbeat > 0) {
+    // The server counts a repeated join as a sign of life and says nothing about it.
+    setInterval(() => { if (client.connected && !closing) join().catch(() => {}); }, args.heartbeat * 1000).unref();
+  }
+
   const leaveAndExit = async (code) => {
     if (closing) return;
     closing = true;
+    if (rejected) code = 1;
     try { if (client.connected) await publish(topics.leave, { client_id: args.clientId }); } catch (e) { /* gone */ }
     client.end(false, {}, () => process.exit(code));
   };
@@ -94,16 +136,20 @@ function main() {
   }, 15000);
 
   client.on("connect", async () => {
-    const subs = { [topics.errors]: { qos: 1 } };
-    if (listen) { subs[topics.out] = { qos: 1 }; subs[topics.system] = { qos: 1 }; }
+    // messages/out always: it is how --send learns that the room took the message.
+    const subs = { [topics.errors]: { qos: 1 }, [topics.out]: { qos: 1 } };
+    if (listen) subs[topics.system] = { qos: 1 };
     client.subscribe(subs);
-    await publish(topics.join, { client_id: args.clientId, username: args.name });  // again on every reconnect
+    await join();  // again on every reconnect
     if (joined) return;
     joined = true;
     clearTimeout(giveUp);
     if (args.send) {
-      await say(args.send);
-      await leaveAndExit(0);
+      const verdict = await sayConfirmed(args.send);
+      if (verdict === null) {
+        console.error(`no confirmation from the chat server within ${CONFIRM_SECONDS} s (is it running and bridged to this broker?)`);
+      }
+      await leaveAndExit(verdict === null ? 3 : verdict ? 0 : 1);
     } else if (!args.listen) {
       console.error(`joined ${args.room} as ${args.name}; type to send, Ctrl-D to leave`);
       const input = readline.createInterface({ input: process.stdin });
@@ -115,11 +161,19 @@ function main() {
   client.on("message", (topic, payload) => {
     let event;
     try { event = JSON.parse(payload.toString("utf8")); } catch (e) { return; }
+    if (!event || typeof event !== "object") return;
     if (topic === topics.errors) {
-      if (event.client_id === args.clientId) console.error(`! rejected (${event.code}): ${event.error}`);
+      if (event.client_id === args.clientId) {
+        console.error(`! rejected (${safe(event.code)}): ${safe(event.error)}`);
+        rejected = true;
+        for (const resolve of pending.values()) resolve(false);
+      }
       return;
     }
-    console.log(formatEvent(event));
+    if (event.client_id === args.clientId && pending.has(event.client_message_id)) {
+      pending.get(event.client_message_id)(true);
+    }
+    if (listen) console.log(formatEvent(event));
   });
   client.on("error", (err) => console.error(`mqtt error: ${err.message}`));
   client.on("offline", () => { if (joined && !closing) console.error("connection lost; reconnecting"); });
@@ -128,4 +182,4 @@ function main() {
 }
 
 if (require.main === module) main();
-module.exports = { formatEvent, parseArgs, topicsFor };
+module.exports = { formatEvent, parseArgs, safe, topicsFor };

@@ -5,8 +5,12 @@
     python clients/python_client.py --name cron --send "backup done"           # send once, exit 0
     python clients/python_client.py --listen                                   # print the room
 
-It joins on connect (again after every reconnect), leaves on exit, and sets
-an MQTT will on users/leave so the room sees it go if the connection dies.
+It joins on connect (again after every reconnect, and every --heartbeat seconds
+so a client that only listens stays present), leaves on exit, and sets an MQTT
+will on users/leave so the room sees it go if the connection dies. `--send`
+waits for the room to confirm the message. Exit status: 0 done, 1 the server
+rejected something we sent (or no broker), 3 no confirmation from the server.
+Text from the room is printed with control characters escaped.
 Needs only `pip install paho-mqtt`.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import unicodedata
 import uuid
 from datetime import datetime
 
@@ -26,12 +31,28 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger("chat-client")
 
+HEARTBEAT_SECONDS = 200  # the server's MQTT_USER_TIMEOUT (600 s) / 3
+CONFIRM_SECONDS = 10
+
+
+def safe(text) -> str:
+    """Room text for a terminal: control and format characters escaped (no escape
+    sequences, no bidi overrides reach the screen)."""
+    return "".join(_escape(char) if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
+                   for char in str(text))
+
+
+def _escape(char: str) -> str:
+    code = ord(char)  # the same spelling as the Node.js client's
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
 
 class ChatClient:
     """One room member over MQTT. Call start(), then say()/close()."""
 
     def __init__(self, broker: str, port: int, name: str, client_id: str, room: str = "lobby",
-                 prefix: str = "chatroom", listen: bool = False, output=sys.stdout):
+                 prefix: str = "chatroom", listen: bool = False, output=sys.stdout,
+                 heartbeat: float = HEARTBEAT_SECONDS):
         self.name, self.client_id, self.room = name, client_id, room
         base = prefix if room == "lobby" else f"{prefix}/{room}"
         self.topics = {kind: f"{base}/{kind}" for kind in
@@ -39,7 +60,12 @@ class ChatClient:
         self.errors_topic = f"{prefix}/errors"
         self.listen = listen
         self.output = output
+        self.heartbeat = heartbeat
         self.joined = threading.Event()
+        self.rejections: list[dict] = []  # errors the server sent for our client_id
+        self._sent: dict[str, threading.Event] = {}  # our message_id -> seen on messages/out
+        self._verdict = threading.Condition()
+        self._closing = threading.Event()
         self.broker, self.port = broker, port
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.will_set(self.topics["users/leave"], json.dumps({"client_id": client_id}), qos=1)
@@ -51,20 +77,32 @@ class ChatClient:
     def start(self, timeout: float = 15) -> bool:
         self.client.connect_async(self.broker, self.port, keepalive=30)
         self.client.loop_start()
+        if self.heartbeat > 0:
+            threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
         return self.joined.wait(timeout)
+
+    def _join(self):
+        return self.client.publish(self.topics["users/join"],
+                                   json.dumps({"client_id": self.client_id, "username": self.name},
+                                              ensure_ascii=False), qos=1)
+
+    def _heartbeats(self) -> None:
+        # The server counts a repeated join as a sign of life and says nothing about it.
+        while not self._closing.wait(self.heartbeat):
+            if self.client.is_connected():
+                self._join()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
-        subscriptions = [(self.errors_topic, 1)]
+        # messages/out always: it is how --send learns that the room took the message.
+        subscriptions = [(self.errors_topic, 1), (self.topics["messages/out"], 1)]
         if self.listen:
-            subscriptions += [(self.topics["messages/out"], 1), (self.topics["system"], 1)]
+            subscriptions.append((self.topics["system"], 1))
         client.subscribe(subscriptions)
         # Join (again) on every connect: the server ignores a repeat join.
-        info = client.publish(self.topics["users/join"],
-                              json.dumps({"client_id": self.client_id, "username": self.name}), qos=1)
-        threading.Thread(target=self._confirm_join, args=(info,), daemon=True).start()
+        threading.Thread(target=self._confirm_join, args=(self._join(),), daemon=True).start()
 
     def _confirm_join(self, info) -> None:
         info.wait_for_publish(15)
@@ -79,22 +117,46 @@ class ChatClient:
             event = json.loads(message.payload)
         except ValueError:
             return
+        if not isinstance(event, dict):
+            return
         if message.topic == self.errors_topic:
             if event.get("client_id") == self.client_id:
-                print(f"! rejected ({event.get('code')}): {event.get('error')}", file=sys.stderr, flush=True)
+                print(f"! rejected ({safe(event.get('code'))}): {safe(event.get('error'))}",
+                      file=sys.stderr, flush=True)
+                with self._verdict:
+                    self.rejections.append(event)
+                    self._verdict.notify_all()
             return
-        print(format_event(event), file=self.output, flush=True)
+        if event.get("client_id") == self.client_id and event.get("client_message_id") in self._sent:
+            with self._verdict:
+                self._sent[event["client_message_id"]].set()
+                self._verdict.notify_all()
+        if self.listen:
+            print(format_event(event), file=self.output, flush=True)
 
-    def say(self, text: str, data: dict | None = None) -> None:
-        body = {"client_id": self.client_id, "username": self.name, "message": text,
-                "message_id": str(uuid.uuid4())}
+    def say(self, text: str, data: dict | None = None) -> str:
+        """Publish a chat message; returns its message_id (see confirmed())."""
+        message_id = str(uuid.uuid4())
+        body = {"client_id": self.client_id, "username": self.name, "message": text, "message_id": message_id}
         if data:
             body["data"] = data
+        self._sent[message_id] = threading.Event()
         self.client.publish(self.topics["messages/in"], json.dumps(body, ensure_ascii=False),
                             qos=1).wait_for_publish(15)
+        return message_id
+
+    def confirmed(self, message_id: str, timeout: float = CONFIRM_SECONDS) -> bool | None:
+        """True once the room published it, False if the server rejected something of ours,
+        None if neither happened within `timeout`."""
+        with self._verdict:
+            self._verdict.wait_for(lambda: self._sent[message_id].is_set() or self.rejections, timeout)
+            if self.rejections:
+                return False
+            return True if self._sent[message_id].is_set() else None
 
     def close(self) -> None:
         """Leave the room, then disconnect cleanly (no will is sent)."""
+        self._closing.set()
         if self.client.is_connected():
             self.client.publish(self.topics["users/leave"], json.dumps({"client_id": self.client_id}),
                                 qos=1).wait_for_publish(5)
@@ -109,10 +171,11 @@ def format_event(event: dict) -> str:
     except (KeyError, TypeError, ValueError):
         stamp = datetime.now().strftime("%H:%M:%S")
     if event.get("type") == "system_message":
-        return f"[{stamp}] * {event.get('message', '')}"
+        return f"[{stamp}] * {safe(event.get('message', ''))}"
     readings = event.get("data")
-    extra = "  (" + ", ".join(f"{k}={v}" for k, v in readings.items()) + ")" if readings else ""
-    return f"[{stamp}] {event.get('username', '?')}: {event.get('content', '')}{extra}"
+    extra = ("  (" + ", ".join(f"{safe(k)}={safe(v)}" for k, v in readings.items()) + ")"
+             if isinstance(readings, dict) and readings else "")
+    return f"[{stamp}] {safe(event.get('username', '?'))}: {safe(event.get('content', ''))}{extra}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,6 +188,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prefix", default="chatroom", help="topic prefix (default chatroom)")
     parser.add_argument("--send", metavar="TEXT", help="join, send TEXT once, leave and exit")
     parser.add_argument("--listen", action="store_true", help="print room messages until Ctrl-C")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+                        help=f"re-send join every SECONDS so the server keeps us present "
+                             f"(default {HEARTBEAT_SECONDS}; 0 = off)")
     return parser.parse_args(argv)
 
 
@@ -133,16 +199,21 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     client_id = args.client_id or f"py-{uuid.uuid4().hex[:8]}"
     client = ChatClient(args.broker, args.port, args.name, client_id, args.room, args.prefix,
-                        listen=args.listen or not args.send)
+                        listen=args.listen or not args.send, heartbeat=args.heartbeat)
     if not client.start():
         print(f"cannot reach the broker at {args.broker}:{args.port}", file=sys.stderr)
         client.client.loop_stop()
         return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    status = 0
     try:
         if args.send:
-            client.say(args.send)
+            verdict = client.confirmed(client.say(args.send))
+            if verdict is None:
+                print(f"no confirmation from the chat server within {CONFIRM_SECONDS} s "
+                      "(is it running and bridged to this broker?)", file=sys.stderr)
+                status = 3
         elif args.listen:
             stop.wait()
         else:
@@ -154,7 +225,7 @@ def main(argv=None) -> int:
         pass
     finally:
         client.close()
-    return 0
+    return 1 if client.rejections else status
 
 
 if __name__ == "__main__":

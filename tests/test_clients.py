@@ -114,6 +114,68 @@ def test_listen_prints_room_messages_until_stopped(kind, make_app, request):
         stop_process(proc)
 
 
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_send_exits_non_zero_when_the_server_rejects_it(kind, make_app, request):
+    """A rejected message (here: too long) is an error for our client_id: exit 1, reason on stderr."""
+    if kind == "node":
+        request.getfixturevalue("node_modules")
+    app = make_app(MAX_MESSAGE_CHARS="10")
+    start = python_client if kind == "python" else node_client
+    proc = start(app, "--name", "wordy", "--client-id", f"{kind}-wordy", "--send", "far more than ten characters")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "rejected (too_long)" in err
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_send_exits_3_when_no_server_confirms(kind, broker, request):
+    """Nobody bridges this prefix: the client says so instead of claiming success."""
+    if kind == "node":
+        request.getfixturevalue("node_modules")
+    argv = ([sys.executable, str(CLIENTS / "python_client.py")] if kind == "python"
+            else ["node", str(CLIENTS / "nodejs_client.js")])
+    proc = subprocess.run(argv + ["--broker", "127.0.0.1", "--port", str(broker.port), "--prefix", "nobody-here",
+                                  "--send", "hello?"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "no confirmation" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_listen_escapes_terminal_control_characters(kind, make_app, request):
+    """An escape sequence or a bidi override in the room is printed as text, never sent to the terminal."""
+    if kind == "node":
+        request.getfixturevalue("node_modules")
+    app = make_app()
+    start = python_client if kind == "python" else node_client
+    proc = start(app, "--name", "watcher", "--client-id", f"{kind}-watcher", "--listen")
+    try:
+        reader = LineReader(proc)
+        reader.wait_for("* watcher joined")
+        app.http.post("/api/messages", json={"username": "mallory", "message": "\x1b[2J\x1b]0;owned\x07 \u202egnp.exe"})
+        line = reader.wait_for("mallory")
+        assert "\x1b" not in line and "\x07" not in line and "\u202e" not in line
+        assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202egnp.exe" in line
+    finally:
+        stop_process(proc)
+
+
+def test_a_listening_client_with_heartbeats_stays_present(make_app, probe_for):
+    """MQTT_USER_TIMEOUT=5: a client that only listens, re-joining every second, is never timed out,
+    and its heartbeats make no system events."""
+    app = make_app(MQTT_USER_TIMEOUT="5")
+    probe = probe_for(app.prefix)
+    proc = python_client(app, "--name", "quiet", "--client-id", "quiet-1", "--listen", "--heartbeat", "1")
+    try:
+        LineReader(proc).wait_for("* quiet joined")
+        # Three timeouts' worth of heartbeats, counted on the broker, not by the clock.
+        heartbeats = MqttProbe(app.settings.mqtt_port, f"{app.prefix}/users/join").start()
+        heartbeats.wait(f"{app.prefix}/users/join", count=11, timeout=60)
+        heartbeats.stop()
+        app.components.device_timeout.expire()
+        assert [u["username"] for u in app.http.get("/api/users").get_json()["users"]] == ["quiet"]
+        assert [e.json()["event"] for e in probe.on(f"{app.prefix}/system")] == ["join"]
+    finally:
+        stop_process(proc)
+
+
 def test_python_interactive_sends_each_line(make_app, probe_for):
     """With neither --send nor --listen, typed lines are sent; end of input leaves."""
     app = make_app()
@@ -159,10 +221,14 @@ def test_send_sh_posts_one_message(make_app, probe_for):
     """send.sh TEXT NAME: one message with a JSON-escaped text."""
     app = make_app()
     probe = probe_for(app.prefix)
-    text = 'quotes " and \\ backslash — ok'
+    text = 'quotes " and \\ backslash — ok\nsecond line'
     subprocess.run([str(SCRIPTS / "send.sh"), text, "shell"], env=script_env(app), check=True, timeout=60)
     out = probe.wait(f"{app.prefix}/messages/out")[0].json()
     assert (out["username"], out["content"]) == ("shell", text)
+    # It leaves right after: no member holds "shell", so the README's curl may use the name.
+    probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave" and e["username"] == "shell")
+    assert app.http.get("/api/users").get_json()["users"] == []
+    assert app.http.post("/api/messages", json={"username": "shell", "message": "from curl"}).status_code == 201
 
 
 def test_sensor_sh_sends_readings_and_leaves(make_app, probe_for):
