@@ -217,9 +217,42 @@
     $("message").focus();
   }
 
+  // The page's stable identity (PROTOCOL 5): a reload or reconnect gets its name back,
+  // and a message re-sent with the same client_message_id is posted once.
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();  // secure contexts only
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  const pageId = localStorage.getItem("chat-client-id") || newId();
+  localStorage.setItem("chat-client-id", pageId);
+
+  // Messages typed but not yet acknowledged, oldest first; sent again after a rejoin.
+  const unsent = [];
+
+  function showUnsent() {
+    $("send-error").textContent = unsent.length ? `${unsent.length} waiting to be sent…` : "";
+  }
+
+  function flushUnsent() {
+    unsent.forEach((item) => {
+      if (!socket.connected || !joined || item.inFlight) return;
+      item.inFlight = true;
+      socket.emit("send_message", { message: item.text, client_message_id: item.id }, (ack) => {
+        item.inFlight = false;
+        const index = unsent.indexOf(item);
+        if (ack && (ack.ok || ack.code !== "not_joined") && index >= 0) unsent.splice(index, 1);
+        showUnsent();
+        if (ack && !ack.ok && ack.code !== "not_joined") $("send-error").textContent = ack.error || "not sent";
+      });
+    });
+    showUnsent();
+  }
+
   function join(username, room) {
     $("join-error").textContent = "";
-    socket.emit("join", { username: username, room: room }, (ack) => {
+    socket.emit("join", { username: username, room: room, client_id: pageId }, (ack) => {
       if (!ack || !ack.ok) {
         $("join-error").textContent = (ack && ack.error) || "could not join";
         joined = null;
@@ -234,6 +267,7 @@
       ack.history.forEach(renderMessage);
       renderUsers(ack.users);
       showJoined({ username: ack.user.username, room: ack.room });
+      flushUnsent();
     });
   }
 
@@ -247,14 +281,10 @@
     const input = $("message");
     const text = input.value;
     if (!text.trim()) return;
-    $("send-error").textContent = "";
-    socket.emit("send_message", { message: text }, (ack) => {
-      if (ack && ack.ok) {
-        input.value = "";
-      } else {
-        $("send-error").textContent = (ack && ack.error) || "not sent";
-      }
-    });
+    // Queued first: a socket that is down (or drops before the ack) sends it after the rejoin.
+    unsent.push({ text: text, id: newId(), inFlight: false });
+    input.value = "";
+    flushUnsent();
   });
 
   $("leave").addEventListener("click", () => {
@@ -270,10 +300,13 @@
   socket.on("connect", () => {
     setConnection("connected", true);
     refreshBridge();
-    // After a server restart or network blip, rejoin with the same name.
+    // After a server restart or network blip, rejoin with the same name (then send what waits).
     if (joined) join(joined.username, joined.room);
   });
-  socket.on("disconnect", () => setConnection("reconnecting…", false));
+  socket.on("disconnect", () => {
+    setConnection("reconnecting…", false);
+    unsent.forEach((item) => { item.inFlight = false; });  // their acks will never come
+  });
   socket.on("chat_message", renderMessage);
   socket.on("system_message", (event) => {
     renderSystem(event);

@@ -12,12 +12,12 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="Debian chromium missing: make test installs it")
 
 
 @pytest.fixture(scope="module")
 def browser():
+    # Never skipped: a missing browser must fail loudly (`make test` installs Debian's chromium).
+    assert os.path.exists(CHROMIUM), "Debian chromium missing at /usr/bin/chromium: run `make test`"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -188,4 +188,27 @@ def test_page_shows_when_the_mqtt_side_goes_away_and_returns(browser, own_broker
     expect(page.locator(".system-bridge_offline")).to_have_count(1)
     own_broker.start()
     expect(page.locator("#bridge")).to_have_text("MQTT online", timeout=60_000)
+    page.context.close()
+
+
+def test_a_message_typed_while_the_server_restarts_is_delivered_once(browser, server):
+    """The page keeps its client_id, rejoins by itself and sends what waited, once (PROTOCOL 5)."""
+    page = open_chat(browser, server, "Patient")
+    send(page, "before the restart")
+    server.stop()
+    expect(page.locator("#connection")).to_have_text("reconnecting…")
+    page.fill("#message", "typed while the server was away")
+    page.click("#send-form button[type=submit]")
+    expect(page.locator("#send-error")).to_contain_text("1 waiting")
+    server.start()
+    expect(page.locator("#connection")).to_have_text("connected", timeout=60_000)
+    expect(page.locator("#send-error")).to_have_text("", timeout=TIMEOUT * 1000)
+    send(page, "after the restart")  # a marker: everything before it has been handled
+    expect(page.locator(".msg .text", has_text="after the restart")).to_have_count(1)
+    expect(page.locator(".msg .text", has_text="typed while the server was away")).to_have_count(1)
+    history = requests.get(server.url + "/api/messages", timeout=TIMEOUT).json()["messages"]
+    assert [m["content"] for m in history] == ["before the restart", "typed while the server was away",
+                                               "after the restart"]
+    users = requests.get(server.url + "/api/users", timeout=TIMEOUT).json()["users"]
+    assert [(u["username"], u["client_id"]) for u in users] == [("Patient", None)]
     page.context.close()
