@@ -12,6 +12,21 @@ def test_defaults_match_the_contract():
     assert (s.mqtt_topic_prefix, s.history_limit, s.max_message_chars) == ("chatroom", 50, 2000)
     assert (s.rate_limit_count, s.rate_limit_seconds, s.mqtt_user_timeout) == (20, 10.0, 600)
     assert s.mqtt_client_id.startswith("chatroom-bridge-") and not s.assistant_enabled
+    assert (s.mqtt_out_format, s.max_room_members, s.log_level) == ("full", 1000, "INFO")
+
+
+def test_default_client_id_includes_the_port():
+    """Two servers on one host (different PORTs) never share an MQTT session by default."""
+    first, second = Settings.from_env({"PORT": "5000"}), Settings.from_env({"PORT": "5001"})
+    assert first.mqtt_client_id.endswith("-5000") and second.mqtt_client_id.endswith("-5001")
+
+
+@pytest.mark.parametrize("name, value", [("LOG_LEVEL", "loud"), ("MQTT_OUT_FORMAT", "tiny"),
+                                         ("MAX_ROOM_MEMBERS", "0"), ("MQTT_TOPIC_PREFIX", "chat\nroom")])
+def test_new_settings_refuse_bad_values(name, value):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert info.value.problems[0].startswith(f"{name}:")
 
 
 def test_secret_key_is_random_per_start_unless_given():

@@ -150,7 +150,7 @@ def test_server_serves_chat_while_broker_is_unreachable(tmp_path, server_for):
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("MQTT_QOS", "3"), ("ASYNC_MODE", "gevent"),
-                                         ("RATE_LIMIT", "fast")])
+                                         ("RATE_LIMIT", "fast"), ("LOG_LEVEL", "chatty")])
 def test_bad_configuration_stops_with_one_clear_line(name, value, tmp_path):
     """A bad value exits with code 2 and one line naming the variable, no traceback."""
     env = {"PATH": "/usr/bin:/bin", name: value, "DATABASE_PATH": str(tmp_path / "c.db"),
