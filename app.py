@@ -43,10 +43,12 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask_socketio import SocketIO
 
+from chatroom.access import Access
 from chatroom.assistant import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
 from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack, origin_checker
-from chatroom.intake import DEDUP_SECONDS, DeviceTimeout, Intake
+from chatroom.housekeeping import DeviceTimeout, HistoryRetention
+from chatroom.intake import DEDUP_SECONDS, Intake
 from chatroom.limits import DedupWindow, RateLimiter
 from chatroom.messages import Message, SystemEvent
 from chatroom.metrics import ChatMetrics
@@ -59,6 +61,7 @@ from mqtt_service.routes import create_status_blueprint
 from mqtt_service.stats import COUNTERS
 
 log = logging.getLogger("chatroom.app")
+MAX_SOCKET_PACKET_BYTES = 64 * 1024
 ENV_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")  # beside app.py, whatever the cwd
 
 
@@ -75,10 +78,12 @@ class Components:
     assistant: Assistant
     intake: Intake
     device_timeout: DeviceTimeout
+    retention: HistoryRetention
     stopped: bool = False
 
     def start(self) -> None:
         self.device_timeout.start()
+        self.retention.start()
         if self.bridge is not None:
             self.bridge.start()
 
@@ -88,6 +93,7 @@ class Components:
             return
         self.stopped = True
         self.device_timeout.stop()
+        self.retention.stop()
         self.rooms.drain(timeout=5.0)  # events already posted reach MQTT and the web
         if self.bridge is not None:
             self.bridge.stop(timeout=5.0)
@@ -107,19 +113,23 @@ def create_app(settings: Settings) -> Flask:
         cors_allowed_origins=origin_checker(settings.cors_origins),
         logger=False,
         engineio_logger=False,
+        # PROTOCOL 9: a packet over 64 KiB is refused by Engine.IO before anyone parses it.
+        max_http_buffer_size=MAX_SOCKET_PACKET_BYTES,
     )
     socketio.init_app(app)
 
     store = MessageStore(settings.database_path)
-    rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members)
+    rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members,
+                  max_rooms=settings.max_rooms)
     rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)
     intake = Intake(rooms, NameRules(reserved=(settings.ai_name,)), rate_limiter,
                     DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars)
 
-    namespace = ChatNamespace(rooms, intake, settings)
+    access = Access(settings.api_token)
+    namespace = ChatNamespace(rooms, intake, settings, access)
     socketio.on_namespace(namespace)
     socketio.on_error_default(internal_error_ack)
-    rooms.subscribe("socketio", SocketIOPublisher(socketio))
+    rooms.subscribe("socketio", SocketIOPublisher(socketio, rooms))
 
     backend = OpenAIBackend(settings) if settings.assistant_enabled else None
     assistant = Assistant(settings, rooms, backend)
@@ -144,14 +154,17 @@ def create_app(settings: Settings) -> Flask:
     metrics.add_source("chatroom_assistant", assistant.status, {
         "requests": ("counter", "Assistant requests started"),
         "failures": ("counter", "Assistant requests that ended in ai_error"),
+        "refused": ("counter", "Mentions turned away by the assistant's queue bound or per-minute budget"),
+        "waiting": ("gauge", "Assistant requests waiting for a slot"),
         "in_flight": ("gauge", "Assistant requests running now"),
         "average_latency_ms": ("gauge", "Average time to a complete answer, ms"),
     })
 
-    app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render))
+    app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render, access))
     app.register_blueprint(create_status_blueprint(bridge, rooms, assistant.status))
     app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge, assistant,
-                                            intake, DeviceTimeout(rooms, settings.mqtt_user_timeout))
+                                            intake, DeviceTimeout(rooms, settings.mqtt_user_timeout),
+                                            HistoryRetention(store, settings.history_retention_days))
     return app
 
 

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
@@ -58,6 +59,7 @@ class OpenAIBackend:
         self._openai = openai
         self.model = settings.ai_model
         self.timeout = settings.ai_timeout
+        self.max_tokens = settings.ai_max_tokens
         self.client = openai.OpenAI(
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url or None,
@@ -68,7 +70,8 @@ class OpenAIBackend:
     def stream(self, messages: list[dict]) -> Iterator[str]:
         openai = self._openai
         try:
-            chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True)
+            chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+                                                         max_tokens=self.max_tokens)
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
@@ -88,6 +91,8 @@ class OpenAIBackend:
 class AssistantStats:
     requests: int = 0
     failures: int = 0
+    refused: int = 0      # mentions turned away by the queue bound or the per-minute budget
+    waiting: int = 0      # accepted, waiting for one of the MAX_IN_FLIGHT slots
     in_flight: int = 0
     total_latency: float = 0.0
     answered: int = 0
@@ -110,6 +115,10 @@ class Assistant:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self._busy_senders: set[tuple] = set()
+        # PROTOCOL 9: whatever the number of senders, at most MAX_IN_FLIGHT + ai_queue_size
+        # requests are pending and at most ai_requests_per_minute start in any minute.
+        self._started: deque[float] = deque()
+        self.clock = time.monotonic
         self._mention = re.compile(rf"^\s*(?:@{re.escape(self.name)}|/ai)(?![\w-])[\s,:]*", re.IGNORECASE)
 
     @property
@@ -142,10 +151,28 @@ class Assistant:
                 notice = f"{event.username}, {self.name} is still answering your previous question."
                 self.rooms.announce(event.room, "ai_busy", notice, self.name)
                 return
+            refusal = self._over_limits()
+            if refusal:
+                self.stats.refused += 1
+                self.rooms.announce(event.room, "ai_busy", f"{event.username}, {refusal}", self.name)
+                return
             self._busy_senders.add(sender)
+            self._started.append(self.clock())
             self.stats.requests += 1
+            self.stats.waiting += 1
         threading.Thread(target=self._answer, args=(event, sender), name="assistant-request",
                          daemon=True).start()
+
+    def _over_limits(self) -> str | None:
+        """Why a new request cannot be taken now (None when it can). Caller holds _lock."""
+        now = self.clock()
+        while self._started and now - self._started[0] >= 60.0:
+            self._started.popleft()
+        if self.stats.waiting + self.stats.in_flight >= MAX_IN_FLIGHT + self.settings.ai_queue_size:
+            return f"{self.name} has too many questions waiting; ask again in a moment."
+        if len(self._started) >= self.settings.ai_requests_per_minute:
+            return f"{self.name} has answered its share for this minute; ask again shortly."
+        return None
 
     # --- answering ------------------------------------------------------------------
 
@@ -162,13 +189,28 @@ class Assistant:
                 text = self._mention.sub("", past.content, count=1) or past.content
                 readings = f" [data: {past.data}]" if past.data else ""
                 turns.append({"role": "user", "content": f"{past.username}: {text}{readings}"})
-        return turns
+        return self._within_bytes(turns)
+
+    def _within_bytes(self, turns: list[dict]) -> list[dict]:
+        """Drop the oldest turns until the request fits AI_CONTEXT_BYTES; the system prompt
+        and the question stay (the question cut if it alone is too long)."""
+        budget = self.settings.ai_context_bytes
+        size = lambda turn: len(turn["content"].encode("utf-8"))
+        system, history = turns[0], turns[1:]
+        while len(history) > 1 and size(system) + sum(map(size, history)) > budget:
+            history.pop(0)
+        if history and size(system) + size(history[0]) > budget:
+            room = max(0, budget - size(system))
+            history[0] = {**history[0], "content": history[0]["content"].encode("utf-8")[:room]
+                          .decode("utf-8", errors="ignore")}
+        return [system, *history]
 
     def _answer(self, message: Message, sender: tuple) -> None:
         reply_id = str(uuid.uuid4())
         started = time.monotonic()
         with self._slots:  # at most MAX_IN_FLIGHT requests at once; others wait their turn
             with self._lock:
+                self.stats.waiting -= 1
                 self.stats.in_flight += 1
             try:
                 pieces = []
@@ -209,6 +251,8 @@ class Assistant:
                 "reply_mode": self.mode,
                 "requests": self.stats.requests,
                 "failures": self.stats.failures,
+                "refused": self.stats.refused,
+                "waiting": self.stats.waiting,
                 "in_flight": self.stats.in_flight,
                 "average_latency_ms": self.stats.average_latency_ms,
             }

@@ -6,6 +6,7 @@ reported at once as `NAME: reason (got 'value')`.
 """
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import socket
@@ -60,6 +61,8 @@ class Settings:
     history_limit: int = 50
     max_message_chars: int = 2000
     max_room_members: int = 1000
+    max_rooms: int = 1000
+    history_retention_days: int = 0
     rate_limit_count: int = 20
     rate_limit_seconds: float = 10.0
     api_token: str = ""
@@ -72,6 +75,10 @@ class Settings:
     ai_context_messages: int = 20
     ai_timeout: float = 30.0
     ai_system_prompt: str = ""
+    ai_max_tokens: int = 512
+    ai_context_bytes: int = 16 * 1024
+    ai_queue_size: int = 8
+    ai_requests_per_minute: int = 20
     log_level: str = "INFO"
 
     @property
@@ -120,6 +127,8 @@ class Settings:
             history_limit=reader.get("HISTORY_LIMIT", "50", _int_at_least(0)),
             max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", _int_at_least(1)),
             max_room_members=reader.get("MAX_ROOM_MEMBERS", "1000", _int_at_least(1)),
+            max_rooms=reader.get("MAX_ROOMS", "1000", _int_at_least(1)),
+            history_retention_days=reader.get("HISTORY_RETENTION_DAYS", "0", _int_at_least(0)),
             rate_limit_count=rate[0] if rate else 0,
             rate_limit_seconds=rate[1] if rate else 1.0,
             api_token=reader.get("API_TOKEN", "", str),
@@ -131,6 +140,10 @@ class Settings:
             ai_context_messages=reader.get("AI_CONTEXT_MESSAGES", "20", _int_at_least(0)),
             ai_timeout=reader.get("AI_TIMEOUT", "30", _positive_float),
             ai_system_prompt=reader.get("AI_SYSTEM_PROMPT", "", str),
+            ai_max_tokens=reader.get("AI_MAX_TOKENS", "512", _int_at_least(1)),
+            ai_context_bytes=reader.get("AI_CONTEXT_BYTES", "16384", _int_at_least(1024)),
+            ai_queue_size=reader.get("AI_QUEUE_SIZE", "8", _int_at_least(0)),
+            ai_requests_per_minute=reader.get("AI_REQUESTS_PER_MINUTE", "20", _int_at_least(1)),
             log_level=reader.get("LOG_LEVEL", "INFO", _log_level),
         )
         for name in NOT_YET_SUPPORTED:
@@ -140,6 +153,8 @@ class Settings:
                                        "unset it (see docs/PROTOCOL.md)")
         if settings.mqtt_tls is False and settings.mqtt_ca_certs:
             reader.problems.append("MQTT_CA_CERTS: set, but MQTT_TLS is false (set MQTT_TLS=true)")
+        elif settings.mqtt_ca_certs and not os.path.isfile(settings.mqtt_ca_certs):
+            reader.problems.append(f"MQTT_CA_CERTS: no readable file at {settings.mqtt_ca_certs!r}")
         if reader.problems:
             raise ConfigError(reader.problems)
         return settings

@@ -9,9 +9,10 @@ import logging
 import threading
 
 from flask import request
-from flask_socketio import Namespace, SocketIO, join_room, leave_room
+from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, join_room, leave_room
 
 from .assistant import AssistantDelta
+from .access import Access
 from .config import Settings
 from .intake import WEB, Intake, Submission
 from .messages import Message, SystemEvent, ValidationError, optional
@@ -54,17 +55,21 @@ def _payload(data) -> dict:
 class ChatNamespace(Namespace):
     """The `/` namespace of the chat page: Socket.IO events in, intake calls, acks out."""
 
-    def __init__(self, rooms: Rooms, intake: Intake, settings: Settings, namespace: str = "/"):
+    def __init__(self, rooms: Rooms, intake: Intake, settings: Settings, access: Access, namespace: str = "/"):
         super().__init__(namespace)
         self.rooms = rooms
         self.intake = intake
         self.settings = settings
+        self.access = access
         self._room_of_sid: dict[str, str] = {}  # a web client is in one room at a time
         self._lock = threading.Lock()
         self.connected_clients = 0
 
     def on_connect(self, auth=None):
         """A page opened its socket; it is in no room until it sends `join`."""
+        if not self.access.allows_socket(auth):
+            # The page shows this and asks for the token (PROTOCOL 9).
+            raise ConnectionRefusedError("unauthorized")
         with self._lock:
             self.connected_clients += 1
 
@@ -159,10 +164,22 @@ def internal_error_ack(exc: Exception) -> dict:
 
 
 class SocketIOPublisher:
-    """Room listener: pushes room events to the browsers in that room."""
+    """Room listener: pushes room events to the browsers in that room.
 
-    def __init__(self, socketio: SocketIO):
+    `user_list` is coalesced: after a presence change the room's list is sent
+    once, PRESENCE_DELAY seconds later, with whatever changed meanwhile. A burst
+    of N joins so costs each browser N small join events and a few lists, O(N)
+    bytes, instead of N lists of up to N members (PROTOCOL section 9).
+    """
+
+    PRESENCE_DELAY = 0.25
+
+    def __init__(self, socketio: SocketIO, rooms: Rooms):
         self.socketio = socketio
+        self.rooms = rooms
+        self._lock = threading.Lock()
+        self._changed_rooms: set[str] = set()
+        self._flush_pending = False
 
     def __call__(self, event) -> None:
         if isinstance(event, Message):
@@ -170,7 +187,20 @@ class SocketIOPublisher:
         elif isinstance(event, SystemEvent):
             self.socketio.emit("system_message", event.to_dict(), to=event.room)
         elif isinstance(event, PresenceChanged):
-            self.socketio.emit("user_list", {"room": event.room, "users": event.users}, to=event.room)
+            with self._lock:
+                self._changed_rooms.add(event.room)
+                if self._flush_pending:
+                    return
+                self._flush_pending = True
+            self.socketio.start_background_task(self._send_user_lists)
         elif isinstance(event, AssistantDelta):
             self.socketio.emit("ai_stream", {"reply_to": event.reply_to, "message_id": event.message_id,
                                              "delta": event.delta}, to=event.room)
+
+    def _send_user_lists(self) -> None:
+        self.socketio.sleep(self.PRESENCE_DELAY)
+        with self._lock:
+            rooms, self._changed_rooms = self._changed_rooms, set()
+            self._flush_pending = False
+        for room in rooms:
+            self.socketio.emit("user_list", {"room": room, "users": self.rooms.users(room)}, to=room)

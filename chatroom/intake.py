@@ -219,35 +219,3 @@ class Intake:
             raise ValidationError("rate_limited", "too many messages; slow down", client_id,
                                   retry_after=wait)
 
-
-class DeviceTimeout:
-    """Devices silent for `timeout` seconds leave (MQTT_USER_TIMEOUT; 0 = never).
-
-    Liveness lives in the room (every accepted publication and every repeated
-    join refreshes it); this only looks at the clock now and then.
-    """
-
-    def __init__(self, rooms: Rooms, timeout: float):
-        self.rooms = rooms
-        self.timeout = timeout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.timeout > 0 and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="device-timeout", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def expire(self) -> list[User]:
-        gone = self.rooms.expire_silent(MQTT, self.rooms.clock() - self.timeout)
-        for user in gone:
-            log.info("device %r in %r was silent for %g s: left", user.client_id, user.room, self.timeout)
-        return gone
-
-    def _run(self) -> None:
-        interval = min(max(self.timeout / 4, 1.0), 30.0)
-        while not self._stop.wait(interval):
-            self.expire()

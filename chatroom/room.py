@@ -28,10 +28,11 @@ MemberKey = Hashable  # ("web", sid), ("mqtt", client_id): unique per connection
 
 @dataclass(frozen=True)
 class PresenceChanged:
-    """The member list of `room` changed; `users` is the new list."""
+    """The member list of `room` changed. It carries no list: a listener that
+    wants one asks `Rooms.users(room)` when it sends it, so a burst of N joins
+    does not build N lists of up to N members (O(N²))."""
 
     room: str
-    users: list[dict]
 
 
 RoomEvent = Message | SystemEvent | PresenceChanged
@@ -111,11 +112,14 @@ class Rooms:
     """
 
     def __init__(self, history: History, name_key: Callable[[str], str] = str.casefold,
-                 max_members: int = 1000, clock: Callable[[], float] = time.monotonic):
+                 max_members: int = 1000, clock: Callable[[], float] = time.monotonic,
+                 max_rooms: int = 1000):
         self.history = history
         self.name_key = name_key
         self.max_members = max_members
+        self.max_rooms = max_rooms
         self.clock = clock
+        self._posted_total = 0
         self._lock = threading.RLock()
         self._rooms: dict[str, _RoomState] = {}
         self._workers: list[_ListenerWorker] = []
@@ -157,9 +161,17 @@ class Rooms:
     def _state(self, room: str) -> _RoomState:
         state = self._rooms.get(room)
         if state is None:
-            # seq continues across restarts: start from the newest stored message.
+            # seq continues across restarts (and after the room was forgotten):
+            # start from the newest stored message.
             state = self._rooms[room] = _RoomState(room, self.history.last_seq(room))
         return state
+
+    def _forget_if_empty(self, state: _RoomState) -> None:
+        """A room without members holds nothing the store does not: forget it, so
+        strangers cannot grow memory (or /metrics, or bridge events) room by room."""
+        if not state.members and self._rooms.get(state.name) is state:
+            del self._rooms[state.name]
+            self._posted.pop(state.name, None)
 
     def join(self, room: str, key: MemberKey, name: str, source: str, *,
              client_id: str | None = None, private_id: str | None = None,
@@ -173,38 +185,50 @@ class Rooms:
         """
         with self._lock:
             state = self._state(room)
-            current = state.members.get(key)
-            if current is not None and current.requested == name:
-                current.last_seen = self.clock()
-                return JoinResult(current, UNCHANGED)
-            holder_key, holder = self._holder(state, self.name_key(name), except_key=key)
-            display = name
-            if holder is not None:
-                if (private_id is not None and holder.private_id == private_id
-                        and holder.source == source and current is None):
-                    return self._reclaim(state, holder_key, key, holder)
-                if on_clash == SUFFIX:
-                    display = self._free_variant(state, name, except_key=key)
-                else:
-                    raise ValidationError("name_taken", f"the name {name!r} is taken in {room}; choose another")
-            if current is not None:
-                previous, current.username, current.requested = current.username, display, name
-                current.name_key = self.name_key(display)
-                current.last_seen = self.clock()
-                if previous != display:
-                    self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
-                                              previous=previous))
-                    self._publish(PresenceChanged(room, self._user_list(state)))
-                return JoinResult(current, RENAMED, previous=previous)
-            if len(state.members) >= self.max_members:
-                raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
-            user = User(username=display, source=source, room=room, client_id=client_id,
-                        private_id=private_id, requested=name, last_seen=self.clock(),
-                        name_key=self.name_key(display))
-            state.members[key] = user
-            self._publish(SystemEvent("join", f"{display} joined", room, display))
-            self._publish(PresenceChanged(room, self._user_list(state)))
-            return JoinResult(user, JOINED)
+            try:
+                return self._join(state, key, name, source, client_id, private_id, on_clash)
+            except ValidationError:
+                self._forget_if_empty(state)  # a refused first join leaves no room behind
+                raise
+
+    def _join(self, state: _RoomState, key: MemberKey, name: str, source: str, client_id: str | None,
+              private_id: str | None, on_clash: str) -> JoinResult:
+        room = state.name
+        current = state.members.get(key)
+        if current is not None and current.requested == name:
+            current.last_seen = self.clock()
+            return JoinResult(current, UNCHANGED)
+        holder_key, holder = self._holder(state, self.name_key(name), except_key=key)
+        display = name
+        if holder is not None:
+            if (private_id is not None and holder.private_id == private_id
+                    and holder.source == source and current is None):
+                return self._reclaim(state, holder_key, key, holder)
+            if on_clash == SUFFIX:
+                display = self._free_variant(state, name, except_key=key)
+            else:
+                raise ValidationError("name_taken", f"the name {name!r} is taken in {room}; choose another")
+        if current is not None:
+            previous, current.username, current.requested = current.username, display, name
+            current.name_key = self.name_key(display)
+            current.last_seen = self.clock()
+            if previous != display:
+                self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
+                                          previous=previous))
+                self._publish(PresenceChanged(room))
+            return JoinResult(current, RENAMED, previous=previous)
+        if len(state.members) >= self.max_members:
+            raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
+        if not state.members and self._live_rooms() >= self.max_rooms:
+            raise ValidationError("room_full", f"this server has {self.max_rooms} rooms in use; "
+                                               "join one of them or try later")
+        user = User(username=display, source=source, room=room, client_id=client_id,
+                    private_id=private_id, requested=name, last_seen=self.clock(),
+                    name_key=self.name_key(display))
+        state.members[key] = user
+        self._publish(SystemEvent("join", f"{display} joined", room, display))
+        self._publish(PresenceChanged(room))
+        return JoinResult(user, JOINED)
 
     def _reclaim(self, state: _RoomState, old_key: MemberKey, key: MemberKey, user: User) -> JoinResult:
         """A page that reconnected (same private id) takes over its old entry: no events."""
@@ -232,7 +256,8 @@ class Rooms:
             user = state.members.pop(key, None) if state else None
             if user is not None:
                 self._publish(SystemEvent("leave", f"{user.username} left", room, user.username))
-                self._publish(PresenceChanged(room, self._user_list(state)))
+                self._publish(PresenceChanged(room))
+                self._forget_if_empty(state)
             return user
 
     def holds_name(self, room: str, name: str) -> bool:
@@ -302,10 +327,12 @@ class Rooms:
             self.history.append(message)
             state.seq = message.seq
             self._posted[room] += 1
+            self._posted_total += 1
             member = state.members.get(sender) if sender is not None else None
             if member is not None:
                 member.message_count += 1
             self._publish(message)
+            self._forget_if_empty(state)  # an HTTP post to a room nobody is in
             return message
 
     def announce(self, room: str, event: str, text: str, username: str | None = None) -> SystemEvent:
@@ -332,12 +359,16 @@ class Rooms:
                     1 for state in self._rooms.values() for user in state.members.values()
                     if user.source == "web"
                 ),
-                "messages_total": sum(self._posted.values()),
+                "messages_total": self._posted_total,
             }
 
     def posted_per_room(self) -> dict[str, int]:
+        """Messages posted since start, for the rooms that have members now."""
         with self._lock:
             return dict(self._posted)
+
+    def _live_rooms(self) -> int:
+        return sum(1 for state in self._rooms.values() if state.members)
 
     def rooms_with_members(self) -> list[str]:
         with self._lock:

@@ -1,13 +1,13 @@
 """HTTP: the chat page, /api/*, /healthz and /metrics."""
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 
 from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
+from .access import Access, add_security_headers
 from .config import Settings
 from .intake import HTTP, Intake, Submission
 from .messages import ValidationError, optional, parse_json_object, validate_room
@@ -77,8 +77,24 @@ def _address() -> str | None:
     return request.remote_addr
 
 
-def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intake, metrics_text) -> Blueprint:
+# Open without the token: the page must load to ask for it, and health checks must work.
+OPEN_PATHS = ("/", "/healthz")
+
+
+def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intake, metrics_text,
+                          access: Access) -> Blueprint:
     bp = Blueprint("chat", __name__)
+
+    @bp.before_app_request
+    def require_token():
+        if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/socket.io")):
+            return None  # Socket.IO checks the token in its own connect handler
+        if not access.allows_request():
+            return error_response(401, "missing or wrong API token (Authorization: Bearer <token>)",
+                                  "unauthorized")
+        return None
+
+    bp.after_app_request(add_security_headers)
 
     @bp.errorhandler(ValidationError)
     def on_validation_error(exc: ValidationError):
@@ -97,7 +113,8 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
     @bp.get("/")
     def index():
         return render_template("index.html", ai_name=settings.ai_name,
-                               max_message_chars=settings.max_message_chars)
+                               max_message_chars=settings.max_message_chars,
+                               token_required=access.required)
 
     @bp.get("/healthz")
     def healthz():
@@ -117,10 +134,6 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
 
     @bp.post("/api/messages")
     def post_message():
-        if settings.api_token:
-            supplied = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {settings.api_token}".encode()):
-                return error_response(401, "missing or wrong API token (Authorization: Bearer <token>)")
         body = _json_body()
         accepted = intake.post(Submission(
             HTTP, room=body.get("room"), username=optional(body, "username"), text=body.get("message"),

@@ -86,6 +86,18 @@ class MessageStore:
             for ts, data, seq, room in reversed(rows)
         ]
 
+    def delete_older_than(self, timestamp: str) -> int:
+        """Delete messages stamped before `timestamp` (ISO, UTC): HISTORY_RETENTION_DAYS.
+
+        The newest message of each room is kept, so `seq` still continues from it.
+        """
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM messages WHERE timestamp < ?"
+                " AND seq < (SELECT MAX(seq) FROM messages AS newest WHERE newest.room = messages.room)",
+                (timestamp,))
+        return cursor.rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

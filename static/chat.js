@@ -8,7 +8,17 @@
   const aiName = document.body.dataset.aiName || "AI";
   const SOURCE_LABEL = { web: "web", mqtt: "MQTT", http: "HTTP", ai: "assistant" };
 
-  const socket = io({ transports: ["websocket", "polling"] });
+  // API_TOKEN: the page asks once, keeps it, and sends it on connect and with every request.
+  const TOKEN_KEY = "chat-api-token";
+  const tokenRequired = document.body.dataset.tokenRequired === "true";
+  const authHeaders = () => {
+    const token = localStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: "Bearer " + token } : {};
+  };
+  const socket = io({
+    transports: ["websocket", "polling"],
+    auth: (send) => send({ token: localStorage.getItem(TOKEN_KEY) || "" }),
+  });
   const seen = new Set();          // message_ids already shown (history + live overlap)
   const streams = new Map();       // ai message_id -> element being streamed into
   const readings = new Map();      // client_id -> {username, data, timestamp, series}
@@ -143,7 +153,7 @@
 
   function backfill(clientId, key, series) {
     const query = new URLSearchParams({ client_id: clientId, key: key, limit: String(SPARK_POINTS) });
-    fetch("/api/readings?" + query)
+    fetch("/api/readings?" + query, { headers: authHeaders() })
       .then((response) => response.json())
       .then((body) => {
         (body.readings || []).forEach((r) => { if (typeof r.value === "number") addPoint(series, r.seq, r.value); });
@@ -199,7 +209,7 @@
 
   // Is the MQTT side (the devices) reachable? /mqtt/status says 200 or 503.
   function refreshBridge() {
-    fetch("/mqtt/status")
+    fetch("/mqtt/status", { headers: authHeaders() })
       .then((response) => response.json())
       .then((body) => {
         const mqtt = body.mqtt_status || {};
@@ -303,6 +313,22 @@
     // After a server restart or network blip, rejoin with the same name (then send what waits).
     if (joined) join(joined.username, joined.room);
   });
+  // A refused connection (wrong or missing token) asks for the token, then retries.
+  socket.on("connect_error", (error) => {
+    if (!error || error.message !== "unauthorized") return;
+    setConnection("token needed", false);
+    $("token-form").hidden = false;
+    $("token").focus();
+  });
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    localStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    $("token-form").hidden = true;
+    socket.connect();
+  });
+  if (tokenRequired && !localStorage.getItem(TOKEN_KEY)) $("token-form").hidden = false;
+
   socket.on("disconnect", () => {
     setConnection("reconnecting…", false);
     unsent.forEach((item) => { item.inFlight = false; });  // their acks will never come

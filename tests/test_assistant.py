@@ -204,8 +204,8 @@ def test_without_a_key_a_mention_says_not_configured(make_app, probe_for):
     event = probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "ai_error")[0].json()
     assert "not configured" in event["message"]
     assert app.status()["assistant"] == {"enabled": False, "model": None, "reply_mode": "mention",
-                                         "requests": 0, "failures": 0, "in_flight": 0,
-                                         "average_latency_ms": None}
+                                         "requests": 0, "failures": 0, "refused": 0, "waiting": 0,
+                                         "in_flight": 0, "average_latency_ms": None}
 
 
 def test_slow_model_does_not_delay_the_relay(ai_app, fake, broker):
@@ -255,3 +255,39 @@ def test_assistant_in_a_real_server_process(mode, broker, tmp_path, server_for, 
     finally:
         client.close()
     assert "assistant on (gpt-4o-mini)" in server.logs() or "assistant on" in server.logs()
+
+
+def test_forty_mentions_from_forty_devices_stay_within_the_queue_and_budget(ai_app, fake, probe_for):
+    """PROTOCOL 9: 2 in flight + AI_QUEUE_SIZE waiting; the rest get ai_busy, and no request
+    carries more than max_tokens or AI_CONTEXT_BYTES of context."""
+    gate = threading.Event()
+    fake.behave(gate=gate)
+    app = ai_app(AI_QUEUE_SIZE="3", AI_MAX_TOKENS="64", AI_CONTEXT_BYTES="2048")
+    probe = probe_for(app.prefix)
+    for number in range(40):
+        probe.publish(f"{app.prefix}/messages/in", {"client_id": f"dev-{number}", "message": "@AI " + "x" * 1500})
+    probe.wait(f"{app.prefix}/messages/out", count=40)
+    busy = probe.wait(f"{app.prefix}/system", count=35, match=lambda e: e["event"] == "ai_busy")
+    assert "too many questions waiting" in busy[0].json()["message"]
+    fake.wait_in_flight(2)
+    status = app.components.assistant.status()
+    assert (status["in_flight"], status["waiting"], status["refused"], status["requests"]) == (2, 3, 35, 5)
+    gate.set()
+    probe.wait(f"{app.prefix}/messages/out", count=5, match=lambda m: m["type"] == "ai_response")
+    app.drain()
+    assert len(fake.requests) == 5
+    for body in fake.requests:
+        assert body["max_tokens"] == 64
+        assert sum(len(turn["content"].encode()) for turn in body["messages"]) <= 2048
+
+
+def test_the_per_minute_budget_holds_whatever_the_number_of_senders(ai_app, fake, probe_for):
+    app = ai_app(AI_REQUESTS_PER_MINUTE="3")
+    probe = probe_for(app.prefix)
+    for number in range(5):
+        probe.publish(f"{app.prefix}/messages/in", {"client_id": f"dev-{number}", "message": "@AI hi"})
+    busy = probe.wait(f"{app.prefix}/system", count=2, match=lambda e: e["event"] == "ai_busy")
+    assert "its share for this minute" in busy[0].json()["message"]
+    probe.wait(f"{app.prefix}/messages/out", count=3, match=lambda m: m["type"] == "ai_response")
+    app.drain()
+    assert len(fake.requests) == 3

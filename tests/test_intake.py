@@ -5,7 +5,8 @@ rejected input leaves no trace.
 """
 import pytest
 
-from chatroom.intake import DUPLICATE, HTTP, MQTT, POSTED, WEB, DeviceTimeout, Intake, Submission
+from chatroom.housekeeping import DeviceTimeout
+from chatroom.intake import DUPLICATE, HTTP, MQTT, POSTED, WEB, Intake, Submission
 from chatroom.limits import DedupWindow, RateLimiter
 from chatroom.messages import Message, SystemEvent, ValidationError
 from chatroom.names import NameRules, name_key

@@ -56,7 +56,7 @@ def test_join_and_leave_emit_system_events_and_presence(rooms):
     kinds = [(type(e).__name__, getattr(e, "event", None)) for e in events]
     assert kinds == [("SystemEvent", "join"), ("PresenceChanged", None),
                      ("SystemEvent", "leave"), ("PresenceChanged", None)]
-    assert events[1].users[0]["username"] == "Alice" and events[3].users == []
+    assert events[1].room == "lobby" and rooms.users("lobby") == []
 
 
 def test_names_are_unique_per_room_ignoring_case(rooms):
@@ -154,9 +154,33 @@ def test_presence_changed_lists_sources(rooms):
     events = collect(rooms)
     rooms.join("lobby", ("mqtt", "esp"), "Kitchen", "mqtt", client_id="esp")
     assert rooms.drain()
-    presence = [e for e in events if isinstance(e, PresenceChanged)][0]
-    assert presence.users == [{"username": "Kitchen", "source": "mqtt", "client_id": "esp",
-                               "join_time": presence.users[0]["join_time"]}]
+    assert [e.room for e in events if isinstance(e, PresenceChanged)] == ["lobby"]
+    users = rooms.users("lobby")
+    assert users == [{"username": "Kitchen", "source": "mqtt", "client_id": "esp",
+                      "join_time": users[0]["join_time"]}]
+
+
+def test_empty_rooms_are_forgotten_and_seq_continues(rooms):
+    """No members: the room's state goes (strangers cannot grow it); its seq comes back from history."""
+    rooms.join("kitchen", ("web", "s1"), "Alice", "web")
+    rooms.post("kitchen", "Alice", "one", "web")
+    rooms.leave("kitchen", ("web", "s1"))
+    rooms.post("attic", "cron", "into an empty room", "http")
+    assert rooms.summary()["rooms"] == 0 and rooms.posted_per_room() == {}
+    assert rooms.summary()["messages_total"] == 2
+    assert rooms.post("kitchen", "cron", "two", "http").seq == 2
+
+
+def test_rooms_in_use_are_bounded(tmp_path):
+    """MAX_ROOMS: a join that would open one more room is room_full and leaves nothing behind."""
+    small = Rooms(MessageStore(":memory:"), max_rooms=2)
+    small.join("a", ("web", "1"), "x", "web")
+    small.join("b", ("web", "2"), "y", "web")
+    with pytest.raises(ValidationError) as info:
+        small.join("c", ("web", "3"), "z", "web")
+    assert info.value.code == "room_full" and small.summary()["rooms"] == 2
+    small.join("a", ("web", "3"), "z", "web")  # an existing room still takes members
+    small.close()
 
 
 def test_listener_can_ask_for_some_event_types_only(rooms):

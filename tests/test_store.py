@@ -17,3 +17,24 @@ def test_readings_are_a_time_series_of_one_key(tmp_path):
     assert [r["value"] for r in store.readings("esp", "ok", 10)] == [True, False]
     assert store.readings("esp", "pressure", 10) == []
     store.close()
+
+
+def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(tmp_path):
+    """HISTORY_RETENTION_DAYS bounds the disk; seq still continues from the room's newest message."""
+    from datetime import datetime, timedelta, timezone
+
+    from chatroom.housekeeping import HistoryRetention
+    from chatroom.messages import utc_timestamp
+
+    store = MessageStore(str(tmp_path / "c.db"))
+    now = datetime(2026, 12, 2, tzinfo=timezone.utc)
+    for seq, age_days in enumerate([40, 35, 31, 2], start=1):
+        store.append(Message(username="k", content=str(seq), room="lobby", source="http", seq=seq,
+                             timestamp=utc_timestamp(now - timedelta(days=age_days))))
+    store.append(Message(username="k", content="old but newest", room="attic", source="http", seq=7,
+                         timestamp=utc_timestamp(now - timedelta(days=90))))
+    assert HistoryRetention(store, days=30, now=lambda: now).apply() == 3
+    assert [m.content for m in store.recent("lobby", 10)] == ["4"]
+    assert [m.content for m in store.recent("attic", 10)] == ["old but newest"]
+    assert store.last_seq("lobby") == 4 and store.last_seq("attic") == 7
+    store.close()
