@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from dotenv import load_dotenv
 from flask import Flask
 from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatroom.access import Access
 from chatroom.assistant import Assistant, OpenAIBackend
@@ -50,6 +51,7 @@ from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack
 from chatroom.housekeeping import DeviceTimeout, HistoryRetention
 from chatroom.intake import DEDUP_SECONDS, Intake
 from chatroom.limits import DedupWindow, RateLimiter
+from chatroom.logs import quiet_library_loggers
 from chatroom.messages import Message, SystemEvent
 from chatroom.metrics import ChatMetrics
 from chatroom.names import NameRules, name_key
@@ -62,6 +64,11 @@ from mqtt_service.stats import COUNTERS
 
 log = logging.getLogger("chatroom.app")
 MAX_SOCKET_PACKET_BYTES = 64 * 1024
+# Web pages and HTTP callers from one address may together send this many times RATE_LIMIT
+# (people behind one NAT share an address; a stranger's new sockets share it too).
+ADDRESS_SHARE = 5
+SOCKET_TIMEOUT = 60.0      # seconds of silence before a connection is closed (> Engine.IO's 25 s ping)
+MAX_CONNECTIONS = 10_000   # green threads: one per open connection
 ENV_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")  # beside app.py, whatever the cwd
 
 
@@ -117,13 +124,19 @@ def create_app(settings: Settings) -> Flask:
         max_http_buffer_size=MAX_SOCKET_PACKET_BYTES,
     )
     socketio.init_app(app)
+    quiet_library_loggers()  # after init_app: that is when Engine.IO adds its own handler
+    if settings.trusted_proxies:
+        # Outermost, so Socket.IO connections see the forwarded address too (per-client limits).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
+                                x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies)
 
     store = MessageStore(settings.database_path)
     rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members,
                   max_rooms=settings.max_rooms)
     rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)
+    address_limiter = RateLimiter(settings.rate_limit_count * ADDRESS_SHARE, settings.rate_limit_seconds)
     intake = Intake(rooms, NameRules(reserved=(settings.ai_name,)), rate_limiter,
-                    DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars)
+                    DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars, address_limiter)
 
     access = Access(settings.api_token)
     namespace = ChatNamespace(rooms, intake, settings, access)
@@ -195,12 +208,27 @@ def serve(app: Flask, settings: Settings) -> None:
     import eventlet.wsgi
 
     address = (settings.host, settings.port)
-    listener = eventlet.listen(address, family=address_family(*address))
+    raise_open_files_limit()
+    listener = eventlet.listen(address, family=address_family(*address), backlog=1024)
     # Accepted sockets inherit TCP_NODELAY: without it, small Socket.IO frames
     # wait on the browser's delayed ACK and fan-out latency climbs to seconds
     # at 1 000 msg/s (docs/PERFORMANCE.md).
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    eventlet.wsgi.server(listener, app, log_output=False)
+    # PROTOCOL 9: a connection that sends nothing for SOCKET_TIMEOUT seconds is closed
+    # (a live websocket answers Engine.IO's ping every 25 s), and the pool is large
+    # enough that idle or half-sent connections cannot take every green thread.
+    eventlet.wsgi.server(listener, app, log_output=False, socket_timeout=SOCKET_TIMEOUT,
+                         max_size=MAX_CONNECTIONS)
+
+
+def raise_open_files_limit() -> None:
+    """Each connection is a file descriptor; the usual soft limit (1024) is below MAX_CONNECTIONS."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + 256 if hard == resource.RLIM_INFINITY else min(hard, MAX_CONNECTIONS + 256)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main() -> int:

@@ -66,6 +66,7 @@ class Settings:
     rate_limit_count: int = 20
     rate_limit_seconds: float = 10.0
     api_token: str = ""
+    trusted_proxies: int = 0
 
     openai_api_key: str = ""
     openai_base_url: str = ""
@@ -132,6 +133,7 @@ class Settings:
             rate_limit_count=rate[0] if rate else 0,
             rate_limit_seconds=rate[1] if rate else 1.0,
             api_token=reader.get("API_TOKEN", "", str),
+            trusted_proxies=reader.get("TRUSTED_PROXIES", "0", _int_at_least(0)),
             openai_api_key=reader.get("OPENAI_API_KEY", "", str),
             openai_base_url=reader.get("OPENAI_BASE_URL", "", str),
             ai_model=reader.get("AI_MODEL", "gpt-4o-mini", _non_empty),

@@ -81,7 +81,8 @@ class ChatNamespace(Namespace):
             payload = _payload(data)
             accepted = self.intake.join(
                 Submission(WEB, room=payload.get("room"), username=payload.get("username"),
-                           client_id=optional(payload, "client_id"), connection=sid),
+                           client_id=optional(payload, "client_id"), connection=sid,
+                           address=request.remote_addr),
                 switch_from=previous)
         except ValidationError as exc:
             return _error(exc)
@@ -110,7 +111,7 @@ class ChatNamespace(Namespace):
             accepted = self.intake.post(Submission(
                 WEB, room=room, text=payload.get("message"), data=optional(payload, "data"),
                 message_id=optional(payload, "client_message_id"), connection=sid,
-                client_id=self._page_id(room, sid)))
+                client_id=self._page_id(room, sid), address=request.remote_addr))
         except ValidationError as exc:
             return _error(exc)
         if accepted.message is None:  # a resend of what was already posted

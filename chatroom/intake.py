@@ -67,10 +67,13 @@ class Accepted:
 
 class Intake:
     def __init__(self, rooms: Rooms, names: NameRules, rate_limiter: RateLimiter,
-                 dedup: DedupWindow, max_message_chars: int):
+                 dedup: DedupWindow, max_message_chars: int, address_limiter: RateLimiter | None = None):
         self.rooms = rooms
         self.names = names
         self.rate_limiter = rate_limiter
+        # Web pages and HTTP callers from one address share a second, larger bucket:
+        # a new socket or a new page id is not a fresh allowance (PROTOCOL 9).
+        self.address_limiter = address_limiter or RateLimiter(0, 1)
         self.dedup = dedup
         self.max_message_chars = max_message_chars
         # One decision at a time: "is there a token / is it a duplicate / is the name
@@ -95,8 +98,8 @@ class Intake:
         message_id = validate_message_id(sub.message_id)
         with self._lock:
             member_key, name, on_clash = self._author(sub, room, client_id)
-            sender = self._sender(sub, client_id)
-            self._check_rate(sender, client_id)
+            buckets = self._buckets(sub, client_id)
+            self._check_rate(buckets, client_id)
             dedup_key = self._dedup_key(sub, room, client_id)
             if dedup_key is not None:
                 original = self.dedup.get(dedup_key)
@@ -110,7 +113,7 @@ class Intake:
             elif sub.source == WEB:
                 user = self.rooms.member(room, member_key)
                 name = user.username
-            self.rate_limiter.take(sender)
+            self._take(buckets)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
                                       client_id=client_id if sub.source == MQTT else None,
                                       data=data, client_message_id=message_id)
@@ -158,15 +161,15 @@ class Intake:
             with self._lock:
                 current = self.rooms.member(room, key)
                 changes = current is None or current.requested != name
-                sender = self._sender(sub, client_id)
+                buckets = self._buckets(sub, client_id)
                 if changes:
-                    self._check_rate(sender, client_id)
+                    self._check_rate(buckets, client_id)
                 result: JoinResult = self.rooms.join(
                     room, key, name, sub.source, on_clash=on_clash,
                     client_id=client_id if sub.source == MQTT else None,
                     private_id=client_id if sub.source == WEB else None)
                 if result.outcome != UNCHANGED:
-                    self.rate_limiter.take(sender)
+                    self._take(buckets)
                 if switch_from is not None and switch_from != room:
                     self.rooms.leave(switch_from, key)
         except ValidationError as exc:
@@ -183,9 +186,9 @@ class Intake:
         with self._lock:
             user = self.rooms.leave(room, key)
             if user is not None and sub.source == MQTT:
-                sender = self._sender(sub, client_id)
-                if self.rate_limiter.wait_time(sender) == 0:
-                    self.rate_limiter.take(sender)
+                buckets = self._buckets(sub, client_id)
+                if all(limiter.wait_time(key) == 0 for limiter, key in buckets):
+                    self._take(buckets)
         return Accepted(LEFT if user else NOT_PRESENT, room, user=user)
 
     # --- the parts of each rule ---------------------------------------------------
@@ -197,14 +200,20 @@ class Intake:
             return validate_client_id(sub.client_id)
         return None
 
-    @staticmethod
-    def _sender(sub: Submission, client_id: str | None) -> Hashable:
-        """Whose rate-limit bucket an input spends."""
+    def _buckets(self, sub: Submission, client_id: str | None) -> list[tuple[RateLimiter, Hashable]]:
+        """The rate-limit buckets an input spends: its sender's, and for web and HTTP its address's."""
         if sub.source == MQTT:
-            return (MQTT, client_id)
-        if sub.source == WEB:
-            return (WEB, client_id or sub.connection)
-        return (HTTP, sub.address)
+            return [(self.rate_limiter, (MQTT, client_id))]
+        own = (WEB, client_id or sub.connection) if sub.source == WEB else (HTTP, sub.address)
+        buckets = [(self.rate_limiter, own)]
+        if sub.address is not None:
+            buckets.append((self.address_limiter, ("address", sub.address)))
+        return buckets
+
+    @staticmethod
+    def _take(buckets: list[tuple[RateLimiter, Hashable]]) -> None:
+        for limiter, key in buckets:
+            limiter.take(key)
 
     @staticmethod
     def _dedup_key(sub: Submission, room: str, client_id: str | None) -> Hashable | None:
@@ -213,8 +222,8 @@ class Intake:
         # Scoped by room and sender; a web page without a stable id is scoped by its socket.
         return (room, sub.source, client_id or sub.connection, dedup_text(sub.message_id))
 
-    def _check_rate(self, sender: Hashable, client_id: str | None) -> None:
-        wait = self.rate_limiter.wait_time(sender)
+    def _check_rate(self, buckets: list[tuple[RateLimiter, Hashable]], client_id: str | None) -> None:
+        wait = max(limiter.wait_time(key) for limiter, key in buckets)
         if wait > 0:
             raise ValidationError("rate_limited", "too many messages; slow down", client_id,
                                   retry_after=wait)

@@ -97,3 +97,37 @@ class DedupWindow:
             if expires > now and len(self._entries) <= self.max_keys:
                 break
             self._entries.popitem(last=False)
+
+
+class Throttle:
+    """At most `count` events per `seconds` per key; the rest are counted, not acted on.
+
+    For what a stranger can make us do per message besides the work itself:
+    log lines and error replies. `allow` answers whether to act now and how
+    many were held back since the last time it said yes (for one summary line).
+    The table of keys is bounded: the least recently seen key is forgotten first.
+    """
+
+    def __init__(self, count: int = 5, seconds: float = 60.0, now: Callable[[], float] = time.monotonic,
+                 max_keys: int = 10_000):
+        self.count, self.seconds, self.now, self.max_keys = count, seconds, now, max_keys
+        self._windows: OrderedDict[Hashable, list] = OrderedDict()  # key -> [window start, used, held back]
+        self._lock = threading.Lock()
+
+    def allow(self, key: Hashable) -> tuple[bool, int]:
+        with self._lock:
+            now = self.now()
+            window = self._windows.pop(key, None)
+            if window is None or now - window[0] >= self.seconds:
+                held_back = window[2] if window else 0
+                window = [now, 0, 0]
+            else:
+                held_back = 0
+            self._windows[key] = window
+            while len(self._windows) > self.max_keys:
+                self._windows.popitem(last=False)
+            if window[1] < self.count:
+                window[1] += 1
+                return True, held_back
+            window[2] += 1
+            return False, 0

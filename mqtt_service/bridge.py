@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from chatroom.config import DEFAULT_ROOM, Settings
 from chatroom.intake import DUPLICATE, MQTT, Intake, Submission
+from chatroom.limits import Throttle
 from chatroom.messages import (
     Message, SystemEvent, ValidationError, client_id_of, dumps, optional, parse_json_object,
     utc_timestamp,
@@ -40,6 +41,8 @@ RESEND_WAIT_SECONDS = 10.0
 # and any window makes paho scan its whole queue on every PUBACK. The broker takes
 # what we send; our own outbox bounds memory while it is unreachable.
 MAX_INFLIGHT = 0
+# Error replies (and their log lines) per sender per minute; the rest are only counted.
+REPLIES_PER_MINUTE = 10
 # A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
 # times within TAKEOVER_WINDOW seconds, is another client taking our client id.
 TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
@@ -88,6 +91,7 @@ class MqttBridge:
         self.intake = intake
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
+        self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
         self.qos = settings.mqtt_qos
         self.compact = settings.mqtt_out_format == "compact"  # the original project's 5 fields
         self._client: mqtt.Client | None = None
@@ -304,8 +308,15 @@ class MqttBridge:
             self._reject(topic, exc)
 
     def _reject(self, topic: str, exc: ValidationError) -> None:
+        """Count every rejection; log it and answer on P/errors at most a few times a minute
+        per sender (PROTOCOL 9): a flood must not become a flood of log lines and replies."""
         self.stats.rejected(exc.code)
-        log.warning("MQTT rejected %s on %r from %r: %s", exc.code, topic, exc.client_id, exc.message)
+        act, held_back = self._reply_throttle.allow(exc.client_id)
+        if not act:
+            self.stats.add("errors_suppressed")
+            return
+        log.warning("MQTT rejected %s on %r from %r: %s%s", exc.code, topic[:200], exc.client_id, exc.message,
+                    f" ({held_back} more from this sender were not logged or answered)" if held_back else "")
         error = {"type": "error", "code": exc.code, "error": exc.message, "topic": topic,
                  "client_id": exc.client_id, "timestamp": utc_timestamp()}
         self._publish(_Outgoing(self.topics.errors(), dumps(error).encode(), self.qos))

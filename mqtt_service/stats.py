@@ -14,6 +14,7 @@ COUNTERS = (
     "messages_dropped",    # outbox overflow while the broker was unreachable
     "reconnect_count",     # successful connections after the first
     "handler_errors",      # exceptions caught in our paho callbacks
+    "errors_suppressed",   # rejections not logged or answered on P/errors (throttled per sender)
 )
 
 

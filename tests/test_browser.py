@@ -212,3 +212,28 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(browser, se
     users = requests.get(server.url + "/api/users", timeout=TIMEOUT).json()["users"]
     assert [(u["username"], u["client_id"]) for u in users] == [("Patient", None)]
     page.context.close()
+
+
+def test_with_an_api_token_the_page_asks_once_and_keeps_it(browser, broker, tmp_path, server_for):
+    server = server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet", API_TOKEN="page-token"),
+                        wait_connected=False)
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT * 1000)
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#token-form")).to_be_visible()
+    page.fill("#token", "wrong")
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#connection")).to_have_text("token needed")
+    page.fill("#token", "page-token")
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#connection")).to_have_text("connected")
+    page.fill("#username", "Keyholder")
+    page.click("#join-form button[type=submit]")
+    expect(page.locator("#send-form")).to_be_visible()
+    send(page, "behind a token")
+    expect(page.locator(".msg .text", has_text="behind a token")).to_have_count(1)
+    page.reload()  # kept: no second prompt
+    expect(page.locator("#connection")).to_have_text("connected")
+    expect(page.locator("#token-form")).to_be_hidden()
+    context.close()

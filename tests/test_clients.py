@@ -273,6 +273,12 @@ def test_shipped_mosquitto_conf_runs_a_working_broker(tmp_path):
             with MqttProbe(broker.port, f"{app.prefix}/messages/out") as probe:
                 probe.publish(f"{app.prefix}/messages/in", {"client_id": "c", "message": "shipped conf"})
                 assert probe.wait(f"{app.prefix}/messages/out")[0].json()["content"] == "shipped conf"
+                # message_size_limit: a 100 KB publication never reaches the relay, which keeps working.
+                probe.publish(f"{app.prefix}/messages/in", b"x" * 100_000)
+                probe.publish(f"{app.prefix}/messages/in", {"client_id": "c", "message": "after the big one"})
+                outs = probe.wait(f"{app.prefix}/messages/out", count=2)
+                assert outs[1].json()["content"] == "after the big one"
+                assert app.status()["mqtt_status"]["messages_received"] == 2
         finally:
             app.stop()
     finally:

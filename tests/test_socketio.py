@@ -47,11 +47,14 @@ def test_mqtt_message_reaches_web_client(make_app, probe_for):
     probe.publish(f"{app.prefix}/messages/in", {"client_id": "esp", "message": "21 C", "data": {"t": 21}})
     probe.wait(f"{app.prefix}/messages/out")
     app.drain()
-    received = web.get_received()
-    names = [p["name"] for p in received]
-    assert names == ["system_message", "user_list", "chat_message"]
-    assert received[2]["args"][0]["data"] == {"t": 21}
-    assert {u["source"] for u in received[1]["args"][0]["users"]} == {"web", "mqtt"}
+    received = []
+    # user_list is coalesced and sent up to 250 ms after the change: wait for it, no fixed sleep.
+    wait_for(lambda: received.extend(web.get_received()) or "user_list" in [p["name"] for p in received],
+             what="the coalesced user_list")
+    by_name = {p["name"]: p["args"][0] for p in received}
+    assert [p["name"] for p in received if p["name"] != "user_list"] == ["system_message", "chat_message"]
+    assert by_name["chat_message"]["data"] == {"t": 21}
+    assert {u["source"] for u in by_name["user_list"]["users"]} == {"web", "mqtt"}
 
 
 @pytest.mark.parametrize("payload, code", [

@@ -1,0 +1,47 @@
+"""Logging that strangers cannot flood or forge (PROTOCOL section 9).
+
+Engine.IO and python-socketio add a handler of their own to their loggers (so
+every line came out twice) and log a full traceback for every packet they
+cannot decode. Here their records go through the root handler only, and a
+malformed packet becomes one warning line, at most a few per minute.
+"""
+from __future__ import annotations
+
+import logging
+
+from .limits import Throttle
+
+LIBRARY_LOGGERS = ("engineio.server", "socketio.server")
+# What a packet that is not Socket.IO raises while being decoded: a client's mistake, not ours.
+CLIENT_MISTAKES = (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError)
+
+
+class ClientMistakeFilter(logging.Filter):
+    def __init__(self, throttle: Throttle | None = None):
+        super().__init__()
+        self.throttle = throttle or Throttle(count=10, seconds=60.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, CLIENT_MISTAKES):
+            return True
+        allowed, held_back = self.throttle.allow(record.name)
+        if not allowed:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "dropped a malformed Socket.IO packet: %s: %r%s"
+        record.args = (type(error).__name__, str(error)[:200],
+                       f" ({held_back} more were not logged)" if held_back else "")
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_library_loggers() -> None:
+    """One handler (the root's) for the Socket.IO libraries, and no tracebacks for bad packets."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+        if not any(isinstance(f, ClientMistakeFilter) for f in logger.filters):
+            logger.addFilter(ClientMistakeFilter())
