@@ -51,7 +51,7 @@
 
   function renderMessage(msg) {
     if (seen.has(msg.message_id)) return;
-    seen.add(msg.message_id);
+    rememberSeen(msg.message_id);
     let item = streams.get(msg.message_id);
     if (item) {  // the streamed bubble becomes the final reply
       streams.delete(msg.message_id);
@@ -121,19 +121,32 @@
   // Device readings: the latest value of each key, with a sparkline of its recent
   // history (backfilled once from /api/readings, then extended live).
   const SPARK_POINTS = 50;
+  // Bounds (PROTOCOL 9): a room full of strangers' devices must not grow the page forever
+  // or make every open tab fetch once per invented key.
+  const MAX_DEVICES = 50;       // the least recently heard device is dropped beyond this
+  const MAX_KEYS = 8;           // sparklines per device
+  const MAX_SEEN = 5000;        // message ids remembered to skip history/live overlaps
+  const BACKFILLS_PER_MINUTE = 20;
+  let backfillBudget = { start: Date.now(), used: 0 };
+
+  function rememberSeen(id) {
+    seen.add(id);
+    if (seen.size > MAX_SEEN) seen.delete(seen.values().next().value);  // Sets keep insertion order
+  }
 
   function noteReading(msg) {
     const id = msg.client_id || msg.username;
     let device = readings.get(id);
-    if (!device) {
-      device = { series: new Map() };
-      readings.set(id, device);
-    }
+    if (device) readings.delete(id);  // re-inserted below: the Map's order is "least recently heard" first
+    else device = { series: new Map() };
+    readings.set(id, device);
+    while (readings.size > MAX_DEVICES) readings.delete(readings.keys().next().value);
     Object.assign(device, { username: msg.username, data: msg.data, timestamp: msg.timestamp });
     for (const [key, value] of Object.entries(msg.data || {})) {
       if (typeof value !== "number") continue;
       let series = device.series.get(key);
       if (!series) {
+        if (device.series.size >= MAX_KEYS) continue;
         series = { points: [], seqs: new Set() };
         device.series.set(key, series);
         if (msg.client_id) backfill(msg.client_id, key, series);
@@ -148,10 +161,15 @@
     series.seqs.add(seq);
     series.points.push({ seq: seq, value: value });
     series.points.sort((a, b) => a.seq - b.seq);
-    if (series.points.length > SPARK_POINTS) series.points.splice(0, series.points.length - SPARK_POINTS);
+    if (series.points.length > SPARK_POINTS) {
+      series.points.splice(0, series.points.length - SPARK_POINTS).forEach((p) => series.seqs.delete(p.seq));
+    }
   }
 
   function backfill(clientId, key, series) {
+    if (Date.now() - backfillBudget.start > 60000) backfillBudget = { start: Date.now(), used: 0 };
+    if (backfillBudget.used >= BACKFILLS_PER_MINUTE) return;  // the live values still show
+    backfillBudget.used += 1;
     const query = new URLSearchParams({ client_id: clientId, key: key, limit: String(SPARK_POINTS) });
     fetch("/api/readings?" + query, { headers: authHeaders() })
       .then((response) => response.json())
