@@ -41,6 +41,7 @@ RESEND_WAIT_SECONDS = 10.0
 # and any window makes paho scan its whole queue on every PUBACK. The broker takes
 # what we send; our own outbox bounds memory while it is unreachable.
 MAX_INFLIGHT = 0
+STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the count is exact)
 # Error replies (and their log lines) per sender per minute; the rest are only counted.
 REPLIES_PER_MINUTE = 10
 # A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
@@ -400,10 +401,12 @@ class MqttBridge:
 
     def status(self) -> dict:
         settings = self.settings
+        members = self.rooms.members(source="mqtt")
+        # The count is exact; the list is capped so strangers cannot make monitoring's answer huge.
         mqtt_users = [
             {"client_id": user.client_id, "username": user.username, "join_time": user.join_time,
              "message_count": user.message_count, "room": user.room}
-            for _, user in self.rooms.members(source="mqtt")
+            for _, user in members[:STATUS_USERS_SHOWN]
         ]
         connected = self._connected
         return {
@@ -411,9 +414,10 @@ class MqttBridge:
             "is_running": self._running,
             "broker_info": {"host": settings.mqtt_broker, "port": settings.mqtt_port,
                             "tls": settings.mqtt_tls, "client_id": settings.mqtt_client_id},
-            "mqtt_users_count": len(mqtt_users),
+            "mqtt_users_count": len(members),
             **self.stats.snapshot(),
             "outbox_size": self.outbox_size,
             "active_topics": list(self._subscriptions) if connected else [],
             "mqtt_users": mqtt_users,
+            "mqtt_users_truncated": len(members) > STATUS_USERS_SHOWN,
         }

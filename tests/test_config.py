@@ -82,3 +82,10 @@ def test_env_example_lists_every_variable_with_its_default():
         assert listed[name] == default, f"{name}: .env.example says {listed[name]!r}, code says {default!r}"
     for name in ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL", "LOG_LEVEL"):
         assert name in listed
+
+
+def test_a_missing_ca_file_is_one_clear_problem(tmp_path):
+    """A wrong MQTT_CA_CERTS path stops start-up with one line, not a traceback at connect time."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"MQTT_TLS": "true", "MQTT_CA_CERTS": str(tmp_path / "nope.pem")})
+    assert info.value.problems == [f"MQTT_CA_CERTS: no readable file at {str(tmp_path / 'nope.pem')!r}"]

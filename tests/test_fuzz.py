@@ -97,3 +97,36 @@ def test_any_socketio_payload_gets_an_ack(fuzz_app, payload):
         assert web.emit("send_message", {"message": "still fine"}, callback=True)["ok"]
     finally:
         web.disconnect()
+
+
+query_values = st.one_of(st.text(max_size=30), st.integers(min_value=-10**25, max_value=10**25).map(str),
+                         st.sampled_from(["", "1e3", "0x10", " 5", "5\n", "１２", "nan", "-0", "9" * 40]))
+
+
+@FUZZ
+@given(path=st.sampled_from(["/api/messages", "/api/users", "/api/readings"]),
+       params=st.dictionaries(st.sampled_from(["room", "limit", "before_seq", "client_id", "key"]),
+                              query_values, max_size=5))
+def test_any_query_string_gets_200_or_a_json_400_never_a_500(fuzz_app, path, params):
+    app, _ = fuzz_app
+    response = app.http.get(path, query_string=params)
+    assert response.status_code in (200, 400), (path, params, response.get_data()[:300])
+    assert response.get_json()["success"] is (response.status_code == 200)
+
+
+@FUZZ
+@given(event=st.sampled_from(["join", "leave", "send_message"]),
+       payload=st.one_of(st.none(), json_values, message_like,
+                         st.fixed_dictionaries({}, optional={"username": json_values, "room": json_values,
+                                                             "client_id": json_values, "message": json_values,
+                                                             "client_message_id": json_values})))
+def test_any_socketio_event_shape_gets_an_ack_never_internal(fuzz_app, event, payload):
+    app, _ = fuzz_app
+    web = app.socket()
+    try:
+        args = () if payload is None else (payload,)
+        ack = web.emit(event, *args, callback=True)
+        assert isinstance(ack, dict) and (ack["ok"] is True or ack["code"] != "internal"), (event, payload, ack)
+        assert web.emit("join", {"username": f"f{uuid.uuid4().hex[:8]}"}, callback=True)["ok"]
+    finally:
+        web.disconnect()
