@@ -150,8 +150,10 @@ def create_app(settings: Settings) -> Flask:
 
     bridge = None
     if settings.mqtt_enable:
-        bridge = MqttBridge(settings, rooms, intake)
+        bridge = MqttBridge(settings, rooms, intake, device_history=(store.latest_data, store.data_keys))
         rooms.subscribe("mqtt", bridge.on_room_event, events=(Message, SystemEvent))
+        # Device state, availability and Home Assistant discovery: after `mqtt`, on a queue of its own.
+        rooms.subscribe("devices", bridge.devices, events=(Message, SystemEvent))
 
     metrics = ChatMetrics(rooms, web_clients=lambda: namespace.connected_clients)
     if bridge is not None:

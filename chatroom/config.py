@@ -81,6 +81,8 @@ class Settings:
     ai_queue_size: int = 8
     ai_requests_per_minute: int = 20
     log_level: str = "INFO"
+    ha_discovery: bool = True
+    ha_discovery_prefix: str = "homeassistant"
 
     @property
     def rate_limit_enabled(self) -> bool:
@@ -147,6 +149,8 @@ class Settings:
             ai_queue_size=reader.get("AI_QUEUE_SIZE", "8", _int_at_least(0)),
             ai_requests_per_minute=reader.get("AI_REQUESTS_PER_MINUTE", "20", _int_at_least(1)),
             log_level=reader.get("LOG_LEVEL", "INFO", _log_level),
+            ha_discovery=reader.get("HA_DISCOVERY", "true", _bool),
+            ha_discovery_prefix=reader.get("HA_DISCOVERY_PREFIX", "homeassistant", _topic_prefix),
         )
         for name in NOT_YET_SUPPORTED:
             if env.get(name, "").strip():

@@ -21,7 +21,7 @@ from typing import Any, Hashable
 from .limits import DedupWindow, RateLimiter
 from .messages import (
     Message, User, ValidationError, dedup_text, validate_client_id, validate_data,
-    validate_message_id, validate_room, validate_text,
+    validate_message_id, validate_room, validate_text, validate_units,
 )
 from .names import NameRules
 from .room import JOINED, REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
@@ -53,6 +53,7 @@ class Submission:
     message_id: Any = None
     connection: Hashable | None = None
     address: str | None = None
+    units: Any = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Intake:
         room = validate_room(sub.room)
         text = validate_text(sub.text, self.max_message_chars)
         data = validate_data(sub.data)
+        units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
         with self._lock:
             member_key, name, on_clash = self._author(sub, room, client_id)
@@ -116,7 +118,7 @@ class Intake:
             self._take(buckets)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
                                       client_id=client_id if sub.source == MQTT else None,
-                                      data=data, client_message_id=message_id)
+                                      data=data, client_message_id=message_id, units=units)
             if dedup_key is not None:
                 self.dedup.remember(dedup_key, message.message_id)
         return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)

@@ -64,6 +64,9 @@ class Message:
     client_message_id: str | None = None
     data: dict | None = None
     reply_to: str | None = None
+    # A device's units for its data keys ({"temperature": "°F"}): for Home Assistant
+    # discovery only, not part of the message format.
+    units: dict | None = field(default=None, compare=False, repr=False)
     # The JSON text, made once: the store, MQTT and the benchmarked hot path all need it.
     _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -122,6 +125,7 @@ class SystemEvent:
     username: str | None = None
     timestamp: str = field(default_factory=utc_timestamp)
     previous: str | None = None  # a rename's old name
+    client_id: str | None = field(default=None, repr=False)  # a device's, for listeners; not sent
 
     def to_dict(self) -> dict:
         body = {
@@ -232,6 +236,18 @@ def parse_json_object(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> dic
     if not isinstance(obj, dict):
         raise ValidationError("invalid_json", "payload must be a JSON object")
     return obj
+
+
+def validate_units(value: Any) -> dict | None:
+    """Optional `units` of a device message: {data key: unit text}, small."""
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or len(value) > MAX_DATA_KEYS
+            or not all(isinstance(k, str) and 1 <= len(k) <= 64 and k.isprintable()
+                       and isinstance(v, str) and 1 <= len(v) <= 16 and v.isprintable() for k, v in value.items())):
+        raise ValidationError("bad_field", f"units must be an object of at most {MAX_DATA_KEYS} "
+                                           "key: unit texts (1-16 printable characters)")
+    return dict(value)
 
 
 def _reject_constant(name: str) -> None:

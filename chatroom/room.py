@@ -214,7 +214,7 @@ class Rooms:
             current.last_seen = self.clock()
             if previous != display:
                 self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
-                                          previous=previous))
+                                          previous=previous, client_id=current.client_id))
                 self._publish(PresenceChanged(room))
             return JoinResult(current, RENAMED, previous=previous)
         if len(state.members) >= self.max_members:
@@ -226,7 +226,7 @@ class Rooms:
                     private_id=private_id, requested=name, last_seen=self.clock(),
                     name_key=self.name_key(display))
         state.members[key] = user
-        self._publish(SystemEvent("join", f"{display} joined", room, display))
+        self._publish(SystemEvent("join", f"{display} joined", room, display, client_id=client_id))
         self._publish(PresenceChanged(room))
         return JoinResult(user, JOINED)
 
@@ -255,7 +255,8 @@ class Rooms:
             state = self._rooms.get(room)
             user = state.members.pop(key, None) if state else None
             if user is not None:
-                self._publish(SystemEvent("leave", f"{user.username} left", room, user.username))
+                self._publish(SystemEvent("leave", f"{user.username} left", room, user.username,
+                                          client_id=user.client_id))
                 self._publish(PresenceChanged(room))
                 self._forget_if_empty(state)
             return user
@@ -312,14 +313,14 @@ class Rooms:
              sender: MemberKey | None = None, client_id: str | None = None,
              data: dict | None = None, client_message_id: str | None = None,
              type: str = USER_MESSAGE, reply_to: str | None = None,
-             message_id: str | None = None) -> Message:
+             message_id: str | None = None, units: dict | None = None) -> Message:
         """Store a chat message, give it the room's next seq and hand it to listeners."""
         with self._lock:
             state = self._state(room)
             message = Message(
                 username=username, content=content, room=room, source=source,
                 seq=state.seq + 1, type=type, client_id=client_id,
-                client_message_id=client_message_id, data=data, reply_to=reply_to,
+                client_message_id=client_message_id, data=data, reply_to=reply_to, units=units,
             )
             if message_id is not None:  # the assistant streams under the id its reply will have
                 message.message_id = message_id

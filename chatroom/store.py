@@ -86,6 +86,28 @@ class MessageStore:
             for ts, data, seq, room in reversed(rows)
         ]
 
+    def latest_data(self, client_id: str, scan: int = 200) -> tuple[dict, str | None]:
+        """The latest value of each `data` key among a device's newest `scan` readings,
+        and the time of the newest one."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT timestamp, json_extract(body, '$.data') FROM messages"
+                " WHERE client_id = ? AND json_type(body, '$.data') = 'object'"
+                " ORDER BY timestamp DESC, seq DESC LIMIT ?", (client_id, scan)).fetchall()
+        latest: dict = {}
+        for _, data in reversed(rows):  # oldest first: newer values overwrite
+            latest.update(json.loads(data))
+        return latest, rows[0][0] if rows else None
+
+    def data_keys(self, client_id: str) -> list[str]:
+        """Every `data` key a device ever sent (that history still holds)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT j.key FROM messages, json_each(messages.body, '$.data') AS j"
+                " WHERE messages.client_id = ? AND json_type(messages.body, '$.data') = 'object'",
+                (client_id,)).fetchall()
+        return [key for (key,) in rows]
+
     def delete_older_than(self, timestamp: str) -> int:
         """Delete messages stamped before `timestamp` (ISO, UTC): HISTORY_RETENTION_DAYS.
 

@@ -32,6 +32,8 @@ from chatroom.messages import (
 from chatroom.room import Rooms
 
 from .stats import BridgeStats
+from .devices import DeviceTopics
+from .ha_discovery import Discovery
 from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics, topic_name_problem
 
 log = logging.getLogger(__name__)
@@ -86,12 +88,18 @@ def _guarded(callback):
 
 
 class MqttBridge:
-    def __init__(self, settings: Settings, rooms: Rooms, intake: Intake):
+    def __init__(self, settings: Settings, rooms: Rooms, intake: Intake, device_history: tuple = ()):
+        """`device_history`: (latest readings of a client_id, every data key of a client_id),
+        read from the history store, for the device topics."""
         self.settings = settings
         self.rooms = rooms
         self.intake = intake
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
+        self.ha_status_topic = f"{settings.ha_discovery_prefix}/status"
+        self.devices = DeviceTopics(
+            Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix, settings.mqtt_client_id),
+            self.publish_retained, settings.ha_discovery, *device_history)
         self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
         self.qos = settings.mqtt_qos
         self.compact = settings.mqtt_out_format == "compact"  # the original project's 5 fields
@@ -211,6 +219,8 @@ class MqttBridge:
         self._ever_connected = True
         self.stats.connected(first_time)
         self._subscriptions = self.topics.subscriptions()
+        if self.settings.ha_discovery:
+            self._subscriptions.append(self.ha_status_topic)  # Home Assistant's restarts
         # Subscribing on every connect renews the subscriptions if the session was lost.
         client.subscribe([(topic, self.qos) for topic in self._subscriptions])
         with self._lock:
@@ -227,7 +237,13 @@ class MqttBridge:
             threading.Thread(target=self._drain_outbox, args=(online_text,), name="mqtt-outbox-drain",
                              daemon=True).start()
         else:
-            self._announce_all("bridge_online", online_text)
+            self._announce_online(online_text)
+
+    def _announce_online(self, text: str) -> None:
+        """After (re)connecting and sending the backlog: so these neither jump the queue
+        nor push the oldest kept message out of a full outbox."""
+        self._announce_all("bridge_online", text)
+        self.devices.on_connect()
 
     @_guarded
     def on_connect_fail(self, client, userdata):
@@ -280,7 +296,14 @@ class MqttBridge:
     @_guarded
     def on_message(self, client, userdata, message):
         self.stats.received()
+        if message.topic == self.ha_status_topic:
+            self.devices.on_ha_status(message.payload)
+            return
         self._handle_inbound(message.topic, message.payload)
+
+    def publish_retained(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        """For the device topics: retained, in order with everything else, kept while the broker is down."""
+        self._publish(_Outgoing(topic, payload, self.qos, retain))
 
     # --- inbound ---------------------------------------------------------------
 
@@ -295,7 +318,8 @@ class MqttBridge:
             obj = parse_json_object(payload)
             submission = Submission(MQTT, room=room, client_id=obj.get("client_id"),
                                     username=optional(obj, "username"), text=obj.get("message"),
-                                    data=optional(obj, "data"), message_id=optional(obj, "message_id"))
+                                    data=optional(obj, "data"), message_id=optional(obj, "message_id"),
+                                    units=optional(obj, "units"))
             if kind == MESSAGES_IN:
                 if self.intake.post(submission).outcome == DUPLICATE:
                     self.stats.add("messages_duplicate")
@@ -390,7 +414,7 @@ class MqttBridge:
         with self._acks:
             self._acks.notify_all()
         log.info("MQTT outbox drained: %d messages published", sent)
-        self._announce_all("bridge_online", online_text)
+        self._announce_online(online_text)
 
     def _announce_all(self, event: str, text: str) -> None:
         """A bridge event for the lobby and every room with members (not every room ever seen)."""

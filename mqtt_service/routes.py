@@ -5,7 +5,7 @@ from typing import Callable
 
 from flask import Blueprint, jsonify
 
-from chatroom.messages import utc_timestamp
+from chatroom.messages import ValidationError, utc_timestamp, validate_client_id
 from chatroom.room import Rooms
 
 from .bridge import MqttBridge
@@ -28,5 +28,18 @@ def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms,
             body["error"] = f"MQTT bridge not connected: {mqtt_status['last_error'] or 'connecting'}"
             return jsonify(body), 503
         return jsonify(body)
+
+    @bp.post("/api/devices/<path:client_id>/forget")
+    def forget_device(client_id: str):
+        """A device gone for good: clear its retained state, availability and HA entities."""
+        try:
+            client_id = validate_client_id(client_id)
+        except ValidationError as exc:
+            return jsonify({"success": False, "error": exc.message, "code": exc.code}), 400
+        if bridge is None:
+            return jsonify({"success": False, "error": "the MQTT bridge is off (MQTT_ENABLE=false)",
+                            "code": "bridge_off"}), 503
+        cleared = bridge.devices.forget(client_id)
+        return jsonify({"success": True, "client_id": client_id, "cleared_topics": cleared})
 
     return bp

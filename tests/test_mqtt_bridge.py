@@ -158,8 +158,9 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     """received/sent/rejected/duplicate and the MQTT user table match what happened."""
     app = make_app()
     probe = probe_for(app.prefix)
-    # the retained online state and the bridge_online event in the lobby (every connect, the first too)
-    wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 2, what="online state acknowledged")
+    # the retained online state, the bridge_online event in the lobby (every connect, the first too)
+    # and the bridge's Home Assistant discovery config
+    wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 3, what="online state acknowledged")
     p = app.prefix
     probe.publish(f"{p}/users/join", {"client_id": "a", "username": "Alpha"})          # join event
     probe.publish(f"{p}/messages/in", {"client_id": "a", "message": "1", "message_id": "x"})  # out
@@ -169,8 +170,9 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     probe.wait(f"{p}/errors")
     probe.wait(f"{p}/messages/out", count=2)
     app.drain()
-    # sent = online state + bridge_online + 2 joins + 2 outs + 1 error, each acknowledged by the broker
-    expected_sent = 7
+    # sent = online state + bridge_online + HA bridge config + 2 joins + 2 device availabilities
+    #        + 2 outs + 1 error, each acknowledged by the broker
+    expected_sent = 10
     wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == expected_sent, what="acks")
     body = app.status()
     status = body["mqtt_status"]

@@ -88,8 +88,9 @@ def test_broker_killed_then_restarted_the_bridge_reconnects(own_broker, tmp_path
     app = RunningApp(app_env(own_broker, tmp_path)).start()
     try:
         post(app, "before")  # the lobby exists: the outage is announced there
-        # online state + bridge_online in the lobby (every connect, the first included) + before
-        wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 3, what="online + before acknowledged")
+        # online state + bridge_online in the lobby (every connect, the first included)
+        # + the bridge's Home Assistant config (every connect) + before
+        wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 4, what="online + before acknowledged")
         own_broker.kill()
         wait_for(lambda: app.http.get("/mqtt/status").status_code == 503, what="503 while down")
         assert app.status()["mqtt_status"]["last_error"]
@@ -97,8 +98,8 @@ def test_broker_killed_then_restarted_the_bridge_reconnects(own_broker, tmp_path
             post(app, f"while killed {i}")
         own_broker.start()
         wait_for(lambda: app.http.get("/mqtt/status").status_code == 200, timeout=60, what="reconnected")
-        # before: 3; after: online state, offline event, 10 messages, online event
-        wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 3 + 1 + 1 + 10 + 1,
+        # before: 4; after: online state, offline event, 10 messages, online event, HA bridge config
+        wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 4 + 1 + 1 + 10 + 1 + 1,
                  timeout=30, what="outbox acknowledged by the new broker")
         status = app.status()["mqtt_status"]
         assert status["reconnect_count"] == 1 and status["outbox_size"] == 0 and status["is_connected"]
