@@ -109,7 +109,7 @@ def main() -> int:
     finally:
         server.stop()
         broker.stop()
-    print(f"| scenario | figure |\n|---|---|")
+    print("| scenario | figure |\n|---|---|")
     print(f"| {args.clients} client_ids join one room (MAX_ROOM_MEMBERS 1000) | RSS {one_room['rss_before_mb']:.0f} → "
           f"{one_room['rss_after_mb']:.0f} MB; one page received {one_room['page_bytes'] / 1e6:.2f} MB "
           f"({one_room['joins_seen']} join events) |")

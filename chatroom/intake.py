@@ -13,7 +13,6 @@ broker, no Flask and no Socket.IO, so they are tested on their own.
 """
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Hashable
@@ -24,9 +23,8 @@ from .messages import (
     validate_message_id, validate_room, validate_text, validate_units,
 )
 from .names import NameRules
-from .room import JOINED, REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
+from .room import REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
 
-log = logging.getLogger(__name__)
 
 WEB, MQTT, HTTP = "web", "mqtt", "http"
 DEDUP_SECONDS = 600.0

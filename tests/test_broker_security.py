@@ -5,12 +5,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import RunningApp, app_env
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, wait_for
+from support import ROOT, Mosquitto, MqttProbe, wait_for
 
 ACL_EXAMPLE = ROOT / "clients" / "mosquitto" / "acl.example"
 

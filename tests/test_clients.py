@@ -62,6 +62,14 @@ def node_modules():
     return CLIENTS / "node_modules"
 
 
+@pytest.fixture(params=["python", "node"])
+def cli(request):
+    """(kind, start) for the Python and the Node.js client, which take the same flags."""
+    if request.param == "node":
+        request.getfixturevalue("node_modules")
+    return request.param, (python_client if request.param == "python" else node_client)
+
+
 def web_and_probe(app, probe_for):
     web = app.socket()
     assert web.emit("join", {"username": "Watcher"}, callback=True)["ok"]
@@ -73,14 +81,11 @@ def web_messages(app, web):
     return [p["args"][0] for p in web.get_received() if p["name"] == "chat_message"]
 
 
-@pytest.mark.parametrize("kind", ["python", "node"])
-def test_send_once_joins_sends_leaves_and_exits_0(kind, make_app, probe_for, request):
+def test_send_once_joins_sends_leaves_and_exits_0(cli, make_app, probe_for):
     """`--send TEXT`: join, one message (seen by MQTT and the web), leave, exit 0."""
-    if kind == "node":
-        request.getfixturevalue("node_modules")
+    kind, start = cli
     app = make_app()
     web, probe = web_and_probe(app, probe_for)
-    start = python_client if kind == "python" else node_client
     proc = start(app, "--name", f"{kind} script", "--client-id", f"{kind}-1", "--send", "backup done ✓")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -93,13 +98,10 @@ def test_send_once_joins_sends_leaves_and_exits_0(kind, make_app, probe_for, req
     assert [m["content"] for m in web_messages(app, web)] == ["backup done ✓"]
 
 
-@pytest.mark.parametrize("kind", ["python", "node"])
-def test_listen_prints_room_messages_until_stopped(kind, make_app, request):
+def test_listen_prints_room_messages_until_stopped(cli, make_app):
     """`--listen` prints `[HH:MM:SS] user: text`; SIGINT leaves and exits 0."""
-    if kind == "node":
-        request.getfixturevalue("node_modules")
+    kind, start = cli
     app = make_app()
-    start = python_client if kind == "python" else node_client
     proc = start(app, "--name", "listener", "--client-id", f"{kind}-listener", "--listen")
     try:
         reader = LineReader(proc)
@@ -114,23 +116,18 @@ def test_listen_prints_room_messages_until_stopped(kind, make_app, request):
         stop_process(proc)
 
 
-@pytest.mark.parametrize("kind", ["python", "node"])
-def test_send_exits_non_zero_when_the_server_rejects_it(kind, make_app, request):
+def test_send_exits_non_zero_when_the_server_rejects_it(cli, make_app):
     """A rejected message (here: too long) is an error for our client_id: exit 1, reason on stderr."""
-    if kind == "node":
-        request.getfixturevalue("node_modules")
+    kind, start = cli
     app = make_app(MAX_MESSAGE_CHARS="10")
-    start = python_client if kind == "python" else node_client
     proc = start(app, "--name", "wordy", "--client-id", f"{kind}-wordy", "--send", "far more than ten characters")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "rejected (too_long)" in err
 
 
-@pytest.mark.parametrize("kind", ["python", "node"])
-def test_send_exits_3_when_no_server_confirms(kind, broker, request):
+def test_send_exits_3_when_no_server_confirms(cli, broker):
     """Nobody bridges this prefix: the client says so instead of claiming success."""
-    if kind == "node":
-        request.getfixturevalue("node_modules")
+    kind, _ = cli
     argv = ([sys.executable, str(CLIENTS / "python_client.py")] if kind == "python"
             else ["node", str(CLIENTS / "nodejs_client.js")])
     proc = subprocess.run(argv + ["--broker", "127.0.0.1", "--port", str(broker.port), "--prefix", "nobody-here",
@@ -138,13 +135,10 @@ def test_send_exits_3_when_no_server_confirms(kind, broker, request):
     assert proc.returncode == 3 and "no confirmation" in proc.stderr
 
 
-@pytest.mark.parametrize("kind", ["python", "node"])
-def test_listen_escapes_terminal_control_characters(kind, make_app, request):
+def test_listen_escapes_terminal_control_characters(cli, make_app):
     """An escape sequence or a bidi override in the room is printed as text, never sent to the terminal."""
-    if kind == "node":
-        request.getfixturevalue("node_modules")
+    kind, start = cli
     app = make_app()
-    start = python_client if kind == "python" else node_client
     proc = start(app, "--name", "watcher", "--client-id", f"{kind}-watcher", "--listen")
     try:
         reader = LineReader(proc)

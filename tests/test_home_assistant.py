@@ -1,6 +1,5 @@
 """Device readings where people already look: retained per-device state and availability
 topics, and Home Assistant MQTT discovery (real mosquitto, a subscriber on the discovery prefix)."""
-import json
 import uuid
 
 import jinja2

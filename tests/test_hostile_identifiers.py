@@ -4,7 +4,6 @@ The attack this guards against: a room name with a trailing newline slipped thro
 `^…$`, the bridge published to `P/abc\\n/messages/out`, mosquitto dropped the
 connection for a malformed packet and paho re-sent it on every reconnect.
 """
-import uuid
 
 import pytest
 import requests
@@ -16,7 +15,7 @@ from chatroom.messages import ValidationError, validate_message_id, validate_roo
 from conftest import app_env
 from mqtt_service.bridge import _Outgoing
 from mqtt_service.topics import Topics, topic_name_problem
-from support import TIMEOUT, wait_for
+from support import TIMEOUT
 
 NEWLINE_ROOMS = ["abc\n", "zz\n", "a\nb", "\nlobby", "kitchen\r", "k\x00", "k\t", "k/x", "k+", "#"]
 
