@@ -371,6 +371,12 @@ class Rooms:
     def _live_rooms(self) -> int:
         return sum(1 for state in self._rooms.values() if state.members)
 
+    def member_counts(self) -> dict[str, dict[str, int]]:
+        """For each room with members: how many of each source (web, mqtt)."""
+        with self._lock:
+            return {name: dict(Counter(user.source for user in state.members.values()))
+                    for name, state in self._rooms.items() if state.members}
+
     def rooms_with_members(self) -> list[str]:
         with self._lock:
             return [name for name, state in self._rooms.items() if state.members]

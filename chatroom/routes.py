@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from .access import Access, add_security_headers
-from .config import Settings
+from .config import DEFAULT_ROOM, Settings
 from .intake import HTTP, Intake, Submission
 from .messages import ValidationError, optional, parse_json_object, validate_room
 from .room import Rooms
@@ -77,8 +77,9 @@ def _address() -> str | None:
     return request.remote_addr
 
 
-# Open without the token: the page must load to ask for it, and health checks must work.
-OPEN_PATHS = ("/", "/healthz")
+# Open without the token: the pages must load to ask for it, and health checks must work.
+OPEN_PATHS = ("/", "/status", "/healthz")
+RECENT_ROOMS = 20  # rooms listed for their recent messages, besides the rooms with members
 
 
 def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intake, metrics_text,
@@ -139,6 +140,25 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
             HTTP, room=body.get("room"), username=optional(body, "username"), text=body.get("message"),
             data=optional(body, "data"), address=_address()))
         return jsonify({"success": True, "message": accepted.message.to_dict()}), 201
+
+    @bp.get("/api/rooms")
+    def list_rooms():
+        """Rooms with members and rooms with recent messages: members by source, last seq and time.
+        The page shows unread counts from `last_seq` (seq rises by one per chat message)."""
+        counts = rooms.member_counts()
+        recent = {entry["room"]: entry for entry in store.recent_rooms(RECENT_ROOMS)}
+        listed = []
+        for room in dict.fromkeys([DEFAULT_ROOM, *counts, *recent]):
+            last = recent.get(room) or store.last_message_of(room)
+            sources = counts.get(room, {})
+            listed.append({"room": room, "members": sum(sources.values()), "sources": sources,
+                           "last_seq": last["last_seq"] if last else 0,
+                           "last_timestamp": last["last_timestamp"] if last else None})
+        return jsonify({"success": True, "rooms": listed})
+
+    @bp.get("/status")
+    def status_page():
+        return render_template("status.html", token_required=access.required)
 
     @bp.get("/api/users")
     def list_users():

@@ -86,6 +86,20 @@ class MessageStore:
             for ts, data, seq, room in reversed(rows)
         ]
 
+    def recent_rooms(self, limit: int) -> list[dict]:
+        """The `limit` rooms with the newest messages: room, last seq, last timestamp."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT room, MAX(seq), MAX(timestamp) AS newest FROM messages GROUP BY room"
+                " ORDER BY newest DESC LIMIT ?", (limit,)).fetchall()
+        return [{"room": room, "last_seq": seq, "last_timestamp": timestamp} for room, seq, timestamp in rows]
+
+    def last_message_of(self, room: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq), MAX(timestamp) FROM messages WHERE room = ?",
+                                   (room,)).fetchone()
+        return {"room": room, "last_seq": row[0], "last_timestamp": row[1]} if row[0] is not None else None
+
     def latest_data(self, client_id: str, scan: int = 200) -> tuple[dict, str | None]:
         """The latest value of each `data` key among a device's newest `scan` readings,
         and the time of the newest one."""

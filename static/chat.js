@@ -23,6 +23,13 @@
   const streams = new Map();       // ai message_id -> element being streamed into
   const readings = new Map();      // client_id -> {username, data, timestamp, series}
   let joined = null;               // {username, room} once joined
+  const HISTORY_PAGE = 50;
+  let oldestSeq = null;            // the oldest message shown: the next page ends before it
+  let historyDone = false;
+  let loadingOlder = false;
+  let unreadWhileHidden = 0;
+  const baseTitle = document.title;
+  const pending = new Map();       // client_message_id -> its "sending…" bubble
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -33,12 +40,31 @@
 
   function timeOf(iso) {
     const date = new Date(iso);
-    return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    if (isNaN(date)) return "";
+    const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    // Anything not from today carries its date.
+    return date.toDateString() === new Date().toDateString() ? time
+      : date.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" }) + " " + time;
   }
 
   function scrollToEnd() {
     const list = $("messages");
     list.scrollTop = list.scrollHeight;
+    $("new-marker").hidden = true;
+  }
+
+  function nearBottom() {
+    const list = $("messages");
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 60;
+  }
+
+  // New items go at the end; a reader scrolled up to older messages is not moved,
+  // a "new messages" marker appears instead.
+  function placeNew(node) {
+    const follow = nearBottom();
+    $("messages").appendChild(node);
+    if (follow) scrollToEnd();
+    else $("new-marker").hidden = false;
   }
 
   function dataChips(data) {
@@ -49,9 +75,34 @@
     return chips;
   }
 
+  function messageNode(msg) {
+    const item = el("li", "msg msg-" + (msg.type === "ai_response" ? "ai" : msg.source));
+    item.dataset.seq = msg.seq;
+    item.dataset.messageId = msg.message_id;
+    if (joined && msg.source === "web" && msg.username === joined.username) item.classList.add("own");
+    const meta = el("div", "meta");
+    meta.appendChild(el("span", "who", msg.username));
+    meta.appendChild(el("span", "src", SOURCE_LABEL[msg.source] || msg.source));
+    meta.appendChild(el("time", "when", timeOf(msg.timestamp)));
+    item.appendChild(meta);
+    item.appendChild(el("div", "text", msg.content));
+    if (msg.data && Object.keys(msg.data).length) item.appendChild(dataChips(msg.data));
+    return item;
+  }
+
   function renderMessage(msg) {
     if (seen.has(msg.message_id)) return;
     rememberSeen(msg.message_id);
+    noteRead(msg);
+    const waiting = msg.client_message_id && pending.get(msg.client_message_id);
+    if (waiting) {  // our own message came back: the real one replaces its "sending…" bubble
+      pending.delete(msg.client_message_id);
+      waiting.remove();
+    }
+    if (document.hidden) {
+      unreadWhileHidden += 1;
+      document.title = `(${unreadWhileHidden}) ${baseTitle}`;
+    }
     let item = streams.get(msg.message_id);
     if (item) {  // the streamed bubble becomes the final reply
       streams.delete(msg.message_id);
@@ -61,29 +112,64 @@
       item.querySelector(".text").textContent = msg.content;
       return;
     }
-    item = el("li", "msg msg-" + (msg.type === "ai_response" ? "ai" : msg.source));
-    item.dataset.seq = msg.seq;
-    item.dataset.messageId = msg.message_id;
-    const meta = el("div", "meta");
-    meta.appendChild(el("span", "who", msg.username));
-    meta.appendChild(el("span", "src", SOURCE_LABEL[msg.source] || msg.source));
-    meta.appendChild(el("time", "when", timeOf(msg.timestamp)));
-    item.appendChild(meta);
-    item.appendChild(el("div", "text", msg.content));
-    if (msg.data && Object.keys(msg.data).length) {
-      item.appendChild(dataChips(msg.data));
-      noteReading(msg);
-    }
-    $("messages").appendChild(item);
-    scrollToEnd();
+    if (msg.data && Object.keys(msg.data).length) noteReading(msg);
+    placeNew(messageNode(msg));
   }
+
+  // The join's history: what this page has not shown yet, in order (after a reconnect, the
+  // messages it missed), without unread counts or markers.
+  function renderHistory(messages) {
+    for (const msg of messages) {
+      if (seen.has(msg.message_id)) continue;
+      rememberSeen(msg.message_id);
+      noteRead(msg);
+      if (msg.data && Object.keys(msg.data).length) noteReading(msg);
+      $("messages").appendChild(messageNode(msg));
+    }
+  }
+
+  // Older pages of history, fetched as the reader scrolls to the top (before_seq).
+  function loadOlder() {
+    if (!joined || loadingOlder || historyDone || oldestSeq === null) return;
+    loadingOlder = true;
+    const room = joined.room;
+    const query = new URLSearchParams({ room: room, limit: String(HISTORY_PAGE), before_seq: String(oldestSeq) });
+    fetch("/api/messages?" + query, { headers: authHeaders() })
+      .then((response) => response.json())
+      .then((body) => {
+        if (!joined || joined.room !== room) return;  // switched meanwhile
+        const older = (body.messages || []).filter((m) => !seen.has(m.message_id));
+        if ((body.messages || []).length < HISTORY_PAGE) historyDone = true;
+        if (!older.length) return;
+        const list = $("messages");
+        const before = list.scrollHeight;
+        const fragment = document.createDocumentFragment();
+        older.forEach((m) => { rememberSeen(m.message_id); fragment.appendChild(messageNode(m)); });
+        list.insertBefore(fragment, list.firstChild);
+        list.scrollTop += list.scrollHeight - before;  // the reader stays where they were
+        oldestSeq = older[0].seq;
+      })
+      .catch(() => {})
+      .finally(() => { loadingOlder = false; });
+  }
+
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop < 80) loadOlder();
+    if (nearBottom()) $("new-marker").hidden = true;
+  });
+  $("new-marker").addEventListener("click", scrollToEnd);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      unreadWhileHidden = 0;
+      document.title = baseTitle;
+    }
+  });
 
   function renderSystem(event) {
     const item = el("li", "msg msg-system system-" + event.event);
     item.appendChild(el("span", "text", event.message));
     item.appendChild(el("time", "when", timeOf(event.timestamp)));
-    $("messages").appendChild(item);
-    scrollToEnd();
+    placeNew(item);
   }
 
   function renderStream(delta) {
@@ -97,10 +183,11 @@
       item.appendChild(meta);
       item.appendChild(el("div", "text", ""));
       streams.set(delta.message_id, item);
-      $("messages").appendChild(item);
+      placeNew(item);
     }
+    const follow = nearBottom();
     item.querySelector(".text").textContent += delta.delta;
-    scrollToEnd();
+    if (follow) scrollToEnd();
   }
 
   function renderUsers(users) {
@@ -242,7 +329,73 @@
     $("room-name").textContent = state.room;
     $("join-form").hidden = true;
     $("send-form").hidden = false;
+    $("join-error").textContent = "";
     $("message").focus();
+  }
+
+  // --- rooms: the list, unread counts (from each room's last seq), switching -------------
+  const READ_KEY = "chat-last-read";  // room -> the highest seq this page has shown
+  const lastRead = JSON.parse(localStorage.getItem(READ_KEY) || "{}");
+
+  function noteRead(msg) {
+    if (!joined || msg.room !== joined.room || !(msg.seq > (lastRead[msg.room] || 0))) return;
+    lastRead[msg.room] = msg.seq;
+    localStorage.setItem(READ_KEY, JSON.stringify(lastRead));
+  }
+
+  function renderRooms(rooms) {
+    const list = $("rooms");
+    list.replaceChildren(...rooms.map((room) => {
+      const item = el("li", "room" + (joined && room.room === joined.room ? " current" : ""));
+      const button = el("button", "room-button", room.room);
+      button.type = "button";
+      button.addEventListener("click", () => switchRoom(room.room));
+      item.appendChild(button);
+      item.appendChild(el("span", "count", room.members ? String(room.members) + " online" : ""));
+      const unread = joined && room.room === joined.room ? 0 : Math.max(0, room.last_seq - (lastRead[room.room] || 0));
+      if (unread) item.appendChild(el("span", "unread", String(unread)));
+      return item;
+    }));
+  }
+
+  // Other rooms' activity is polled (the socket only hears its own room).
+  function refreshRooms() {
+    fetch("/api/rooms", { headers: authHeaders() })
+      .then((response) => response.json())
+      .then((body) => renderRooms(body.rooms || []))
+      .catch(() => {});
+  }
+  setInterval(refreshRooms, 5000);
+
+  function switchRoom(room) {
+    if (!joined || room === joined.room) return;
+    join(joined.username, room);
+  }
+
+  $("room-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const room = $("new-room").value.trim();
+    if (!room) return;
+    if (joined) switchRoom(room);
+    else $("room").value = room;
+    $("new-room").value = "";
+  });
+
+  $("panels-toggle").addEventListener("click", () => {
+    const open = $("side").classList.toggle("open");
+    $("panels-toggle").setAttribute("aria-expanded", String(open));
+  });
+
+  // Everything that belongs to one room starts afresh when the room changes.
+  function resetRoomPanels() {
+    $("messages").replaceChildren();
+    seen.clear();
+    streams.clear();
+    readings.clear();
+    renderReadings();
+    oldestSeq = null;
+    historyDone = false;
+    $("new-marker").hidden = true;
   }
 
   // The page's stable identity (PROTOCOL 5): a reload or reconnect gets its name back,
@@ -272,7 +425,15 @@
         const index = unsent.indexOf(item);
         if (ack && (ack.ok || ack.code !== "not_joined") && index >= 0) unsent.splice(index, 1);
         showUnsent();
-        if (ack && !ack.ok && ack.code !== "not_joined") $("send-error").textContent = ack.error || "not sent";
+        if (ack && !ack.ok && ack.code !== "not_joined") {
+          $("send-error").textContent = ack.error || "not sent";
+          const bubble = pending.get(item.id);  // refused: the bubble says so instead of "sending…"
+          if (bubble) {
+            bubble.classList.replace("pending", "refused");
+            bubble.querySelector(".src").textContent = "not sent";
+            pending.delete(item.id);
+          }
+        }
       });
     });
     showUnsent();
@@ -282,7 +443,12 @@
     $("join-error").textContent = "";
     socket.emit("join", { username: username, room: room, client_id: pageId }, (ack) => {
       if (!ack || !ack.ok) {
-        $("join-error").textContent = (ack && ack.error) || "could not join";
+        const message = (ack && ack.error) || "could not join";
+        if (joined && joined.room !== room) {  // a refused switch: still in the old room
+          $("send-error").textContent = message;
+          return;
+        }
+        $("join-error").textContent = message;
         joined = null;
         $("join-form").hidden = false;
         $("send-form").hidden = true;
@@ -290,11 +456,19 @@
       }
       localStorage.setItem("chat-username", username);
       localStorage.setItem("chat-room", ack.room);
-      $("messages").replaceChildren();
-      seen.clear();
-      ack.history.forEach(renderMessage);
+      const sameRoom = joined && joined.room === ack.room;
+      joined = { username: ack.user.username, room: ack.room };
+      if (!sameRoom) resetRoomPanels();
+      renderHistory(ack.history);
+      if (!sameRoom) {
+        oldestSeq = ack.history.length ? ack.history[0].seq : null;
+        historyDone = !ack.history.length;
+        scrollToEnd();
+      }
       renderUsers(ack.users);
-      showJoined({ username: ack.user.username, room: ack.room });
+      showJoined(joined);
+      $("side").classList.remove("open");
+      refreshRooms();
       flushUnsent();
     });
   }
@@ -310,7 +484,17 @@
     const text = input.value;
     if (!text.trim()) return;
     // Queued first: a socket that is down (or drops before the ack) sends it after the rejoin.
-    unsent.push({ text: text, id: newId(), inFlight: false });
+    const id = newId();
+    unsent.push({ text: text, id: id, inFlight: false });
+    const bubble = el("li", "msg msg-web own pending");
+    const meta = el("div", "meta");
+    meta.appendChild(el("span", "who", joined ? joined.username : ""));
+    meta.appendChild(el("span", "src", "sending…"));
+    bubble.appendChild(meta);
+    bubble.appendChild(el("div", "text", text));
+    pending.set(id, bubble);
+    $("messages").appendChild(bubble);
+    scrollToEnd();
     input.value = "";
     flushUnsent();
   });
@@ -321,6 +505,7 @@
       localStorage.removeItem("chat-username");
       $("join-form").hidden = false;
       $("send-form").hidden = true;
+      $("room-name").textContent = "";
       renderUsers([]);
     });
   });
@@ -328,8 +513,12 @@
   socket.on("connect", () => {
     setConnection("connected", true);
     refreshBridge();
-    // After a server restart or network blip, rejoin with the same name (then send what waits).
+    // After a server restart or network blip, rejoin with the same name (then send what waits);
+    // after a reload, rejoin with the remembered name and room without asking.
     if (joined) join(joined.username, joined.room);
+    else if (localStorage.getItem("chat-username")) {
+      join(localStorage.getItem("chat-username"), localStorage.getItem("chat-room") || "lobby");
+    }
   });
   // A refused connection (wrong or missing token) asks for the token, then retries.
   socket.on("connect_error", (error) => {
