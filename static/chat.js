@@ -15,8 +15,30 @@
     const token = localStorage.getItem(TOKEN_KEY);
     return token ? { Authorization: "Bearer " + token } : {};
   };
+  // Readings are shown as the device sent them: JSON.parse makes 21.0 the number 21, so
+  // the decoder's reviver keeps the source text of such numbers beside their object
+  // (the engine hands revivers the source text) and the page prints that text.
+  const numberTexts = new WeakMap();
+  function keepNumberText(key, value, context) {
+    if (typeof value === "number" && context && context.source && context.source !== String(value)) {
+      let texts = numberTexts.get(this);
+      if (!texts) numberTexts.set(this, (texts = {}));
+      texts[key] = context.source;
+    }
+    return value;
+  }
+  const shown = (object, key) => ((numberTexts.get(object) || {})[key] ?? String(object[key]));
+  const defaultParser = new io.Manager({ autoConnect: false });
+  const parser = {
+    Encoder: defaultParser.encoder.constructor,
+    Decoder: class extends defaultParser.decoder.constructor {
+      constructor() { super(keepNumberText); }
+    },
+  };
+
   const socket = io({
     transports: ["websocket", "polling"],
+    parser: parser,
     auth: (send) => send({ token: localStorage.getItem(TOKEN_KEY) || "" }),
   });
   const seen = new Set();          // message_ids already shown (history + live overlap)
@@ -69,8 +91,8 @@
 
   function dataChips(data) {
     const chips = el("span", "chips");
-    for (const [key, value] of Object.entries(data || {})) {
-      chips.appendChild(el("span", "chip", key + ": " + value));
+    for (const key of Object.keys(data || {})) {
+      chips.appendChild(el("span", "chip", key + ": " + shown(data, key)));
     }
     return chips;
   }
@@ -292,9 +314,9 @@
       head.appendChild(el("span", "who", device.username));
       head.appendChild(el("time", "when", timeOf(device.timestamp)));
       item.appendChild(head);
-      for (const [key, value] of Object.entries(device.data || {})) {
+      for (const key of Object.keys(device.data || {})) {
         const row = el("div", "reading-row");
-        row.appendChild(el("span", "chip", key + ": " + value));
+        row.appendChild(el("span", "chip", key + ": " + shown(device.data, key)));
         const series = device.series.get(key);
         if (series) row.appendChild(sparkline(series.points));
         item.appendChild(row);

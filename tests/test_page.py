@@ -200,3 +200,19 @@ def test_screenshots_phone_and_desktop(browser, server, broker):
     shot(phone, "chat-phone-panels")
     desktop.context.close()
     phone.context.close()
+
+
+def test_readings_are_shown_as_the_device_sent_them(browser, server, broker):
+    """21.0 stays 21.0 (JSON.parse alone would show 21), in the message chips and the readings panel.
+    (The relay re-serialises numbers as values, so 40.50 travels as 40.5: docs/PROTOCOL.md.)"""
+    page = open_chat(browser, server, "Precise")
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    with MqttProbe(broker.port) as probe:
+        probe.publish(f"{prefix}/messages/in", b'{"client_id":"esp-precise","message":"reading",'
+                                               b'"data":{"temperature":21.0,"humidity":40.5,"count":7}}')
+    chips = page.locator(".msg .chip")
+    expect(chips).to_have_text(["temperature: 21.0", "humidity: 40.5", "count: 7"])
+    expect(page.locator("#readings .chip")).to_have_text(["temperature: 21.0", "humidity: 40.5", "count: 7"])
+    page.reload()  # history comes through the same decoder
+    expect(page.locator(".msg .chip")).to_have_text(["temperature: 21.0", "humidity: 40.5", "count: 7"])
+    page.context.close()
