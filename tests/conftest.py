@@ -77,6 +77,14 @@ class RunningApp:
         return self.http.get("/mqtt/status").get_json()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium (Playwright), one per test module."""
+    from browser_support import launched_chromium  # Playwright only where a test needs a browser
+
+    yield from launched_chromium()
+
+
 @pytest.fixture
 def make_app(broker, tmp_path):
     """Build (and later stop) apps: make_app(RATE_LIMIT="2/60", ...)."""

@@ -1,50 +1,15 @@
 """The chat page in a real headless Chromium (Debian's, driven by Playwright)."""
-import os
-
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
+from browser_support import open_chat, send
 from conftest import app_env
 from support import TIMEOUT
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-
-@pytest.fixture(scope="module")
-def browser():
-    # Never skipped: a missing browser must fail loudly (`make test` installs Debian's chromium).
-    assert os.path.exists(CHROMIUM), "Debian chromium missing at /usr/bin/chromium: run `make test`"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture
 def server(broker, tmp_path, server_for):
     return server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet"))
-
-
-def open_chat(browser, server, name, **context_options):
-    context = browser.new_context(**context_options)
-    context.set_default_timeout(TIMEOUT * 1000)
-    page = context.new_page()
-    page.goto(server.url)
-    expect(page.locator("#connection")).to_have_text("connected")
-    page.fill("#username", name)
-    page.click("#join-form button[type=submit]")
-    expect(page.locator("#send-form")).to_be_visible()
-    return page
-
-
-def send(page, text):
-    page.fill("#message", text)
-    page.click("#send-form button[type=submit]")
-    expect(page.locator("#message")).to_have_value("")
 
 
 def test_two_tabs_chat_live_and_see_each_other_online(browser, server):

@@ -1,27 +1,17 @@
 """The chat page as a finished app, and the status page (Playwright + Debian chromium).
 Screenshots (phone and desktop) are saved to test-artifacts/ for a person to look at."""
-import os
 import re
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
+from browser_support import open_chat, send
 from conftest import app_env
 from support import ROOT, TIMEOUT, MqttProbe
-from test_browser import CHROMIUM, CHROMIUM_ARGS, open_chat, send
 
 ARTIFACTS = ROOT / "test-artifacts"
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert os.path.exists(CHROMIUM), "Debian chromium missing at /usr/bin/chromium: run `make test`"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
