@@ -1,8 +1,10 @@
 """Rooms: presence, seq numbers, history hand-off and the listener bus.
 
-The heart of the relay. Every transport turns its input into calls here
-(`join`, `leave`, `post`, `announce`); every transport that wants output
-subscribes a listener. Stdlib only: no Flask, Socket.IO or paho.
+The heart of the relay. Input reaches it through the intake (chatroom/intake.py),
+which decides what is accepted; the room does it atomically (`join` with its
+name rules, `leave`, `post`, `announce`) and keeps members' liveness. Every
+transport that wants output subscribes a listener. Rooms without members are
+forgotten. Stdlib only: no Flask, Socket.IO or paho.
 
 Each listener has its own queue and worker thread, fed in `seq` order while the
 room lock is held, so a slow listener (the assistant, a broker that is down)

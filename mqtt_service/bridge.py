@@ -1,8 +1,11 @@
 """The MQTT bridge: paho client lifecycle, inbound handlers, outbox, publishing.
 
 Inbound: `P/messages/in`, `P/users/join`, `P/users/leave` (and the `P/R/...`
-forms) become room calls. Outbound: every room message and system event is
-published on `P/messages/out` / `P/system`, once, in seq order.
+forms) become Submissions to the intake; a refusal becomes one reply on
+`P/errors` (throttled per sender). Outbound: every room message and system
+event is published on `P/messages/out` / `P/system`, once, in seq order, and
+the device topics / Home Assistant configs (devices.py) go through the same
+ordered, bounded publisher.
 
 Why the bridge keeps its own outbox: paho's queue drops the *newest* message
 when full and counts nothing. While the broker is unreachable, room traffic
