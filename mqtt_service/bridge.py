@@ -52,6 +52,9 @@ REPLIES_PER_MINUTE = 10
 # A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
 # times within TAKEOVER_WINDOW seconds, is another client taking our client id.
 TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
+# An optional publication (device topics, HA discovery) followed within this many seconds
+# by the broker closing the connection, twice in a row, is taken as refused.
+REFUSAL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,11 @@ class MqttBridge:
         self._subscriptions: list[str] = []
         self._connected_at = 0.0
         self._short_sessions: list[float] = []  # when connections closed right after opening
+        # Families of optional publications a broker may refuse by closing the connection.
+        self._optional_families = (f"{settings.mqtt_topic_prefix}/devices/", f"{settings.ha_discovery_prefix}/")
+        self._refused_families: set[str] = set()
+        self._optional_sent: dict[str, float] = {}  # family -> when one was last handed to paho
+        self._suspects: set[str] = set()
         self._takeover_logged = float("-inf")
 
         # Publications handed to paho and not yet acknowledged.
@@ -270,19 +278,39 @@ class MqttBridge:
     def _notice_takeover(self) -> None:
         """Say so when connections keep being closed right after they open.
 
-        MQTT 3.1.1 gives no reason, but this pattern is what a second client with
-        our client id causes: the broker closes the older session each time one
-        of the two reconnects, forever.
+        MQTT 3.1.1 gives no reason. Two causes make this pattern: a second client
+        with our client id (the broker closes the older session each time one of
+        the two reconnects), or a publication the broker refuses and answers by
+        closing the connection (mosquitto does so for an ACL denial), sent again
+        after every connect. An optional topic family (device topics, Home
+        Assistant discovery) published just before two such closes in a row is
+        refused from then on: dropped and counted, never a reconnect loop.
         """
         now = time.monotonic()
         if now - self._connected_at > TAKEOVER_SECONDS:
+            return
+        # A refusal closes the connection at once; a take-over comes when the other client
+        # reconnects, a second or more later.
+        suspects = {family for family, sent in self._optional_sent.items()
+                    if self._connected_at <= sent and now - sent < REFUSAL_SECONDS}
+        repeated = suspects & self._suspects
+        self._suspects = suspects
+        for suspect in repeated - self._refused_families:
+            self._refused_families.add(suspect)
+            text = (f"the broker closed the connection right after publications to {suspect!r}… twice "
+                    "(its ACL probably refuses them): those publications are dropped from now on "
+                    "(allow them for the bridge's user, see clients/mosquitto/acl.example)")
+            self.stats.error(text)
+            log.error("MQTT %s", text)
+        if repeated:
             return
         self._short_sessions = [t for t in self._short_sessions if now - t < TAKEOVER_WINDOW] + [now]
         if len(self._short_sessions) < TAKEOVER_COUNT:
             return
         text = (f"the broker closed {len(self._short_sessions)} connections within "
                 f"{TAKEOVER_WINDOW:g} s right after they opened: another client probably uses "
-                f"MQTT_CLIENT_ID {self.settings.mqtt_client_id!r}; give each server its own")
+                f"MQTT_CLIENT_ID {self.settings.mqtt_client_id!r} (give each server its own), or the "
+                "broker refuses some of the bridge's publications (check its ACL)")
         self.stats.error(text)
         if now - self._takeover_logged > TAKEOVER_WINDOW:
             self._takeover_logged = now
@@ -362,7 +390,14 @@ class MqttBridge:
             return
         self._publish(_Outgoing(topic, text.encode("utf-8"), self.qos))
 
+    def _family(self, topic: str) -> str:
+        """The topic family a refusal is blamed on: optional families as a whole, else the topic."""
+        return next((family for family in self._optional_families if topic.startswith(family)), topic)
+
     def _publish(self, item: _Outgoing) -> None:
+        if self._refused_families and self._family(item.topic) in self._refused_families:
+            self.stats.add("messages_dropped")  # the broker refuses these (see _notice_takeover)
+            return
         problem = topic_name_problem(item.topic)
         if problem is not None:
             # Poison: the broker would drop our connection for it, and paho would
@@ -385,6 +420,9 @@ class MqttBridge:
 
     def _publish_now(self, item: _Outgoing) -> None:
         # Caller holds _lock.
+        family = self._family(item.topic)
+        if family in self._optional_families:
+            self._optional_sent[family] = time.monotonic()
         with self._acks:
             self._unacked += 1
         info = self._client.publish(item.topic, item.payload, item.qos, item.retain)

@@ -45,11 +45,51 @@ def test_bridge_connects_with_username_and_password(auth_broker, tmp_path):
     app = RunningApp(env).start()
     try:
         device = authed_probe(auth_broker.port, "esp32", "device-pw", "chatroom/messages/out")
-        device.publish("chatroom/messages/in", {"client_id": "esp32", "message": "authed"})
+        device.publish("chatroom/messages/in", {"client_id": "esp32", "message": "authed",
+                                                "data": {"temperature": 20}})
         assert device.wait("chatroom/messages/out")[0].json()["content"] == "authed"
         device.stop()
+        app.drain()
+        # The shipped ACL lets the bridge write its device topics and Home Assistant configs:
+        # nothing refused, no reconnects.
+        status = app.status()["mqtt_status"]
+        assert (status["reconnect_count"], status["messages_dropped"], status["is_connected"]) == (0, 0, True)
     finally:
         app.stop()
+
+
+def test_publications_a_broker_refuses_are_dropped_not_a_reconnect_loop(tmp_path, caplog):
+    """An ACL without Home Assistant's topics: mosquitto closes the bridge's connection after the
+    denied discovery config. After two such closes that family is dropped (counted, one ERROR
+    line) and the bridge stays connected and relays."""
+    passwords = password_file(tmp_path / "passwd", {"chatroom-bridge": "bridge-pw"})
+    acl = tmp_path / "acl"
+    acl.write_text("user chatroom-bridge\ntopic readwrite chatroom/#\n")
+    broker = Mosquitto(tmp_path / "strict-broker", anonymous=False,
+                       extra_conf=f"password_file {passwords}\nacl_file {acl}\n").start()
+    env = app_env(broker, tmp_path, MQTT_USERNAME="chatroom-bridge", MQTT_PASSWORD="bridge-pw",
+                  MQTT_TOPIC_PREFIX="chatroom")
+    app = RunningApp(env)
+    try:
+        app.components.start()
+        wait_for(lambda: "dropped from now on" in (app.status()["mqtt_status"]["last_error"] or "")
+                 or app.components.bridge._refused_families, timeout=60, what="the refused family noticed")
+        assert app.components.bridge._refused_families == {"homeassistant/"}
+        wait_for(lambda: app.components.bridge.is_connected, what="connected for good")
+        probe = MqttProbe(broker.port, "chatroom/messages/out")
+        probe.client.username_pw_set("chatroom-bridge", "bridge-pw")
+        probe.start()
+        probe.publish("chatroom/messages/in", {"client_id": "esp", "message": "still relayed",
+                                               "data": {"temperature": 21}})
+        assert probe.wait("chatroom/messages/out")[0].json()["content"] == "still relayed"
+        probe.stop()
+        app.drain()
+        status = app.status()["mqtt_status"]
+        assert status["is_connected"] and status["reconnect_count"] <= 2 and status["messages_dropped"] >= 1
+        assert len([r for r in caplog.records if "dropped from now on" in r.getMessage()]) == 1
+    finally:
+        app.stop()
+        broker.kill()
 
 
 def test_wrong_password_is_a_clear_503_not_a_crash(auth_broker, tmp_path, caplog):
