@@ -146,14 +146,15 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
         """Rooms with members and rooms with recent messages: members by source, last seq and time.
         The page shows unread counts from `last_seq` (seq rises by one per chat message)."""
         counts = rooms.member_counts()
-        recent = {entry["room"]: entry for entry in store.recent_rooms(RECENT_ROOMS)}
+        names = list(dict.fromkeys([DEFAULT_ROOM, *counts, *store.recent_rooms(RECENT_ROOMS)]))
+        last = store.last_messages(names)
         listed = []
-        for room in dict.fromkeys([DEFAULT_ROOM, *counts, *recent]):
-            last = recent.get(room) or store.last_message_of(room)
+        for room in names:
             sources = counts.get(room, {})
+            newest = last.get(room, {})
             listed.append({"room": room, "members": sum(sources.values()), "sources": sources,
-                           "last_seq": last["last_seq"] if last else 0,
-                           "last_timestamp": last["last_timestamp"] if last else None})
+                           "last_seq": newest.get("last_seq", 0),
+                           "last_timestamp": newest.get("last_timestamp")})
         return jsonify({"success": True, "rooms": listed})
 
     @bp.get("/status")

@@ -86,19 +86,28 @@ class MessageStore:
             for ts, data, seq, room in reversed(rows)
         ]
 
-    def recent_rooms(self, limit: int) -> list[dict]:
-        """The `limit` rooms with the newest messages: room, last seq, last timestamp."""
+    def recent_rooms(self, limit: int, scan: int = 5000) -> list[str]:
+        """Up to `limit` rooms among the newest `scan` messages, newest first.
+
+        Rows are appended in time order, so the newest rowids are the newest messages:
+        a bounded walk, whatever the size of the history.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT room, MAX(seq), MAX(timestamp) AS newest FROM messages GROUP BY room"
-                " ORDER BY newest DESC LIMIT ?", (limit,)).fetchall()
-        return [{"room": room, "last_seq": seq, "last_timestamp": timestamp} for room, seq, timestamp in rows]
+                "SELECT room FROM (SELECT room, rowid AS r FROM messages ORDER BY rowid DESC LIMIT ?)"
+                " GROUP BY room ORDER BY MAX(r) DESC LIMIT ?", (scan, limit)).fetchall()
+        return [room for (room,) in rows]
 
-    def last_message_of(self, room: str) -> dict | None:
+    def last_messages(self, rooms: list[str]) -> dict[str, dict]:
+        """For each room that has history: its newest message's seq and timestamp (one query,
+        each room found through the primary key)."""
         with self._lock:
-            row = self._db.execute("SELECT MAX(seq), MAX(timestamp) FROM messages WHERE room = ?",
-                                   (room,)).fetchone()
-        return {"room": room, "last_seq": row[0], "last_timestamp": row[1]} if row[0] is not None else None
+            rows = self._db.execute(
+                "SELECT m.room, m.seq, m.timestamp FROM json_each(?) AS wanted"
+                " JOIN messages AS m ON m.room = wanted.value"
+                " AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = wanted.value)",
+                (json.dumps(rooms),)).fetchall()
+        return {room: {"last_seq": seq, "last_timestamp": timestamp} for room, seq, timestamp in rows}
 
     def latest_data(self, client_id: str, scan: int = 200) -> tuple[dict, str | None]:
         """The latest value of each `data` key among a device's newest `scan` readings,

@@ -38,3 +38,16 @@ def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(tmp_
     assert [m.content for m in store.recent("attic", 10)] == ["old but newest"]
     assert store.last_seq("lobby") == 4 and store.last_seq("attic") == 7
     store.close()
+
+
+def test_recent_rooms_and_their_last_messages(tmp_path):
+    """The room list's data: rooms of the newest messages (newest first), and each room's last seq."""
+    store = MessageStore(str(tmp_path / "c.db"))
+    for seq, room in enumerate(["a", "b", "a", "c", "b"], start=1):
+        store.append(Message(username="u", content=str(seq), room=room, source="http", seq=seq))
+    assert store.recent_rooms(2) == ["b", "c"]
+    assert store.recent_rooms(10, scan=2) == ["b", "c"]
+    last = store.last_messages(["a", "b", "nothing here"])
+    assert {room: entry["last_seq"] for room, entry in last.items()} == {"a": 3, "b": 5}
+    assert last["a"]["last_timestamp"]
+    store.close()
