@@ -49,13 +49,6 @@ class RateLimiter:
             while len(self._buckets) > self.max_senders:
                 self._buckets.popitem(last=False)
 
-    def allow(self, sender: Hashable) -> bool:
-        """Take one token for `sender` if it has one; False when its bucket is empty."""
-        if self.wait_time(sender) > 0:
-            return False
-        self.take(sender)
-        return True
-
     def _tokens(self, sender: Hashable, now: float) -> float:
         tokens, last = self._buckets.get(sender, (float(self.count), now))
         return min(float(self.count), tokens + (now - last) * self.refill_per_second)

@@ -51,7 +51,6 @@ JOINED, RENAMED, UNCHANGED, RECLAIMED = "joined", "renamed", "unchanged", "recla
 class JoinResult:
     user: User
     outcome: str
-    previous: str | None = None      # the display name before a rename
     replaced: Hashable | None = None  # the old connection key of a reclaimed entry
 Listener = Callable[[RoomEvent], None]
 
@@ -218,7 +217,7 @@ class Rooms:
                 self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
                                           previous=previous, client_id=current.client_id))
                 self._publish(PresenceChanged(room))
-            return JoinResult(current, RENAMED, previous=previous)
+            return JoinResult(current, RENAMED)
         if len(state.members) >= self.max_members:
             raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
         if not state.members and self._live_rooms() >= self.max_rooms:

@@ -97,7 +97,7 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
 
     bp.after_app_request(add_security_headers)
 
-    @bp.errorhandler(ValidationError)
+    @bp.app_errorhandler(ValidationError)  # every blueprint's routes may raise it
     def on_validation_error(exc: ValidationError):
         response, status = error_response(STATUS_OF_CODE.get(exc.code, 400), exc.message, exc.code)
         if exc.retry_after is not None:

@@ -50,7 +50,8 @@ STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the
 # Error replies (and their log lines) per sender per minute; the rest are only counted.
 REPLIES_PER_MINUTE = 10
 # A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
-# times within TAKEOVER_WINDOW seconds, is another client taking our client id.
+# times within TAKEOVER_WINDOW seconds: another client takes our client id, or the broker
+# refuses our publications (see _notice_takeover).
 TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
 # An optional publication (device topics, HA discovery) followed within this many seconds
 # by the broker closing the connection, twice in a row, is taken as refused.

@@ -1,11 +1,13 @@
-"""GET /mqtt/status: the bridge's health and exact counters for monitoring."""
+"""GET /mqtt/status (the bridge's health and exact counters for monitoring) and
+POST /api/devices/<client_id>/forget (clear a device's retained topics)."""
 from __future__ import annotations
 
 from typing import Callable
 
 from flask import Blueprint, jsonify
 
-from chatroom.messages import ValidationError, utc_timestamp, validate_client_id
+from chatroom.messages import utc_timestamp, validate_client_id
+from chatroom.routes import error_response
 from chatroom.room import Rooms
 
 from .bridge import MqttBridge
@@ -32,13 +34,9 @@ def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms,
     @bp.post("/api/devices/<path:client_id>/forget")
     def forget_device(client_id: str):
         """A device gone for good: clear its retained state, availability and HA entities."""
-        try:
-            client_id = validate_client_id(client_id)
-        except ValidationError as exc:
-            return jsonify({"success": False, "error": exc.message, "code": exc.code}), 400
+        client_id = validate_client_id(client_id)  # a ValidationError is a JSON 400 (chatroom.routes)
         if bridge is None:
-            return jsonify({"success": False, "error": "the MQTT bridge is off (MQTT_ENABLE=false)",
-                            "code": "bridge_off"}), 503
+            return error_response(503, "the MQTT bridge is off (MQTT_ENABLE=false)", "bridge_off")
         cleared = bridge.devices.forget(client_id)
         return jsonify({"success": True, "client_id": client_id, "cleared_topics": cleared})
 

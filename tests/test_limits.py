@@ -2,6 +2,14 @@
 from chatroom.limits import DedupWindow, RateLimiter
 
 
+def spend(limiter, sender) -> bool:
+    """What the intake does for an accepted input: check, then take a token."""
+    if limiter.wait_time(sender) > 0:
+        return False
+    limiter.take(sender)
+    return True
+
+
 class Clock:
     def __init__(self):
         self.t = 1000.0
@@ -14,17 +22,17 @@ def test_rate_limiter_allows_a_burst_then_refills():
     """20/10 allows 20 at once, then one more every half second."""
     clock = Clock()
     limiter = RateLimiter(20, 10, now=clock)
-    assert all(limiter.allow("a") for _ in range(20))
-    assert not limiter.allow("a")
-    assert limiter.allow("b"), "senders have their own buckets"
+    assert all(spend(limiter, "a") for _ in range(20))
+    assert not spend(limiter, "a")
+    assert spend(limiter, "b"), "senders have their own buckets"
     clock.t += 0.5
-    assert limiter.allow("a") and not limiter.allow("a")
+    assert spend(limiter, "a") and not spend(limiter, "a")
 
 
 def test_rate_limit_zero_is_off():
     """RATE_LIMIT=0 disables limiting."""
     limiter = RateLimiter(0, 1)
-    assert all(limiter.allow("a") for _ in range(1000))
+    assert all(spend(limiter, "a") for _ in range(1000))
 
 
 def test_dedup_window_forgets_after_ttl():
