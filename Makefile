@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test bench bench-hostile system-test-deps clean
+.PHONY: run cluster test bench bench-hostile system-test-deps clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import venv' 2>/dev/null || { echo "python3-venv missing: sudo apt-get install -y python3-venv"; exit 1; }
@@ -25,7 +25,13 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-compat.txt $(VENV)/.in
 run: $(VENV)/.installed
 	$(PY) -m tools.run
 
-# Tests start their own mosquitto, drive Debian's chromium, build sketches with g++
+# Several instances on this machine (docs/SCALING.md): a broker, Redis (started here
+# unless REDIS_URL is set) and INSTANCES servers on PORT, PORT+1, ...; Ctrl-C stops all.
+INSTANCES ?= 2
+cluster: $(VENV)/.installed
+	$(PY) -m tools.cluster --instances $(INSTANCES)
+
+# Tests start their own mosquitto and redis-server, drive Debian's chromium, build sketches with g++
 # and run the Node.js client: all must be installed.
 system-test-deps:
 	@missing=""; \
@@ -33,6 +39,7 @@ system-test-deps:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	  else echo "Missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; fi; \

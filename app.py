@@ -37,6 +37,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass
 
 from dotenv import load_dotenv
@@ -47,8 +48,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatroom.access import Access
 from chatroom.assistant import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
-from chatroom.events import ChatNamespace, SocketIOPublisher, internal_error_ack, origin_checker
-from chatroom.housekeeping import DeviceTimeout, HistoryRetention
+from chatroom.events import (
+    ChatNamespace, OneOrderRedisManager, SocketIOPublisher, internal_error_ack, origin_checker,
+)
+from chatroom.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
 from chatroom.intake import DEDUP_SECONDS, Intake
 from chatroom.limits import DedupWindow, RateLimiter
 from chatroom.logs import quiet_library_loggers
@@ -57,7 +60,7 @@ from chatroom.metrics import ChatMetrics
 from chatroom.names import NameRules, name_key
 from chatroom.room import Rooms
 from chatroom.routes import MAX_BODY_BYTES, create_chat_blueprint
-from chatroom.store import MessageStore
+from chatroom.store import MessageStore, open_history
 from mqtt_service.bridge import MqttBridge
 from mqtt_service.routes import create_status_blueprint
 from mqtt_service.stats import COUNTERS
@@ -86,9 +89,13 @@ class Components:
     intake: Intake
     device_timeout: DeviceTimeout
     retention: HistoryRetention
+    instance_watch: InstanceWatch | None = None  # several instances only
+    shared: object | None = None                 # chatroom.redis_state.SharedState
     stopped: bool = False
 
     def start(self) -> None:
+        if self.instance_watch is not None:
+            self.instance_watch.start()
         self.device_timeout.start()
         self.retention.start()
         if self.bridge is not None:
@@ -101,11 +108,15 @@ class Components:
         self.stopped = True
         self.device_timeout.stop()
         self.retention.stop()
+        if self.instance_watch is not None:
+            self.instance_watch.stop()  # our web users leave now, not after INSTANCE_TTL
         self.rooms.drain(timeout=5.0)  # events already posted reach MQTT and the web
         if self.bridge is not None:
             self.bridge.stop(timeout=5.0)
         self.rooms.close()
         self.store.close()
+        if self.shared is not None:
+            self.shared.close()
 
 
 def create_app(settings: Settings) -> Flask:
@@ -115,8 +126,22 @@ def create_app(settings: Settings) -> Flask:
     app.json.ensure_ascii = False  # UTF-8 bodies: 3 bytes per CJK character, not a \u escape
     app.json.sort_keys = False  # keep PROTOCOL's field order
 
+    shared = None
+    if settings.several_instances:
+        from chatroom.redis_state import SharedState  # redis is needed only then
+
+        # Keys and the Socket.IO channel carry the topic prefix: deployments may share a Redis.
+        key_prefix = f"chatroom:{settings.mqtt_topic_prefix}:"
+        shared = SharedState(settings.redis_url, key_prefix, settings.instance_id, settings.instance_ttl,
+                             DEDUP_SECONDS)
+
     socketio = SocketIO(
         async_mode=settings.async_mode,
+        # Several instances: every emit goes through Redis, so a web client on any
+        # instance gets every room event, in one order (PROTOCOL 8).
+        **({"client_manager": OneOrderRedisManager(settings.redis_url,
+                                                   channel=f"chatroom-{settings.mqtt_topic_prefix}")}
+           if shared else {}),
         cors_allowed_origins=origin_checker(settings.cors_origins),
         logger=False,
         engineio_logger=False,
@@ -130,13 +155,16 @@ def create_app(settings: Settings) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
                                 x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies)
 
-    store = MessageStore(settings.database_path)
+    store = open_history(settings.database_url, settings.database_path)
     rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members,
-                  max_rooms=settings.max_rooms)
+                  max_rooms=settings.max_rooms,
+                  # Liveness compared across processes needs the wall clock.
+                  **({"presence": shared.presence, "clock": time.time} if shared else {}))
     rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)
     address_limiter = RateLimiter(settings.rate_limit_count * ADDRESS_SHARE, settings.rate_limit_seconds)
     intake = Intake(rooms, NameRules(reserved=(settings.ai_name,)), rate_limiter,
-                    DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars, address_limiter)
+                    shared.dedup if shared else DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars,
+                    address_limiter, locks=shared.locks if shared else None)
 
     access = Access(settings.api_token)
     namespace = ChatNamespace(rooms, intake, settings, access)
@@ -155,7 +183,8 @@ def create_app(settings: Settings) -> Flask:
         # Device state, availability and Home Assistant discovery: after `mqtt`, on a queue of its own.
         rooms.subscribe("devices", bridge.devices, events=(Message, SystemEvent))
 
-    metrics = ChatMetrics(rooms, web_clients=lambda: namespace.connected_clients)
+    metrics = ChatMetrics(rooms, web_clients=lambda: namespace.connected_clients,
+                          instance_id=settings.instance_id, database_bytes=store.size_bytes)
     if bridge is not None:
         metrics.add_source(
             "chatroom_mqtt",
@@ -176,11 +205,24 @@ def create_app(settings: Settings) -> Flask:
     })
 
     app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render, access))
-    app.register_blueprint(create_status_blueprint(bridge, rooms, assistant.status))
+    app.register_blueprint(create_status_blueprint(bridge, rooms, assistant.status, settings.instance_id,
+                                                   store.size_bytes))
     app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge, assistant,
                                             intake, DeviceTimeout(rooms, settings.mqtt_user_timeout),
-                                            HistoryRetention(store, settings.history_retention_days))
+                                            HistoryRetention(store, settings.history_retention_days),
+                                            InstanceWatch(rooms, shared.registry, namespace.connected_keys) if shared else None,
+                                            shared)
     return app
+
+
+def startup_service_problem(exc: Exception) -> str | None:
+    """What to tell the operator when Redis or PostgreSQL did not answer at start."""
+    module = type(exc).__module__ or ""
+    if module.startswith("redis"):
+        return f"cannot reach Redis at REDIS_URL: {exc} (start Redis or fix REDIS_URL; docs/SCALING.md)"
+    if module.startswith("psycopg"):
+        return f"cannot use PostgreSQL at DATABASE_URL: {str(exc).strip()} (docs/SCALING.md)"
+    return None
 
 
 def address_family(host: str, port: int) -> int:
@@ -255,6 +297,12 @@ def main() -> int:
     except (sqlite3.Error, OSError) as exc:
         log.error("cannot open the history database %s: %s (set DATABASE_PATH)", settings.database_path, exc)
         return 2
+    except Exception as exc:  # Redis or PostgreSQL away: one clear line, not a traceback
+        problem = startup_service_problem(exc)
+        if problem is None:
+            raise
+        log.error("%s", problem)
+        return 2
     components: Components = app.extensions["chatroom"]
 
     def shutdown_and_exit(signal_name: str) -> None:
@@ -280,6 +328,9 @@ def main() -> int:
     log.info("serving http://%s:%s (async mode %s) | MQTT broker %s | assistant %s",
              settings.host, settings.port, settings.async_mode, broker,
              f"on ({settings.ai_model})" if settings.assistant_enabled else "off")
+    if settings.several_instances:
+        log.info("instance %s | shared state in Redis | MQTT shared group %r | history %s",
+                 settings.instance_id, settings.mqtt_shared_group, components.store.path)
     try:
         serve(app, settings)
     finally:

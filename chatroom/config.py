@@ -21,7 +21,8 @@ RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "error
 DEFAULT_ROOM = "lobby"
 
 ASYNC_MODES = ("eventlet", "threading")
-NOT_YET_SUPPORTED = ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL")  # PROTOCOL section 8
+# One MQTT topic level, and a Redis key part: no separators, wildcards or spaces.
+PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 AI_REPLY_MODES = ("mention", "all", "off")
 OUT_FORMATS = ("full", "compact")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -84,9 +85,21 @@ class Settings:
     ha_discovery: bool = True
     ha_discovery_prefix: str = "homeassistant"
 
+    # Several instances (PROTOCOL 8). Empty: one instance, state in this process.
+    redis_url: str = ""
+    mqtt_shared_group: str = ""
+    database_url: str = ""
+    instance_id: str = ""
+    instance_ttl: int = 15
+
     @property
     def rate_limit_enabled(self) -> bool:
         return self.rate_limit_count > 0
+
+    @property
+    def several_instances(self) -> bool:
+        """Presence, seq and dedup live in Redis; Socket.IO fans out through it."""
+        return bool(self.redis_url)
 
     @property
     def assistant_enabled(self) -> bool:
@@ -94,7 +107,7 @@ class Settings:
 
     def redacted(self) -> dict:
         """The settings as a dict with secrets hidden, safe to log."""
-        hidden = {"secret_key", "mqtt_password", "api_token", "openai_api_key"}
+        hidden = {"secret_key", "mqtt_password", "api_token", "openai_api_key", "redis_url", "database_url"}
         return {
             f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
             for f in fields(self)
@@ -151,12 +164,21 @@ class Settings:
             log_level=reader.get("LOG_LEVEL", "INFO", _log_level),
             ha_discovery=reader.get("HA_DISCOVERY", "true", _bool),
             ha_discovery_prefix=reader.get("HA_DISCOVERY_PREFIX", "homeassistant", _topic_prefix),
+            redis_url=reader.get("REDIS_URL", "", _url(("redis://", "rediss://", "unix://"))),
+            mqtt_shared_group=reader.get("MQTT_SHARED_GROUP", "", _plain_id),
+            database_url=reader.get("DATABASE_URL", "", _url(("postgresql://", "postgres://"))),
+            instance_id=reader.get("INSTANCE_ID", "", _plain_id)
+            or _plain_default(f"{socket.gethostname()}-{port}"),
+            instance_ttl=reader.get("INSTANCE_TTL", "15", _int_at_least(2)),
         )
-        for name in NOT_YET_SUPPORTED:
-            if env.get(name, "").strip():
-                # Half a multi-instance setup would duplicate or lose messages: refuse it clearly.
-                reader.problems.append(f"{name}: running several instances is not supported yet; "
-                                       "unset it (see docs/PROTOCOL.md)")
+        # Half a multi-instance set-up would duplicate device messages (every instance
+        # hears every one) or split presence: refuse it clearly (PROTOCOL 8).
+        if settings.redis_url and settings.mqtt_enable and not settings.mqtt_shared_group:
+            reader.problems.append("MQTT_SHARED_GROUP: required with REDIS_URL (several instances share "
+                                   "the inbound topics; see docs/SCALING.md), or set MQTT_ENABLE=false")
+        if settings.mqtt_shared_group and not settings.redis_url:
+            reader.problems.append("REDIS_URL: required with MQTT_SHARED_GROUP (presence, seq and dedup "
+                                   "must be shared; see docs/SCALING.md)")
         if settings.mqtt_tls is False and settings.mqtt_ca_certs:
             reader.problems.append("MQTT_CA_CERTS: set, but MQTT_TLS is false (set MQTT_TLS=true)")
         elif settings.mqtt_ca_certs and not os.path.isfile(settings.mqtt_ca_certs):
@@ -274,6 +296,24 @@ def _topic_prefix(raw: str) -> str:
         raise ValueError("must be a plain topic prefix without +, #, $, control characters "
                          "or leading/trailing /")
     return raw
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw and not raw.startswith(schemes):
+            raise ValueError(f"must start with {' or '.join(schemes)}")
+        return raw
+    return parse
+
+
+def _plain_id(raw: str) -> str:
+    if raw and not PLAIN_ID.fullmatch(raw):
+        raise ValueError("must be 1-64 letters, digits, '_', '.' or '-'")
+    return raw
+
+
+def _plain_default(raw: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", raw)[-64:]
 
 
 def _ai_name(raw: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import socketio as python_socketio
 from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, join_room, leave_room
 
@@ -16,6 +17,7 @@ from .access import Access
 from .config import Settings
 from .intake import WEB, Intake, Submission
 from .messages import Message, SystemEvent, ValidationError, optional
+from .presence import Unavailable
 from .room import PresenceChanged, Rooms
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,11 @@ class ChatNamespace(Namespace):
             self.connected_clients -= 1
         self._leave(request.sid)
 
+    def connected_keys(self, keys: list) -> set:
+        """Which of these web member keys have a socket in a room here (InstanceWatch)."""
+        with self._lock:
+            return {key for key in keys if key[1] in self._room_of_sid}
+
     def _current_room(self, sid: str) -> str | None:
         with self._lock:
             return self._room_of_sid.get(sid)
@@ -145,8 +152,11 @@ class ChatNamespace(Namespace):
         room = self._current_room(sid)
         if room is None:
             return
-        self.intake.leave(Submission(WEB, room=room, connection=sid))
         self._forget_socket_room(sid, room)
+        try:
+            self.intake.leave(Submission(WEB, room=room, connection=sid))
+        except Unavailable as exc:  # several instances: InstanceWatch removes the entry later
+            log.warning("leave of %s from %s not recorded: %s", sid, room, exc.message)
 
     def _forget_socket_room(self, sid: str, room: str) -> None:
         with self._lock:
@@ -205,3 +215,25 @@ class SocketIOPublisher:
             self._flush_pending = False
         for room in rooms:
             self.socketio.emit("user_list", {"room": room, "users": self.rooms.users(room)}, to=room)
+
+
+class OneOrderRedisManager(python_socketio.RedisManager):
+    """Several instances (PROTOCOL 8): every emit goes through the Redis channel, this
+    instance's own included.
+
+    python-socketio delivers an emit to this instance's clients at once and to the
+    other instances' through Redis, so two instances emitting together would show
+    their clients the two messages in different orders. Delivering everything from
+    the one channel gives every client on every instance the same order, for one
+    Redis round trip more on local emits.
+    """
+
+    def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        if kwargs.get("ignore_queue") or callback is not None or python_socketio.packet.Packet.data_is_binary(data):
+            return super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                                callback=callback, to=to, **kwargs)
+        # host_id None: no instance takes it for its own, so each one, this one too,
+        # handles it when it comes back from Redis (pubsub_manager._thread).
+        self._publish({"method": "emit", "event": event, "data": list(data) if isinstance(data, tuple) else [data],
+                       "binary": False, "namespace": namespace or "/", "room": to or room,
+                       "skip_sid": skip_sid, "callback": None, "host_id": None})

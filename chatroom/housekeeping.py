@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from .messages import User, utc_timestamp
+from .presence import Unavailable
 from .room import Rooms
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class Periodic:
         while not self._stop.wait(self.interval):
             try:
                 self.task()
+            except Unavailable as exc:  # Redis/PostgreSQL away: one line per run, no traceback
+                log.warning("%s skipped: %s (%s)", self.name, exc.message, exc.detail)
             except Exception:  # a bad run must not end the task for good
                 log.exception("%s failed", self.name)
 
@@ -81,3 +84,60 @@ class HistoryRetention(Periodic):
         if deleted:
             log.info("history retention: deleted %d messages older than %s", deleted, cutoff)
         return deleted
+
+
+class InstanceWatch(Periodic):
+    """Several instances (PROTOCOL 8): says this one is alive, and makes the web
+    members of an instance that stopped saying so leave (its sockets died with it),
+    so no ghost stays in the user list longer than the registry's TTL.
+
+    `connected(keys)` tells which of this instance's web member keys still have a
+    socket here: an entry whose leave was lost (Redis was away when the tab closed)
+    goes once it has been seen without a socket at two checks in a row.
+    """
+
+    def __init__(self, rooms: Rooms, registry, connected: Callable[[list], set] | None = None):
+        super().__init__("instance-watch", max(registry.ttl / 3, 0.5), self.check)
+        self.rooms = rooms
+        self.registry = registry
+        self.connected = connected
+        self._orphans: set = set()
+
+    def start(self) -> None:
+        if self.registry.was_alive():
+            log.warning("instance %s was alive %d s ago: a restart after a crash (or a second server "
+                        "with the same INSTANCE_ID); its old web members leave",
+                        self.registry.instance_id, self.registry.ttl)
+        self.sweep(self.registry.instance_id)  # a restart's old sockets are gone too
+        self.registry.beat()
+        super().start()
+
+    def stop(self) -> None:
+        """A clean stop: this instance's web members leave now, not after the TTL."""
+        super().stop()
+        try:
+            self.sweep(self.registry.instance_id)
+        except Unavailable as exc:
+            log.warning("web members not removed at stop: %s; they go after INSTANCE_TTL", exc.message)
+
+    def check(self) -> None:
+        self.registry.beat()
+        for instance in self.registry.dead():
+            gone = self.sweep(instance)
+            log.info("instance %s stopped beating: %d web members left", instance, gone)
+        if self.connected is not None:
+            self._drop_orphans()
+
+    def sweep(self, instance: str) -> int:
+        gone = sum(1 for room, key in self.registry.web_members(instance) if self.rooms.leave(room, key))
+        self.registry.forget(instance)
+        return gone
+
+    def _drop_orphans(self) -> None:
+        mine = self.registry.web_members(self.registry.instance_id)
+        live = self.connected([key for _, key in mine])
+        orphans = {(room, key) for room, key in mine if key not in live}
+        for room, key in orphans & self._orphans:
+            if self.rooms.leave(room, key):
+                log.info("web member %s of %s had no socket any more: left", key, room)
+        self._orphans = orphans

@@ -13,16 +13,16 @@ broker, no Flask and no Socket.IO, so they are tested on their own.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Hashable
 
 from .limits import DedupWindow, RateLimiter
 from .messages import (
-    Message, User, ValidationError, dedup_text, validate_client_id, validate_data,
+    Message, User, ValidationError, dedup_text, new_message_id, validate_client_id, validate_data,
     validate_message_id, validate_room, validate_text, validate_units,
 )
 from .names import NameRules
+from .presence import LocalLocks, RoomLocks
 from .room import REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
 
 
@@ -66,7 +66,8 @@ class Accepted:
 
 class Intake:
     def __init__(self, rooms: Rooms, names: NameRules, rate_limiter: RateLimiter,
-                 dedup: DedupWindow, max_message_chars: int, address_limiter: RateLimiter | None = None):
+                 dedup: DedupWindow, max_message_chars: int, address_limiter: RateLimiter | None = None,
+                 locks: RoomLocks | None = None):
         self.rooms = rooms
         self.names = names
         self.rate_limiter = rate_limiter
@@ -75,9 +76,10 @@ class Intake:
         self.address_limiter = address_limiter or RateLimiter(0, 1)
         self.dedup = dedup
         self.max_message_chars = max_message_chars
-        # One decision at a time: "is there a token / is it a duplicate / is the name
-        # free" and acting on the answer must not interleave with another input.
-        self._lock = threading.RLock()
+        # One decision per room at a time: "is there a token / is it a duplicate / is
+        # the name free" and acting on the answer must not interleave with another
+        # input (on any instance, when the locks live in Redis).
+        self.locks: RoomLocks = locks or LocalLocks()
 
     # --- chat messages ----------------------------------------------------------
 
@@ -96,14 +98,16 @@ class Intake:
         data = validate_data(sub.data)
         units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
-        with self._lock:
+        with self.locks.hold(room):
             member_key, name, on_clash = self._author(sub, room, client_id)
             buckets = self._buckets(sub, client_id)
             self._check_rate(buckets, client_id)
             dedup_key = self._dedup_key(sub, room, client_id)
             if dedup_key is not None:
                 original = self.dedup.get(dedup_key)
-                if original is not None:
+                # Remembered but not stored: whoever took it died before storing (the
+                # room's lock is ours now), so this retry is the message's only copy.
+                if original is not None and self.rooms.history.has_message(original):
                     return Accepted(DUPLICATE, room, message_id=original)
             user = None
             if sub.source == MQTT:
@@ -114,11 +118,15 @@ class Intake:
                 user = self.rooms.member(room, member_key)
                 name = user.username
             self._take(buckets)
+            server_id = new_message_id()
+            if dedup_key is not None:
+                # Remembered before it is stored: a process killed between the two leaves
+                # a redelivery recognised as a duplicate, never a second copy.
+                self.dedup.remember(dedup_key, server_id)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
                                       client_id=client_id if sub.source == MQTT else None,
-                                      data=data, client_message_id=message_id, units=units)
-            if dedup_key is not None:
-                self.dedup.remember(dedup_key, message.message_id)
+                                      data=data, client_message_id=message_id, units=units,
+                                      message_id=server_id)
         return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)
 
     def _author(self, sub: Submission, room: str, client_id: str | None):
@@ -158,7 +166,7 @@ class Intake:
                 name, key, on_clash = self.names.device_name(client_id, sub.username), (MQTT, client_id), SUFFIX
             else:
                 name, key, on_clash = self.names.display_name(sub.username), (WEB, sub.connection), REFUSE
-            with self._lock:
+            with self.locks.hold(room):
                 current = self.rooms.member(room, key)
                 changes = current is None or current.requested != name
                 buckets = self._buckets(sub, client_id)
@@ -183,7 +191,7 @@ class Intake:
         client_id = self._client_id(sub)
         room = validate_room(sub.room)
         key = (MQTT, client_id) if sub.source == MQTT else (WEB, sub.connection)
-        with self._lock:
+        with self.locks.hold(room):
             user = self.rooms.leave(room, key)
             if user is not None and sub.source == MQTT:
                 buckets = self._buckets(sub, client_id)

@@ -48,6 +48,10 @@ class ValidationError(ValueError):
         self.retry_after = retry_after  # rate_limited: seconds until the sender may try again
 
 
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
 @dataclass
 class Message:
     """One chat message of a room: the single format for every transport."""
@@ -59,7 +63,7 @@ class Message:
     seq: int = 0
     type: str = USER_MESSAGE
     timestamp: str = field(default_factory=utc_timestamp)
-    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    message_id: str = field(default_factory=lambda: new_message_id())
     client_id: str | None = None
     client_message_id: str | None = None
     data: dict | None = None

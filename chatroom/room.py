@@ -18,15 +18,13 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Hashable, Protocol
 
 from .messages import USER_MESSAGE, Message, SystemEvent, User, ValidationError
+from .presence import LocalPresence, MemberKey, Presence
 
 log = logging.getLogger(__name__)
-
-MemberKey = Hashable  # ("web", sid), ("mqtt", client_id): unique per connection/device
-
 
 @dataclass(frozen=True)
 class PresenceChanged:
@@ -57,15 +55,10 @@ Listener = Callable[[RoomEvent], None]
 
 class History(Protocol):
     def append(self, message: Message) -> None: ...
+    def append_next(self, room: str, build: Callable[[int], Message]) -> Message: ...
     def last_seq(self, room: str) -> int: ...
+    def has_message(self, message_id: str) -> bool: ...
     def recent(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]: ...
-
-
-@dataclass
-class _RoomState:
-    name: str
-    seq: int
-    members: dict[MemberKey, User] = field(default_factory=dict)
 
 
 class _ListenerWorker:
@@ -109,20 +102,22 @@ class Rooms:
     """All rooms of this server. Thread-safe.
 
     `name_key` says when two names are the same (injected: the room itself
-    knows no Unicode tables); `clock` is monotonic seconds, for liveness.
+    knows no Unicode tables); `clock` is seconds, for liveness (monotonic in one
+    process; wall-clock when the presence is shared by several); `presence`
+    stores members and seq (this process by default, Redis for several instances).
     """
 
     def __init__(self, history: History, name_key: Callable[[str], str] = str.casefold,
                  max_members: int = 1000, clock: Callable[[], float] = time.monotonic,
-                 max_rooms: int = 1000):
+                 max_rooms: int = 1000, presence: Presence | None = None):
         self.history = history
         self.name_key = name_key
         self.max_members = max_members
         self.max_rooms = max_rooms
         self.clock = clock
+        self.presence: Presence = presence if presence is not None else LocalPresence()
         self._posted_total = 0
         self._lock = threading.RLock()
-        self._rooms: dict[str, _RoomState] = {}
         self._workers: list[_ListenerWorker] = []
         self._posted: Counter[str] = Counter()
         self.listener_failures = 0
@@ -159,21 +154,6 @@ class Rooms:
 
     # --- rooms and presence ---------------------------------------------------
 
-    def _state(self, room: str) -> _RoomState:
-        state = self._rooms.get(room)
-        if state is None:
-            # seq continues across restarts (and after the room was forgotten):
-            # start from the newest stored message.
-            state = self._rooms[room] = _RoomState(room, self.history.last_seq(room))
-        return state
-
-    def _forget_if_empty(self, state: _RoomState) -> None:
-        """A room without members holds nothing the store does not: forget it, so
-        strangers cannot grow memory (or /metrics, or bridge events) room by room."""
-        if not state.members and self._rooms.get(state.name) is state:
-            del self._rooms[state.name]
-            self._posted.pop(state.name, None)
-
     def join(self, room: str, key: MemberKey, name: str, source: str, *,
              client_id: str | None = None, private_id: str | None = None,
              on_clash: str = REFUSE) -> JoinResult:
@@ -185,128 +165,107 @@ class Rooms:
         same `private_id` (a page reconnecting) takes its old entry back.
         """
         with self._lock:
-            state = self._state(room)
-            try:
-                return self._join(state, key, name, source, client_id, private_id, on_clash)
-            except ValidationError:
-                self._forget_if_empty(state)  # a refused first join leaves no room behind
-                raise
+            current = self.presence.member(room, key)
+            if current is not None and current.requested == name:
+                self.presence.touch(room, key, self.clock())
+                current.last_seen = self.clock()
+                return JoinResult(current, UNCHANGED)
+            return self._join(room, self.presence.members(room), key, name, source, client_id,
+                              private_id, on_clash)
 
-    def _join(self, state: _RoomState, key: MemberKey, name: str, source: str, client_id: str | None,
-              private_id: str | None, on_clash: str) -> JoinResult:
-        room = state.name
-        current = state.members.get(key)
-        if current is not None and current.requested == name:
-            current.last_seen = self.clock()
-            return JoinResult(current, UNCHANGED)
-        holder_key, holder = self._holder(state, self.name_key(name), except_key=key)
+    def _join(self, room: str, members: dict[MemberKey, User], key: MemberKey, name: str, source: str,
+              client_id: str | None, private_id: str | None, on_clash: str) -> JoinResult:
+        current = members.get(key)
+        holder_key, holder = self._holder(members, self.name_key(name), except_key=key)
         display = name
         if holder is not None:
             if (private_id is not None and holder.private_id == private_id
                     and holder.source == source and current is None):
-                return self._reclaim(state, holder_key, key, holder)
+                return self._reclaim(room, holder_key, key, holder)
             if on_clash == SUFFIX:
-                display = self._free_variant(state, name, except_key=key)
+                display = self._free_variant(members, name, except_key=key)
             else:
                 raise ValidationError("name_taken", f"the name {name!r} is taken in {room}; choose another")
         if current is not None:
             previous, current.username, current.requested = current.username, display, name
             current.name_key = self.name_key(display)
             current.last_seen = self.clock()
+            self.presence.put(room, key, current)
             if previous != display:
                 self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
                                           previous=previous, client_id=current.client_id))
                 self._publish(PresenceChanged(room))
             return JoinResult(current, RENAMED)
-        if len(state.members) >= self.max_members:
+        if len(members) >= self.max_members:
             raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
-        if not state.members and self._live_rooms() >= self.max_rooms:
+        if not members and self.presence.room_count() >= self.max_rooms:
             raise ValidationError("room_full", f"this server has {self.max_rooms} rooms in use; "
                                                "join one of them or try later")
         user = User(username=display, source=source, room=room, client_id=client_id,
                     private_id=private_id, requested=name, last_seen=self.clock(),
                     name_key=self.name_key(display))
-        state.members[key] = user
+        self.presence.put(room, key, user)
         self._publish(SystemEvent("join", f"{display} joined", room, display, client_id=client_id))
         self._publish(PresenceChanged(room))
         return JoinResult(user, JOINED)
 
-    def _reclaim(self, state: _RoomState, old_key: MemberKey, key: MemberKey, user: User) -> JoinResult:
+    def _reclaim(self, room: str, old_key: MemberKey, key: MemberKey, user: User) -> JoinResult:
         """A page that reconnected (same private id) takes over its old entry: no events."""
-        del state.members[old_key]
-        state.members[key] = user
+        if self.presence.remove(room, old_key) is None:  # another instance took it first
+            raise ValidationError("name_taken", f"the name {user.username!r} is taken in {room}; "
+                                                "choose another")
         user.last_seen = self.clock()
+        self.presence.put(room, key, user)
         return JoinResult(user, RECLAIMED, replaced=old_key)
 
-    def _holder(self, state: _RoomState, wanted: str, except_key: MemberKey | None = None):
-        for key, member in state.members.items():
+    @staticmethod
+    def _holder(members: dict[MemberKey, User], wanted: str, except_key: MemberKey | None = None):
+        for key, member in members.items():
             if key != except_key and member.name_key == wanted:
                 return key, member
         return None, None
 
-    def _free_variant(self, state: _RoomState, name: str, except_key: MemberKey) -> str:
-        taken = {member.name_key for key, member in state.members.items() if key != except_key}
+    def _free_variant(self, members: dict[MemberKey, User], name: str, except_key: MemberKey) -> str:
+        taken = {member.name_key for key, member in members.items() if key != except_key}
         number = 2
         while self.name_key(f"{name} ({number})") in taken:
             number += 1
         return f"{name} ({number})"
 
     def leave(self, room: str, key: MemberKey) -> User | None:
+        """Remove a member. Atomic across instances: only the caller that removed it
+        announces the leave."""
         with self._lock:
-            state = self._rooms.get(room)
-            user = state.members.pop(key, None) if state else None
+            user = self.presence.remove(room, key)
             if user is not None:
                 self._publish(SystemEvent("leave", f"{user.username} left", room, user.username,
                                           client_id=user.client_id))
                 self._publish(PresenceChanged(room))
-                self._forget_if_empty(state)
             return user
 
     def holds_name(self, room: str, name: str) -> bool:
         """True when a present member of `room` holds `name` (by name key)."""
-        with self._lock:
-            state = self._rooms.get(room)
-            return state is not None and self._holder(state, self.name_key(name))[1] is not None
+        return self._holder(self.presence.members(room), self.name_key(name))[1] is not None
 
     def touch(self, room: str, key: MemberKey) -> None:
         """A sign of life from a member: it is not silent."""
-        with self._lock:
-            state = self._rooms.get(room)
-            member = state.members.get(key) if state else None
-            if member is not None:
-                member.last_seen = self.clock()
+        self.presence.touch(room, key, self.clock())
 
     def expire_silent(self, source: str, silent_since: float) -> list[User]:
         """Members of `source` not heard from since `silent_since` (the room's clock) leave."""
-        with self._lock:
-            silent = [(state.name, key) for state in self._rooms.values()
-                      for key, member in state.members.items()
-                      if member.source == source and member.last_seen < silent_since]
-            return [user for room, key in silent if (user := self.leave(room, key)) is not None]
+        silent = [(user.room, key) for key, user in self.presence.all_members(source)
+                  if user.last_seen < silent_since]
+        return [user for room, key in silent if (user := self.leave(room, key)) is not None]
 
     def member(self, room: str, key: MemberKey) -> User | None:
-        with self._lock:
-            state = self._rooms.get(room)
-            return state.members.get(key) if state else None
+        return self.presence.member(room, key)
 
     def members(self, source: str | None = None) -> list[tuple[MemberKey, User]]:
         """Every present member of every room, optionally of one source."""
-        with self._lock:
-            return [
-                (key, user)
-                for state in self._rooms.values()
-                for key, user in state.members.items()
-                if source is None or user.source == source
-            ]
+        return self.presence.all_members(source)
 
     def users(self, room: str) -> list[dict]:
-        with self._lock:
-            state = self._rooms.get(room)
-            return self._user_list(state) if state else []
-
-    @staticmethod
-    def _user_list(state: _RoomState) -> list[dict]:
-        return [user.to_dict() for user in state.members.values()]
+        return [user.to_dict() for user in self.presence.members(room).values()]
 
     # --- messages -------------------------------------------------------------
 
@@ -316,25 +275,29 @@ class Rooms:
              type: str = USER_MESSAGE, reply_to: str | None = None,
              message_id: str | None = None, units: dict | None = None) -> Message:
         """Store a chat message, give it the room's next seq and hand it to listeners."""
-        with self._lock:
-            state = self._state(room)
+        def build(seq: int) -> Message:
             message = Message(
                 username=username, content=content, room=room, source=source,
-                seq=state.seq + 1, type=type, client_id=client_id,
+                seq=seq, type=type, client_id=client_id,
                 client_message_id=client_message_id, data=data, reply_to=reply_to, units=units,
             )
             if message_id is not None:  # the assistant streams under the id its reply will have
                 message.message_id = message_id
+            return message
+
+        with self._lock:
             # Stored before anyone sees it: history never lacks a published message.
-            self.history.append(message)
-            state.seq = message.seq
+            seq = self.presence.next_seq(room, lambda: self.history.last_seq(room))
+            if seq is None:  # several instances: the store numbers the room (gap-free)
+                message = self.history.append_next(room, build)
+            else:
+                message = build(seq)
+                self.history.append(message)
             self._posted[room] += 1
             self._posted_total += 1
-            member = state.members.get(sender) if sender is not None else None
-            if member is not None:
-                member.message_count += 1
+            if sender is not None:
+                self.presence.count_message(room, sender)
             self._publish(message)
-            self._forget_if_empty(state)  # an HTTP post to a room nobody is in
             return message
 
     def announce(self, room: str, event: str, text: str, username: str | None = None) -> SystemEvent:
@@ -354,30 +317,27 @@ class Rooms:
     # --- numbers for /mqtt/status and /metrics ----------------------------------
 
     def summary(self) -> dict:
-        with self._lock:
-            return {
-                "rooms": len(self._rooms),
-                "web_users": sum(
-                    1 for state in self._rooms.values() for user in state.members.values()
-                    if user.source == "web"
-                ),
-                "messages_total": self._posted_total,
-            }
+        return {
+            "rooms": self.presence.room_count(),
+            "web_users": len(self.presence.all_members("web")),
+            "messages_total": self._posted_total,  # this instance's own
+        }
 
     def posted_per_room(self) -> dict[str, int]:
-        """Messages posted since start, for the rooms that have members now."""
+        """Messages posted here since start, for the rooms that have members now
+        (the others are dropped, so the table is bounded by the live rooms)."""
+        live = set(self.presence.rooms())
         with self._lock:
+            for room in [room for room in self._posted if room not in live]:
+                del self._posted[room]
             return dict(self._posted)
-
-    def _live_rooms(self) -> int:
-        return sum(1 for state in self._rooms.values() if state.members)
 
     def member_counts(self) -> dict[str, dict[str, int]]:
         """For each room with members: how many of each source (web, mqtt)."""
-        with self._lock:
-            return {name: dict(Counter(user.source for user in state.members.values()))
-                    for name, state in self._rooms.items() if state.members}
+        counts: dict[str, Counter] = {}
+        for _, user in self.presence.all_members():
+            counts.setdefault(user.room, Counter())[user.source] += 1
+        return {room: dict(counter) for room, counter in counts.items()}
 
     def rooms_with_members(self) -> list[str]:
-        with self._lock:
-            return [name for name, state in self._rooms.items() if state.members]
+        return self.presence.rooms()

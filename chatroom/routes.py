@@ -20,7 +20,7 @@ MAX_BODY_BYTES = 16 * 1024
 
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER; anything larger is not a seq we could have given
 
-STATUS_OF_CODE = {"rate_limited": 429, "too_large": 413, "name_taken": 409}
+STATUS_OF_CODE = {"rate_limited": 429, "too_large": 413, "name_taken": 409, "unavailable": 503}
 
 
 def error_response(status: int, message: str, code: str | None = None):

@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import threading
+from typing import Callable
 
 from .messages import Message
 
@@ -37,7 +38,8 @@ class MessageStore:
             os.makedirs(directory, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # timeout: how long a writer waits for another process's write (several instances on one file).
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: durable across a process crash, fast (no fsync per commit).
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -45,12 +47,36 @@ class MessageStore:
 
     def append(self, message: Message) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (message.room, message.seq, message.message_id, message.client_id,
-                 message.timestamp, message.to_json()),
-            )
+            self._insert(message)
+
+    def _insert(self, message: Message) -> None:
+        self._db.execute(
+            "INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (message.room, message.seq, message.message_id, message.client_id,
+             message.timestamp, message.to_json()),
+        )
+
+    def append_next(self, room: str, build: Callable[[int], Message]) -> Message:
+        """Store `build(seq)` under the room's next seq, taken from the table in the same
+        transaction: several processes on one file number one room without a gap, even
+        when one dies between taking a number and storing (BEGIN IMMEDIATE takes the
+        file's write lock first)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT MAX(seq) FROM messages WHERE room = ?", (room,)).fetchone()
+                message = build((row[0] or 0) + 1)
+                self._insert(message)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return message
+
+    def has_message(self, message_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM messages WHERE message_id = ?", (message_id,)).fetchone() is not None
 
     def last_seq(self, room: str) -> int:
         with self._lock:
@@ -143,8 +169,24 @@ class MessageStore:
                 (timestamp,))
         return cursor.rowcount
 
+    def size_bytes(self) -> int:
+        """The database's size on disk (pages in use and free), for /mqtt/status and /metrics."""
+        with self._lock:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return pages * page_size
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
         log.info("history store closed (%s)", self.path)
 
+
+
+def open_history(database_url: str, database_path: str):
+    """The history store: PostgreSQL when DATABASE_URL is set (several instances), else SQLite."""
+    if database_url:
+        from .pg_store import PostgresStore  # psycopg is needed only then
+
+        return PostgresStore(database_url)
+    return MessageStore(database_path)

@@ -32,6 +32,7 @@ from chatroom.messages import (
     Message, SystemEvent, ValidationError, client_id_of, dumps, optional, parse_json_object,
     utc_timestamp,
 )
+from chatroom.presence import Unavailable
 from chatroom.room import Rooms
 
 from .stats import BridgeStats
@@ -104,8 +105,11 @@ class MqttBridge:
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
         self.ha_status_topic = f"{settings.ha_discovery_prefix}/status"
+        shared = settings.mqtt_shared_group  # several instances (PROTOCOL 8)
+        self.state_topic = self.topics.bridge_state(settings.instance_id if shared else "")
         self.devices = DeviceTopics(
-            Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix, settings.mqtt_client_id),
+            Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix, shared or settings.mqtt_client_id,
+                      settings.instance_id if shared else None),
             self.publish_retained, settings.ha_discovery, *device_history)
         self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
         self.qos = settings.mqtt_qos
@@ -169,7 +173,7 @@ class MqttBridge:
             client.username_pw_set(settings.mqtt_username, settings.mqtt_password or None)
         if settings.mqtt_tls:
             client.tls_set(ca_certs=settings.mqtt_ca_certs or None)
-        client.will_set(self.topics.bridge_state(), dumps({"state": "offline"}), qos=1, retain=True)
+        client.will_set(self.state_topic, dumps({"state": "offline"}), qos=1, retain=True)
         client.on_socket_open = self.on_socket_open
         client.on_connect = self.on_connect
         client.on_connect_fail = self.on_connect_fail
@@ -189,7 +193,7 @@ class MqttBridge:
             return
         deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._publish(_Outgoing(self.topics.bridge_state(), dumps({"state": "offline"}).encode(),
+        self._publish(_Outgoing(self.state_topic, dumps({"state": "offline"}).encode(),
                                 qos=1, retain=True))
         # Waiting only helps while the broker is there to take the messages.
         flushed = self._wait_until(
@@ -230,7 +234,8 @@ class MqttBridge:
         first_time = not self._ever_connected
         self._ever_connected = True
         self.stats.connected(first_time)
-        self._subscriptions = self.topics.subscriptions()
+        # With MQTT_SHARED_GROUP the broker hands each inbound message to one instance.
+        self._subscriptions = self.topics.subscriptions(self.settings.mqtt_shared_group)
         if self.settings.ha_discovery:
             self._subscriptions.append(self.ha_status_topic)  # Home Assistant's restarts
         # Subscribing on every connect renews the subscriptions if the session was lost.
@@ -238,7 +243,7 @@ class MqttBridge:
         with self._lock:
             self._connected = True
             self._draining = bool(self._outbox)
-            self._publish_now(_Outgoing(self.topics.bridge_state(),
+            self._publish_now(_Outgoing(self.state_topic,
                                         dumps({"state": "online"}).encode(), qos=1, retain=True))
         log.info("MQTT connected to %s:%s (session present: %s, outbox: %d)",
                  self.settings.mqtt_broker, self.settings.mqtt_port,
@@ -331,7 +336,20 @@ class MqttBridge:
         if message.topic == self.ha_status_topic:
             self.devices.on_ha_status(message.payload)
             return
-        self._handle_inbound(message.topic, message.payload)
+        delay = 0.2
+        while True:
+            try:
+                self._handle_inbound(message.topic, message.payload)
+                return
+            except Unavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                # Redis or PostgreSQL is away. Returning would acknowledge the message and
+                # lose it: hold it (the broker keeps the rest for our session) and retry.
+                self.stats.add("handler_errors")
+                log.warning("MQTT inbound held: %s (%s); retrying in %.1f s", exc.message, exc.detail, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def publish_retained(self, topic: str, payload: bytes, retain: bool = True) -> None:
         """For the device topics: retained, in order with everything else, kept while the broker is down."""
@@ -359,6 +377,8 @@ class MqttBridge:
                 self.intake.join(submission)
             elif kind == USERS_LEAVE:
                 self.intake.leave(submission)
+        except Unavailable:
+            raise  # not the message's fault: on_message holds and retries it
         except ValidationError as exc:
             if exc.client_id is None:
                 exc.client_id = client_id_of(obj if obj is not None else _object_or_empty(payload))
@@ -467,12 +487,15 @@ class MqttBridge:
 
     def status(self) -> dict:
         settings = self.settings
-        members = self.rooms.members(source="mqtt")
+        try:
+            members = self.rooms.members(source="mqtt")
+        except Unavailable:  # Redis away: the counters still answer; the members are unknown
+            members = None
         # The count is exact; the list is capped so strangers cannot make monitoring's answer huge.
         mqtt_users = [
             {"client_id": user.client_id, "username": user.username, "join_time": user.join_time,
              "message_count": user.message_count, "room": user.room}
-            for _, user in members[:STATUS_USERS_SHOWN]
+            for _, user in (members or [])[:STATUS_USERS_SHOWN]
         ]
         connected = self._connected
         return {
@@ -480,10 +503,10 @@ class MqttBridge:
             "is_running": self._running,
             "broker_info": {"host": settings.mqtt_broker, "port": settings.mqtt_port,
                             "tls": settings.mqtt_tls, "client_id": settings.mqtt_client_id},
-            "mqtt_users_count": len(members),
+            "mqtt_users_count": len(members) if members is not None else None,
             **self.stats.snapshot(),
             "outbox_size": self.outbox_size,
             "active_topics": list(self._subscriptions) if connected else [],
             "mqtt_users": mqtt_users,
-            "mqtt_users_truncated": len(members) > STATUS_USERS_SHOWN,
+            "mqtt_users_truncated": members is not None and len(members) > STATUS_USERS_SHOWN,
         }

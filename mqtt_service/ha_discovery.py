@@ -77,11 +77,18 @@ class Announcement:
 class Discovery:
     """Builds the retained config messages for one bridge (prefix P, discovery prefix)."""
 
-    def __init__(self, topic_prefix: str, discovery_prefix: str, bridge_client_id: str):
+    def __init__(self, topic_prefix: str, discovery_prefix: str, bridge_client_id: str,
+                 instance_id: str | None = None):
+        """`instance_id`: several instances (PROTOCOL 8) relay as one device, named after
+        `bridge_client_id` (then the shared group); each instance has a connectivity
+        sensor of its own, and a device's availability no longer follows one instance."""
         self.prefix = topic_prefix
         self.discovery_prefix = discovery_prefix
         self.bridge_id = f"chatroom_bridge_{topic_id(bridge_client_id)}"
         self.bridge_client_id = bridge_client_id
+        self.instance_id = instance_id
+        self.bridge_state_topic = (f"{topic_prefix}/bridge/{instance_id}/state" if instance_id
+                                   else f"{topic_prefix}/bridge/state")
 
     def state_topic(self, client_id: str) -> str:
         return f"{self.prefix}/devices/{topic_id(client_id)}/state"
@@ -112,7 +119,9 @@ class Discovery:
             "state_topic": self.state_topic(client_id),
             "availability": [
                 {"topic": self.availability_topic(client_id)},
-                {"topic": f"{self.prefix}/bridge/state", "value_template": "{{ value_json.state }}"},
+                # One bridge's will says the relay is gone; of several instances, one is not the relay.
+                *([] if self.instance_id else
+                  [{"topic": self.bridge_state_topic, "value_template": "{{ value_json.state }}"}]),
             ],
             "availability_mode": "all",
             "device": {
@@ -148,12 +157,13 @@ class Discovery:
 
     def bridge(self) -> Announcement:
         """The bridge itself, as a device with a connectivity sensor (the via_device of all others)."""
+        sensor = f"connectivity_{topic_id(self.instance_id)}" if self.instance_id else "connectivity"
         return Announcement(
-            f"{self.discovery_prefix}/binary_sensor/{self.bridge_id}/connectivity/config",
+            f"{self.discovery_prefix}/binary_sensor/{self.bridge_id}/{sensor}/config",
             {
-                "name": "Connectivity",
-                "unique_id": f"{self.bridge_id}_connectivity",
-                "state_topic": f"{self.prefix}/bridge/state",
+                "name": f"Connectivity {self.instance_id}" if self.instance_id else "Connectivity",
+                "unique_id": f"{self.bridge_id}_{sensor}",
+                "state_topic": self.bridge_state_topic,
                 "value_template": "{{ 'ON' if value_json.state == 'online' else 'OFF' }}",
                 "payload_on": "ON",
                 "payload_off": "OFF",

@@ -7,14 +7,15 @@ from typing import Callable
 from flask import Blueprint, jsonify
 
 from chatroom.messages import utc_timestamp, validate_client_id
+from chatroom.presence import Unavailable
 from chatroom.routes import error_response
 from chatroom.room import Rooms
 
 from .bridge import MqttBridge
 
 
-def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms,
-                            assistant_status: Callable[[], dict]) -> Blueprint:
+def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms, assistant_status: Callable[[], dict],
+                            instance_id: str = "", database_bytes: Callable[[], int] | None = None) -> Blueprint:
     bp = Blueprint("mqtt_status", __name__)
 
     @bp.get("/mqtt/status")
@@ -23,11 +24,21 @@ def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms,
             mqtt_status = {"is_connected": False, "is_running": False}
         else:
             mqtt_status = bridge.status()
-        body = {"success": True, "timestamp": utc_timestamp(), "mqtt_status": mqtt_status,
-                "room": rooms.summary(), "assistant": assistant_status()}
+        # Counters are this instance's own; presence numbers are global (PROTOCOL 8).
+        body = {"success": True, "timestamp": utc_timestamp(), "instance_id": instance_id,
+                "mqtt_status": mqtt_status, "room": None, "assistant": assistant_status()}
+        problems = []
+        try:
+            body["room"] = rooms.summary()
+            if database_bytes is not None:
+                body["database_size_bytes"] = database_bytes()
+        except Unavailable as exc:  # monitoring must still get an answer, and know why
+            problems.append(exc.message)
         if bridge is not None and not mqtt_status["is_connected"]:
+            problems.insert(0, f"MQTT bridge not connected: {mqtt_status['last_error'] or 'connecting'}")
+        if problems:
             body["success"] = False
-            body["error"] = f"MQTT bridge not connected: {mqtt_status['last_error'] or 'connecting'}"
+            body["error"] = "; ".join(problems)
             return jsonify(body), 503
         return jsonify(body)
 

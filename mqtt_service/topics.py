@@ -62,8 +62,10 @@ class Topics:
     def errors(self) -> str:
         return f"{self.prefix}/errors"
 
-    def bridge_state(self) -> str:
-        return f"{self.prefix}/bridge/state"
+    def bridge_state(self, instance_id: str = "") -> str:
+        """`P/bridge/state`; of several instances each has its own (`P/bridge/<id>/state`):
+        one instance's will must not say the others are offline."""
+        return f"{self.prefix}/bridge/{instance_id}/state" if instance_id else f"{self.prefix}/bridge/state"
 
     def subscriptions(self, shared_group: str = "") -> list[str]:
         """Inbound topic filters only: the bridge never hears its own output."""

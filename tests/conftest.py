@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, ServerProcess, unique_prefix, wait_for
+from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, RedisServer, ServerProcess, unique_prefix, wait_for
 
 sys.path.insert(0, str(ROOT))
 
@@ -21,6 +21,40 @@ def broker(tmp_path_factory) -> Mosquitto:
     mosquitto = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
     yield mosquitto
     mosquitto.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """One redis-server for the session (tests keep apart by key prefix: the topic prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A fresh database on the machine's PostgreSQL, dropped at the end.
+
+    Skipped with the reason when no PostgreSQL answers, except in CI (CI=true),
+    where a missing PostgreSQL fails: a test that skips in CI proves nothing.
+    """
+    import os
+
+    import psycopg
+
+    admin = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        connection = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL at {admin} (set TEST_POSTGRES_URL): {str(exc).strip()[:200]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"chat_test_{uuid.uuid4().hex[:10]}"
+    connection.execute(f"CREATE DATABASE {name}")
+    yield admin.rsplit("/", 1)[0] + "/" + name
+    connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    connection.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 import requests
+import socketio
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +134,39 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class RedisServer:
+    """A redis-server on a free port that keeps nothing on disk (several-instance tests)."""
+
+    def __init__(self, workdir: Path):
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server (make test does it)")
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, what=f"redis on {self.port}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server failed to start: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM)
+            self.proc = None
 
 
 @dataclass
@@ -283,3 +318,95 @@ class ServerProcess:
 def unique_prefix() -> str:
     """A topic prefix of one's own keeps tests on a shared broker apart."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+class Web:
+    """A real python-socketio client that records what the server pushes."""
+
+    def __init__(self, url: str, events=("chat_message", "system_message", "user_list")):
+        self.events: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+        self.seen: list[tuple[str, dict]] = []
+        self.sio = socketio.Client(reconnection=False)
+        for name in events:
+            self.sio.on(name, lambda data, name=name: self.events.put((name, data)))
+        self.sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
+
+    def call(self, event: str, *data):
+        return self.sio.call(event, *data, timeout=TIMEOUT)
+
+    def until(self, name: str, match=lambda data: True) -> dict:
+        """Wait for a pushed event; everything seen on the way is kept in `seen`."""
+        while True:
+            got, data = self.events.get(timeout=TIMEOUT)
+            self.seen.append((got, data))
+            if got == name and match(data):
+                return data
+
+    def close(self):
+        if self.sio.connected:
+            self.sio.disconnect()
+
+
+class RawSocket:
+    """A Socket.IO client speaking the Engine.IO websocket frames itself, on one reader thread.
+
+    python-socketio's threaded client hands each incoming event to a thread of its
+    own, so the order a test sees is not the order the server sent; this one keeps
+    the wire order (and answers the server's pings).
+    """
+
+    def __init__(self, url: str):
+        import websocket  # websocket-client
+
+        self.ws = websocket.create_connection(
+            url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=TIMEOUT)
+        assert self.ws.recv().startswith("0")  # Engine.IO open
+        self.ws.send("40")
+        assert self.ws.recv().startswith("40")  # Socket.IO connect to "/"
+        self.events: list[tuple[str, dict]] = []
+        self._acks: dict[int, list] = {}
+        self._cond = threading.Condition()
+        self._next_ack = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        import websocket
+
+        while True:
+            try:
+                frame = self.ws.recv()
+            except (websocket.WebSocketException, OSError):
+                return
+            if frame == "2":
+                self.ws.send("3")
+                continue
+            with self._cond:
+                if frame.startswith("42"):
+                    name, data = json.loads(frame[2:])
+                    self.events.append((name, data))
+                elif frame.startswith("43"):
+                    digits = len(frame) - len(frame[2:].lstrip("0123456789"))
+                    self._acks[int(frame[2:digits])] = json.loads(frame[digits:])
+                self._cond.notify_all()
+
+    def call(self, event: str, data: dict) -> dict:
+        with self._cond:
+            ack, self._next_ack = self._next_ack, self._next_ack + 1
+        self.ws.send(f"42{ack}" + json.dumps([event, data]))
+        with self._cond:
+            assert self._cond.wait_for(lambda: ack in self._acks, TIMEOUT), f"no ack for {event}"
+            return self._acks.pop(ack)[0]
+
+    def until(self, name: str, match=lambda data: True, timeout: float = TIMEOUT) -> dict:
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: next((d for n, d in self.events if n == name and match(d)), None), timeout)
+        assert found, f"timed out waiting for {name}"
+        return found
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except OSError:
+            pass

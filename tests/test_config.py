@@ -58,12 +58,48 @@ def test_redacted_hides_secrets():
     assert shown["openai_api_key"] == shown["mqtt_password"] == shown["api_token"] == "***"
 
 
-@pytest.mark.parametrize("name", ["REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL"])
-def test_multi_instance_settings_are_refused_not_ignored(name):
-    """Several instances are not built yet: setting their variables is an error, not a silent no-op."""
+def test_several_instances_settings_are_read():
+    """PROTOCOL 8: REDIS_URL + MQTT_SHARED_GROUP (+ DATABASE_URL) run several instances."""
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "MQTT_SHARED_GROUP": "relay",
+                                  "DATABASE_URL": "postgresql://chat@db/chat", "INSTANCE_ID": "a-1"})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.mqtt_shared_group == "relay"
+    assert settings.database_url == "postgresql://chat@db/chat"
+    assert settings.instance_id == "a-1"
+    assert settings.several_instances
+
+
+def test_single_instance_is_the_default():
+    settings = Settings.from_env({"PORT": "5123"})
+    assert not settings.several_instances and settings.database_url == "" and settings.mqtt_shared_group == ""
+    assert settings.instance_id.endswith("-5123")  # host-port: unique per server on a host
+
+
+@pytest.mark.parametrize("env, problem", [
+    # Half a multi-instance set-up duplicates or splits messages: refused, not run.
+    ({"REDIS_URL": "redis://localhost"}, "MQTT_SHARED_GROUP: required with REDIS_URL"),
+    ({"MQTT_SHARED_GROUP": "relay"}, "REDIS_URL: required with MQTT_SHARED_GROUP"),
+    ({"REDIS_URL": "http://localhost", "MQTT_SHARED_GROUP": "relay"}, "REDIS_URL: must start with"),
+    ({"REDIS_URL": "redis://x", "MQTT_SHARED_GROUP": "a/b"}, "MQTT_SHARED_GROUP: must be"),
+    ({"REDIS_URL": "redis://x", "MQTT_SHARED_GROUP": "a+"}, "MQTT_SHARED_GROUP: must be"),
+    ({"DATABASE_URL": "mysql://db/chat"}, "DATABASE_URL: must start with postgresql://"),
+    ({"INSTANCE_ID": "a b"}, "INSTANCE_ID: must be"),
+])
+def test_several_instances_settings_are_checked(env, problem):
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({name: "something"})
-    assert info.value.problems[0].startswith(f"{name}: running several instances is not supported yet")
+        Settings.from_env(env)
+    assert any(line.startswith(problem) for line in info.value.problems), info.value.problems
+
+
+def test_redis_without_mqtt_needs_no_group():
+    """With MQTT off there are no inbound topics to share."""
+    assert Settings.from_env({"REDIS_URL": "redis://x", "MQTT_ENABLE": "false"}).several_instances
+
+
+def test_redacted_hides_passwords_in_urls():
+    shown = Settings.from_env({"REDIS_URL": "redis://:pw@x", "MQTT_SHARED_GROUP": "g",
+                               "DATABASE_URL": "postgresql://u:secret@db/chat"}).redacted()
+    assert shown["redis_url"] == shown["database_url"] == "***"
 
 
 def test_env_example_lists_every_variable_with_its_default():
@@ -80,7 +116,7 @@ def test_env_example_lists_every_variable_with_its_default():
     for name, default in read:
         assert name in listed, f"{name} missing from .env.example"
         assert listed[name] == default, f"{name}: .env.example says {listed[name]!r}, code says {default!r}"
-    for name in ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL", "LOG_LEVEL"):
+    for name in ("REDIS_URL", "MQTT_SHARED_GROUP", "DATABASE_URL", "INSTANCE_ID", "LOG_LEVEL"):
         assert name in listed
 
 

@@ -1,42 +1,13 @@
 """Identity and the edges of HTTP and Socket.IO, against `python app.py` in eventlet mode,
 with real python-socketio, paho and HTTP clients (PROTOCOL sections 2, 3, 4, 5)."""
 import json
-import queue
 import uuid
 
 import pytest
 import requests
-import socketio
 
 from conftest import app_env
-from support import TIMEOUT, wait_for
-
-
-class Web:
-    """A real python-socketio client that records what the server pushes."""
-
-    def __init__(self, url: str):
-        self.events: "queue.Queue[tuple[str, dict]]" = queue.Queue()
-        self.seen: list[tuple[str, dict]] = []
-        self.sio = socketio.Client(reconnection=False)
-        for name in ("chat_message", "system_message", "user_list"):
-            self.sio.on(name, lambda data, name=name: self.events.put((name, data)))
-        self.sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
-
-    def call(self, event: str, *data):
-        return self.sio.call(event, *data, timeout=TIMEOUT)
-
-    def until(self, name: str, match=lambda data: True) -> dict:
-        """Wait for a pushed event; everything seen on the way is kept in `seen`."""
-        while True:
-            got, data = self.events.get(timeout=TIMEOUT)
-            self.seen.append((got, data))
-            if got == name and match(data):
-                return data
-
-    def close(self):
-        if self.sio.connected:
-            self.sio.disconnect()
+from support import TIMEOUT, Web, wait_for
 
 
 @pytest.fixture

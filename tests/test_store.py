@@ -1,11 +1,25 @@
-"""SQLite history and readings."""
+"""History and readings: the SQLite store (default) and the PostgreSQL one (DATABASE_URL)
+give the same answers."""
+import pytest
+
 from chatroom.messages import Message
-from chatroom.store import MessageStore
+from chatroom.store import open_history
 
 
-def test_readings_are_a_time_series_of_one_key(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        history = open_history("", str(tmp_path / "c.db"))
+    else:
+        url = request.getfixturevalue("postgres_url")
+        history = open_history(url, "")
+        history._fetch("TRUNCATE messages", rows=False)  # one database for the session
+    yield history
+    history.close()
+
+
+def test_readings_are_a_time_series_of_one_key(store):
     """Values of data[key] from one device, oldest first, types kept."""
-    store = MessageStore(str(tmp_path / "c.db"))
     for seq, data in enumerate([{"temperature": 20.5, "ok": True}, {"humidity": 40},
                                 {"temperature": 21}, {"temperature": 22.25, "ok": False}], start=1):
         store.append(Message(username="k", content="r", room="lobby", source="mqtt", seq=seq,
@@ -16,17 +30,15 @@ def test_readings_are_a_time_series_of_one_key(tmp_path):
     assert [r["value"] for r in store.readings("esp", "temperature", 2)] == [21, 22.25]
     assert [r["value"] for r in store.readings("esp", "ok", 10)] == [True, False]
     assert store.readings("esp", "pressure", 10) == []
-    store.close()
 
 
-def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(tmp_path):
+def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(store):
     """HISTORY_RETENTION_DAYS bounds the disk; seq still continues from the room's newest message."""
     from datetime import datetime, timedelta, timezone
 
     from chatroom.housekeeping import HistoryRetention
     from chatroom.messages import utc_timestamp
 
-    store = MessageStore(str(tmp_path / "c.db"))
     now = datetime(2026, 12, 2, tzinfo=timezone.utc)
     for seq, age_days in enumerate([40, 35, 31, 2], start=1):
         store.append(Message(username="k", content=str(seq), room="lobby", source="http", seq=seq,
@@ -37,12 +49,10 @@ def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(tmp_
     assert [m.content for m in store.recent("lobby", 10)] == ["4"]
     assert [m.content for m in store.recent("attic", 10)] == ["old but newest"]
     assert store.last_seq("lobby") == 4 and store.last_seq("attic") == 7
-    store.close()
 
 
-def test_recent_rooms_and_their_last_messages(tmp_path):
+def test_recent_rooms_and_their_last_messages(store):
     """The room list's data: rooms of the newest messages (newest first), and each room's last seq."""
-    store = MessageStore(str(tmp_path / "c.db"))
     for seq, room in enumerate(["a", "b", "a", "c", "b"], start=1):
         store.append(Message(username="u", content=str(seq), room=room, source="http", seq=seq))
     assert store.recent_rooms(2) == ["b", "c"]
@@ -50,4 +60,42 @@ def test_recent_rooms_and_their_last_messages(tmp_path):
     last = store.last_messages(["a", "b", "nothing here"])
     assert {room: entry["last_seq"] for room, entry in last.items()} == {"a": 3, "b": 5}
     assert last["a"]["last_timestamp"]
-    store.close()
+
+
+def test_latest_data_keys_and_size(store):
+    """What the device topics read: each key's latest value, every key ever sent; and the size."""
+    for seq, data in enumerate([{"t": 1, "h": 40}, {"t": 2}, None, {"ok": False}], start=1):
+        store.append(Message(username="k", content="r", room="lobby", source="mqtt", seq=seq,
+                             client_id="esp", data=data))
+    latest, newest = store.latest_data("esp")
+    assert latest == {"t": 2, "h": 40, "ok": False} and newest
+    assert sorted(store.data_keys("esp")) == ["h", "ok", "t"]
+    assert store.latest_data("nobody") == ({}, None)
+    assert store.size_bytes() > 0
+    assert [m.seq for m in store.recent("lobby", 2)] == [3, 4]
+    assert [m.seq for m in store.recent("lobby", 10, before_seq=3)] == [1, 2]
+    assert store.last_seq("lobby") == 4 and store.last_seq("nowhere") == 0
+
+
+def test_append_next_numbers_a_room_without_gaps_across_writers(store):
+    """Several instances: each takes the room's next seq in the transaction that stores."""
+    import threading
+
+    from chatroom.store import open_history
+
+    other = open_history(store.url, "") if hasattr(store, "url") else open_history("", store.path)
+    try:
+        def write(history, name):
+            for number in range(60):
+                history.append_next("lobby", lambda seq, n=number: Message(
+                    username=name, content=str(n), room="lobby", source="mqtt", seq=seq))
+
+        threads = [threading.Thread(target=write, args=(history, name))
+                   for history, name in ((store, "a"), (other, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert [m.seq for m in store.recent("lobby", 500)] == list(range(1, 121))
+    finally:
+        other.close()

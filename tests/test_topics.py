@@ -35,3 +35,19 @@ def test_subscriptions_are_inbound_only():
     assert "chatroom/messages/in" in subs and "chatroom/+/users/join" in subs
     assert not any(s.endswith(("/out", "/system", "#")) for s in subs)
     assert T.subscriptions("g1")[0] == "$share/g1/chatroom/messages/in"
+
+
+def test_several_instances_each_have_a_bridge_state_and_one_relay_device():
+    """PROTOCOL 8 (docs/SCALING.md): one instance's will must not say the relay is down."""
+    from mqtt_service.ha_discovery import Discovery
+
+    assert T.bridge_state("i0") == "chatroom/bridge/i0/state"
+    shared = Discovery("chatroom", "homeassistant", "relay", instance_id="i0")
+    entity = shared.entity("esp-1", "Kitchen", "temperature", 21.5).payload
+    assert entity["availability"] == [{"topic": "chatroom/devices/esp-1/availability"}]
+    assert entity["device"]["via_device"] == "chatroom_bridge_relay"
+    sensor = shared.bridge()
+    assert sensor.topic == "homeassistant/binary_sensor/chatroom_bridge_relay/connectivity_i0/config"
+    assert sensor.payload["state_topic"] == "chatroom/bridge/i0/state"
+    single = Discovery("chatroom", "homeassistant", "bridge-1").entity("esp-1", "Kitchen", "temperature", 21.5)
+    assert single.payload["availability"][1]["topic"] == "chatroom/bridge/state"

@@ -1,0 +1,169 @@
+"""PostgreSQL history (DATABASE_URL): the SQLite store's interface, for several instances.
+
+The same table and the same answers as chatroom/store.py, through psycopg 3.
+One connection in autocommit mode, guarded by a lock like SQLite's; a
+connection PostgreSQL closed (a restart, a failover) is opened again once and
+the statement retried, so a database blip does not cost a message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Callable
+from urllib.parse import urlsplit
+
+import psycopg
+
+from .messages import Message
+from .presence import Unavailable
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    position   BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    room       TEXT   NOT NULL,
+    seq        BIGINT NOT NULL,
+    message_id TEXT   NOT NULL UNIQUE,
+    client_id  TEXT,
+    timestamp  TEXT   NOT NULL,
+    body       TEXT   NOT NULL,
+    PRIMARY KEY (room, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_by_client ON messages (client_id, seq);
+"""
+INSERT = ("INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
+          " VALUES (%s, %s, %s, %s, %s, %s)")
+# Two instances starting together must not both create the table.
+SCHEMA_LOCK = 0x63686174  # "chat"
+
+
+def describe(url: str) -> str:
+    """host:port/db of a URL, without the password, for logs."""
+    parts = urlsplit(url)
+    return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+class PostgresStore:
+    def __init__(self, url: str):
+        self.url = url
+        self.path = describe(url)
+        self._lock = threading.Lock()
+        self._db = self._connect()
+        with self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self._db.execute(SCHEMA)
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                               application_name="chatroom-relay")
+
+    def _fetch(self, sql: str, params=(), rows: bool = True):
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    cursor = self._db.execute(sql, params)
+                    return cursor.fetchall() if rows else cursor.rowcount
+                except psycopg.OperationalError as exc:
+                    self._reconnect_or_raise(attempt, exc)
+
+    def _reconnect_or_raise(self, attempt: int, exc: psycopg.OperationalError) -> None:
+        if attempt == 2 or not self._db.closed:
+            raise Unavailable("PostgreSQL", exc) from exc
+        log.warning("PostgreSQL connection lost; connecting again to %s", self.path)
+        try:
+            self._db = self._connect()
+        except psycopg.OperationalError as again:
+            raise Unavailable("PostgreSQL", again) from again
+
+    def append_next(self, room: str, build: Callable[[int], Message]) -> Message:
+        """Store `build(seq)` under the room's next seq, taken in the same transaction under
+        the room's advisory lock: instances number one room without a gap, even when one
+        dies between taking a number and storing (its transaction rolls back)."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    with self._db.transaction():
+                        self._db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"chatroom-seq:{room}",))
+                        last = self._db.execute("SELECT MAX(seq) FROM messages WHERE room = %s",
+                                                (room,)).fetchone()[0]
+                        message = build((last or 0) + 1)
+                        self._db.execute(INSERT, (message.room, message.seq, message.message_id,
+                                                  message.client_id, message.timestamp, message.to_json()))
+                    return message
+                except psycopg.OperationalError as exc:
+                    self._reconnect_or_raise(attempt, exc)
+
+    def append(self, message: Message) -> None:
+        self._fetch(INSERT, (message.room, message.seq, message.message_id, message.client_id,
+                             message.timestamp, message.to_json()), rows=False)
+
+    def has_message(self, message_id: str) -> bool:
+        return bool(self._fetch("SELECT 1 FROM messages WHERE message_id = %s", (message_id,)))
+
+    def last_seq(self, room: str) -> int:
+        return self._fetch("SELECT MAX(seq) FROM messages WHERE room = %s", (room,))[0][0] or 0
+
+    def recent(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]:
+        if limit <= 0:
+            return []
+        rows = self._fetch(
+            "SELECT body FROM messages WHERE room = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
+            (room, before_seq if before_seq is not None else 2**62, limit))
+        return [Message.from_dict(json.loads(body)) for (body,) in reversed(rows)]
+
+    def readings(self, client_id: str, key: str, limit: int) -> list[dict]:
+        if limit <= 0:
+            return []
+        rows = self._fetch(
+            "SELECT timestamp, body::jsonb -> 'data' -> %s, seq, room FROM messages"
+            " WHERE client_id = %s AND jsonb_typeof(body::jsonb -> 'data') = 'object'"
+            " AND (body::jsonb -> 'data') ? %s ORDER BY timestamp DESC, seq DESC LIMIT %s",
+            (key, client_id, key, limit))
+        return [{"timestamp": ts, "value": value, "seq": seq, "room": room}
+                for ts, value, seq, room in reversed(rows)]
+
+    def recent_rooms(self, limit: int, scan: int = 5000) -> list[str]:
+        rows = self._fetch(
+            "SELECT room FROM (SELECT room, position FROM messages ORDER BY position DESC LIMIT %s) AS newest"
+            " GROUP BY room ORDER BY MAX(position) DESC LIMIT %s", (scan, limit))
+        return [room for (room,) in rows]
+
+    def last_messages(self, rooms: list[str]) -> dict[str, dict]:
+        rows = self._fetch(
+            "SELECT m.room, m.seq, m.timestamp FROM unnest(%s::text[]) AS wanted(room)"
+            " JOIN messages AS m ON m.room = wanted.room"
+            " AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = wanted.room)", (list(rooms),))
+        return {room: {"last_seq": seq, "last_timestamp": timestamp} for room, seq, timestamp in rows}
+
+    def latest_data(self, client_id: str, scan: int = 200) -> tuple[dict, str | None]:
+        rows = self._fetch(
+            "SELECT timestamp, body::jsonb -> 'data' FROM messages"
+            " WHERE client_id = %s AND jsonb_typeof(body::jsonb -> 'data') = 'object'"
+            " ORDER BY timestamp DESC, seq DESC LIMIT %s", (client_id, scan))
+        latest: dict = {}
+        for _, data in reversed(rows):  # oldest first: newer values overwrite
+            latest.update(data)
+        return latest, rows[0][0] if rows else None
+
+    def data_keys(self, client_id: str) -> list[str]:
+        rows = self._fetch(
+            "SELECT DISTINCT jsonb_object_keys(body::jsonb -> 'data') FROM messages"
+            " WHERE client_id = %s AND jsonb_typeof(body::jsonb -> 'data') = 'object'", (client_id,))
+        return [key for (key,) in rows]
+
+    def delete_older_than(self, timestamp: str) -> int:
+        """HISTORY_RETENTION_DAYS; each room's newest message stays, so seq continues from it."""
+        return self._fetch(
+            "DELETE FROM messages WHERE timestamp < %s"
+            " AND seq < (SELECT MAX(seq) FROM messages AS newest WHERE newest.room = messages.room)",
+            (timestamp,), rows=False)
+
+    def size_bytes(self) -> int:
+        return self._fetch("SELECT pg_total_relation_size('messages')")[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        log.info("history store closed (%s)", self.path)

@@ -1,0 +1,267 @@
+"""Several instances (PROTOCOL 8): two `python app.py` processes in eventlet mode on one
+mosquitto, one redis-server and one history (PostgreSQL, or one SQLite file on one host),
+with real paho, python-socketio and HTTP clients.
+
+"Once" is counted after the stream has settled: a last marker message is waited for
+on every output, and only then is everything counted.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from collections import Counter
+
+import paho.mqtt.client as mqtt
+import pytest
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import app_env
+from support import TIMEOUT, MqttProbe, RawSocket, RedisServer, wait_for
+
+STREAM = 1000
+SETTLE = 120.0  # 1 000 messages through two instances on a noisy 2-core machine
+
+
+class Cluster:
+    def __init__(self, broker, redis_server, tmp_path, server_for, database_url: str = ""):
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.group = f"g{uuid.uuid4().hex[:6]}"
+        self.base = app_env(broker, tmp_path, ASYNC_MODE="eventlet", MQTT_TOPIC_PREFIX=self.prefix,
+                            REDIS_URL=redis_server.url, MQTT_SHARED_GROUP=self.group, INSTANCE_TTL=3,
+                            DATABASE_PATH=str(tmp_path / "shared.db"), DATABASE_URL=database_url)
+        self.server_for = server_for
+        self.broker = broker
+        self.servers = [self.start(0), self.start(1)]
+
+    def env(self, index: int) -> dict:
+        return {**self.base, "INSTANCE_ID": f"i{index}", "MQTT_CLIENT_ID": f"{self.prefix}-bridge-{index}"}
+
+    def start(self, index: int):
+        return self.server_for(self.env(index))
+
+    def restart(self, index: int):
+        self.servers[index] = self.start(index)
+        return self.servers[index]
+
+    def history(self, server=None) -> list[dict]:
+        """Every message of the lobby, oldest first, read page by page over HTTP."""
+        server = server or self.servers[-1]
+        messages, before = [], None
+        while True:
+            params = {"limit": 500, **({"before_seq": before} if before else {})}
+            page = requests.get(f"{server.url}/api/messages", params=params, timeout=TIMEOUT).json()["messages"]
+            messages = page + messages
+            if len(page) < 500:
+                return messages
+            before = page[0]["seq"]
+
+    def topic(self, kind: str) -> str:
+        return f"{self.prefix}/{kind}"
+
+
+class Devices:
+    """A paho client that publishes readings at QoS 1; `accepted` = the broker's PUBACK came."""
+
+    def __init__(self, port: int):
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:6]}")
+        self.client.max_inflight_messages_set(100)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.accepted: list[str] = []
+
+    def send(self, topic: str, numbers) -> None:
+        pending = []
+        for number in numbers:
+            body = {"client_id": f"esp-{number % 5}", "message": f"reading {number}",
+                    "message_id": f"m-{number}", "data": {"n": number}}
+            pending.append((f"m-{number}", self.client.publish(topic, json.dumps(body), qos=1)))
+        for message_id, info in pending:
+            info.wait_for_publish(SETTLE)
+            self.accepted.append(message_id)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def chat_ids(web: RawSocket) -> list[str]:
+    """The chat messages a client got, in the order they came over its websocket."""
+    return [data["client_message_id"] for name, data in list(web.events) if name == "chat_message"]
+
+
+def drain_until(web: RawSocket, message_id: str) -> None:
+    web.until("chat_message", lambda data: data.get("client_message_id") == message_id)
+
+
+@pytest.fixture
+def devices(broker):
+    made = []
+
+    def make():
+        made.append(Devices(broker.port))
+        return made[-1]
+
+    yield make
+    for device in made:
+        device.stop()
+
+
+@pytest.fixture
+def webs():
+    made = []
+
+    def make(url: str) -> RawSocket:
+        made.append(RawSocket(url))
+        return made[-1]
+
+    yield make
+    for web in made:
+        web.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cluster(request, broker, redis_server, tmp_path, server_for):
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""
+    if url:  # a fresh table for this cluster
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute("DROP TABLE IF EXISTS messages")
+    return Cluster(broker, redis_server, tmp_path, server_for, url)
+
+
+def test_a_device_stream_enters_once_and_every_web_client_sees_it_in_one_order(cluster, devices, webs, broker):
+    first, second = cluster.servers
+    ana, bo = webs(first.url), webs(second.url)
+    assert ana.call("join", {"room": "lobby", "username": "Ana"})["ok"]
+    assert bo.call("join", {"room": "lobby", "username": "Bo"})["ok"]
+    out = MqttProbe(broker.port, cluster.topic("messages/out")).start()
+    try:
+        devices().send(cluster.topic("messages/in"), range(STREAM))
+        stream = {f"m-{n}" for n in range(STREAM)}
+        # Settled: every message reached every output (the two instances finish at
+        # their own pace), then markers flush both, then everything is counted.
+        wait_for(lambda: stream <= {json.loads(r.payload)["client_message_id"]
+                                    for r in out.on(cluster.topic("messages/out"))},
+                 timeout=SETTLE, what="the stream on messages/out", interval=0.2)
+        for web in (ana, bo):
+            wait_for(lambda web=web: stream <= set(chat_ids(web)), timeout=SETTLE,
+                     what="the stream on both web clients", interval=0.2)
+        # Each instance relays in order from its own queue: a marker through each settles both.
+        for index, server in enumerate(cluster.servers):
+            marker = webs(server.url)
+            assert marker.call("join", {"room": "lobby", "username": f"Marker {index}"})["ok"]
+            end = f"end-{index}"
+            assert marker.call("send_message", {"message": "end", "client_message_id": end})["ok"]
+            for web in (ana, bo):
+                drain_until(web, end)
+            out.wait(cluster.topic("messages/out"), match=lambda body, end=end: body.get("client_message_id") == end)
+    finally:
+        out.stop()
+    wanted = Counter([f"m-{n}" for n in range(STREAM)] + ["end-0", "end-1"])
+    published = [json.loads(r.payload) for r in out.on(cluster.topic("messages/out"))]
+    assert Counter(body["client_message_id"] for body in published) == wanted  # each once on `out`
+    history = cluster.history()
+    assert Counter(m["client_message_id"] for m in history) == wanted  # each once in history
+    assert [m["seq"] for m in history] == list(range(1, STREAM + 3))   # one gap-free seq
+    # Both web clients saw everything once, in the same order.
+    assert Counter(chat_ids(ana)) == Counter(chat_ids(bo)) == wanted
+    assert chat_ids(ana) == chat_ids(bo)
+    # The broker shared the stream between the instances: each counts its own.
+    statuses = [server.status()[1] for server in cluster.servers]
+    assert [s["instance_id"] for s in statuses] == ["i0", "i1"]
+    received = [s["mqtt_status"]["messages_received"] for s in statuses]
+    assert sum(received) == STREAM and min(received) > 0, received
+    assert all(s["database_size_bytes"] > 0 for s in statuses)
+    metrics = requests.get(first.url + "/metrics", timeout=TIMEOUT).text
+    assert 'chatroom_instance_info{instance_id="i0"} 1.0' in metrics
+
+
+def test_web_message_on_one_instance_reaches_devices_and_the_other_instance_once(cluster, webs, broker):
+    first, second = cluster.servers
+    ana, bo = webs(first.url), webs(second.url)
+    assert ana.call("join", {"room": "lobby", "username": "Ana"})["ok"]
+    # A name held on instance 0 is refused on instance 1 (names are global).
+    taken = bo.call("join", {"room": "lobby", "username": "ana"})
+    assert taken["ok"] is False and taken["code"] == "name_taken"
+    assert bo.call("join", {"room": "lobby", "username": "Bo"})["ok"]
+    users = requests.get(f"{first.url}/api/users", timeout=TIMEOUT).json()["users"]
+    assert sorted(u["username"] for u in users) == ["Ana", "Bo"]  # instance 0 lists instance 1's user
+    with MqttProbe(broker.port, cluster.topic("#")) as probe:
+        assert bo.call("send_message", {"message": "hi from 1", "client_message_id": "w-1"})["ok"]
+        assert bo.call("send_message", {"message": "end", "client_message_id": "w-end"})["ok"]
+        probe.wait(cluster.topic("messages/out"), match=lambda body: body["client_message_id"] == "w-end")
+        drain_until(ana, "w-end")
+        drain_until(bo, "w-end")
+        outs = [r.json()["content"] for r in probe.on(cluster.topic("messages/out"))]
+    assert outs == ["hi from 1", "end"]
+    assert chat_ids(ana) == chat_ids(bo) == ["w-1", "w-end"]
+
+
+def test_a_killed_instance_loses_no_accepted_message_and_leaves_no_ghosts(cluster, devices, webs, broker):
+    """SIGKILL one instance in the middle of a stream, restart it: every message the broker
+    accepted is in the room once; the killed instance's web users leave within INSTANCE_TTL."""
+    first, second = cluster.servers
+    ghost = webs(first.url)
+    assert ghost.call("join", {"room": "lobby", "username": "Ghost"})["ok"]
+    watcher = webs(second.url)
+    assert watcher.call("join", {"room": "lobby", "username": "Watcher"})["ok"]
+    device = devices()
+    topic = cluster.topic("messages/in")
+    device.send(topic, range(0, 300))
+    first.stop(signal.SIGKILL)
+    device.send(topic, range(300, 600))
+    # The survivor makes the dead instance's web user leave (TTL 3 s, checked every second).
+    watcher.until("system_message", lambda data: data["event"] == "leave" and data["username"] == "Ghost")
+    users = requests.get(f"{second.url}/api/users", timeout=TIMEOUT).json()["users"]
+    assert [u["username"] for u in users if u["source"] == "web"] == ["Watcher"]
+    cluster.restart(0)  # its persistent session gets what the broker kept for it
+    device.send(topic, range(600, 700))
+    wanted = Counter(f"m-{n}" for n in range(700))
+    assert Counter(device.accepted) == wanted
+
+    def settled():
+        seen = Counter(m.get("client_message_id") for m in cluster.history() if m["source"] == "mqtt")
+        return seen if set(seen) >= set(wanted) else None
+
+    seen = wait_for(settled, timeout=SETTLE, what="every accepted message in history", interval=0.5)
+    assert seen == wanted  # each once: a redelivery after the kill is a duplicate, not a second copy
+    history = cluster.history()
+    assert [m["seq"] for m in history] == list(range(1, len(history) + 1))
+
+
+def test_device_messages_wait_while_redis_is_down_and_none_is_lost(broker, tmp_path, server_for, devices, webs):
+    """Redis stops in the middle of a stream and comes back: the bridges hold what they
+    were handling (unacknowledged), the broker keeps the rest, and every accepted message
+    ends up in the room once. A web input meanwhile gets a clear `unavailable`."""
+    own_redis = RedisServer(tmp_path / "own-redis").start()
+    try:
+        cluster = Cluster(broker, own_redis, tmp_path, server_for)
+        watcher = webs(cluster.servers[1].url)
+        assert watcher.call("join", {"room": "lobby", "username": "Watcher"})["ok"]
+        device = devices()
+        topic = cluster.topic("messages/in")
+        device.send(topic, range(0, 100))
+        own_redis.stop()
+        device.send(topic, range(100, 200))  # the broker accepts them; the bridges wait
+        refused = watcher.call("send_message", {"message": "while down"})
+        assert refused == {"ok": False, "code": "unavailable", "error": refused["error"]}
+        status_code, status = cluster.servers[0].status()
+        assert status_code == 503 and status["error"] == "Redis is unavailable; try again shortly"
+        metrics = requests.get(cluster.servers[0].url + "/metrics", timeout=TIMEOUT)
+        assert metrics.status_code == 200 and "chatroom_shared_state_up 0.0" in metrics.text
+        wait_for(lambda: sum(server.status()[1]["mqtt_status"]["handler_errors"] for server in cluster.servers),
+                 what="a message held by a bridge", timeout=60)
+        own_redis.start()
+        wanted = Counter(f"m-{n}" for n in range(200))
+
+        def settled():
+            seen = Counter(m.get("client_message_id") for m in cluster.history() if m["source"] == "mqtt")
+            return seen if set(seen) >= set(wanted) else None
+
+        assert wait_for(settled, timeout=SETTLE, what="every message after Redis came back",
+                        interval=0.5) == wanted
+    finally:
+        own_redis.stop()

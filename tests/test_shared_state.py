@@ -1,0 +1,146 @@
+"""Room state in Redis (PROTOCOL 8): two instances, built in one process on one real
+redis-server and one history file, behave as one room."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from support import wait_for
+
+from chatroom.housekeeping import InstanceWatch
+from chatroom.intake import DUPLICATE, MQTT, WEB, Intake, Submission
+from chatroom.limits import RateLimiter
+from chatroom.messages import Message, SystemEvent, ValidationError
+from chatroom.names import NameRules, name_key
+from chatroom.redis_state import SharedState
+from chatroom.room import Rooms
+from chatroom.store import MessageStore
+
+
+class Instance:
+    def __init__(self, redis_url: str, prefix: str, db_path: str, name: str, ttl: int = 2):
+        self.shared = SharedState(redis_url, prefix, name, ttl, dedup_seconds=600)
+        self.store = MessageStore(db_path)
+        self.rooms = Rooms(self.store, name_key=name_key, presence=self.shared.presence, clock=time.time)
+        self.events: list = []
+        self.rooms.subscribe("test", self.events.append)
+        self.intake = Intake(self.rooms, NameRules(), RateLimiter(0, 1), self.shared.dedup, 2000,
+                             locks=self.shared.locks)
+        self.watch = InstanceWatch(self.rooms, self.shared.registry)
+
+    def system(self, kind: str) -> list[SystemEvent]:
+        self.rooms.drain()
+        return [e for e in self.events if isinstance(e, SystemEvent) and e.event == kind]
+
+    def messages(self) -> list[Message]:
+        self.rooms.drain()
+        return [e for e in self.events if isinstance(e, Message)]
+
+    def close(self) -> None:
+        self.rooms.close()
+        self.store.close()
+        self.shared.close()
+
+
+@pytest.fixture
+def pair(redis_server, tmp_path):
+    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    db = str(tmp_path / "shared.db")
+    a = Instance(redis_server.url, prefix, db, "a")
+    b = Instance(redis_server.url, prefix, db, "b")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_name_held_on_one_instance_is_refused_on_the_other(pair):
+    a, b = pair
+    a.intake.join(Submission(WEB, room="lobby", username="Ana", connection="sid-a"))
+    with pytest.raises(ValidationError) as refused:
+        b.intake.join(Submission(WEB, room="lobby", username="ANA", connection="sid-b"))
+    assert refused.value.code == "name_taken"
+    # A device asking for it is shown with a suffix, whichever instance hears it.
+    device = b.intake.join(Submission(MQTT, room="lobby", username="Ana", client_id="esp-1"))
+    assert device.user.username == "Ana (2)"
+    assert sorted(u["username"] for u in a.rooms.users("lobby")) == ["Ana", "Ana (2)"]
+    assert a.rooms.users("lobby") == b.rooms.users("lobby")
+
+
+def test_seq_is_gap_free_and_a_device_joins_once_across_instances(pair):
+    """Both instances take messages of one device at once: one join, seq 1..N, each stored once."""
+    a, b = pair
+    count = 200
+
+    def send(instance: Instance, start: int) -> None:
+        for number in range(start, count, 2):
+            instance.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text=f"m{number}",
+                                            message_id=f"id-{number}"))
+
+    threads = [threading.Thread(target=send, args=(a, 0)), threading.Thread(target=send, args=(b, 1))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(a.system("join")) + len(b.system("join")) == 1
+    seqs = sorted(m.seq for m in a.messages() + b.messages())
+    assert seqs == list(range(1, count + 1))
+    stored = a.store.recent("lobby", 1000)
+    assert [m.seq for m in stored] == list(range(1, count + 1))
+    assert Counter(m.content for m in stored) == Counter(f"m{n}" for n in range(count))
+    member = a.rooms.member("lobby", (MQTT, "esp-1"))
+    assert member.message_count == count
+
+
+def test_a_retry_through_the_other_instance_is_a_duplicate(pair):
+    a, b = pair
+    first = a.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text="t=21", message_id="r-1"))
+    again = b.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text="t=21", message_id="r-1"))
+    assert again.outcome == DUPLICATE and again.message_id == first.message_id
+    assert len(a.store.recent("lobby", 10)) == 1
+
+
+def test_a_member_leaves_once_when_both_instances_remove_it(pair):
+    a, b = pair
+    a.intake.join(Submission(MQTT, room="lobby", username="Kitchen", client_id="esp-1"))
+    gone = [a.rooms.leave("lobby", (MQTT, "esp-1")), b.rooms.leave("lobby", (MQTT, "esp-1"))]
+    assert sum(user is not None for user in gone) == 1
+    assert len(a.system("leave")) + len(b.system("leave")) == 1
+    assert a.rooms.rooms_with_members() == []  # an empty room is forgotten
+
+
+def test_silent_devices_expire_on_wall_clock_whichever_instance_checks(pair):
+    a, b = pair
+    a.intake.join(Submission(MQTT, room="lobby", username="Kitchen", client_id="esp-1"))
+    assert [u.client_id for u in b.rooms.expire_silent("mqtt", time.time() + 1)] == ["esp-1"]
+    assert a.rooms.members() == []
+
+
+def test_web_members_of_a_dead_instance_leave_within_the_ttl(pair):
+    """An instance that stops beating (killed) leaves no ghosts: a survivor makes its web users leave."""
+    a, b = pair
+    a.watch.start()
+    b.watch.start()
+    a.intake.join(Submission(WEB, room="lobby", username="Ana", connection="sid-a"))
+    b.intake.join(Submission(WEB, room="lobby", username="Bo", connection="sid-b"))
+    a.watch._stop.set()  # a's thread stops beating, as if the process died: no clean-up runs
+    wait_for(lambda: [u["username"] for u in b.rooms.users("lobby")] == ["Bo"], timeout=30,
+             what="Ana's entry to go when a's heartbeat expired")
+    assert [e.username for e in b.system("leave")] == ["Ana"]
+    b.watch.stop()  # a clean stop: b's own web users leave at once
+    assert b.rooms.users("lobby") == []
+
+
+def test_a_restarted_instance_drops_the_web_members_of_its_previous_life(pair, redis_server, tmp_path):
+    a, b = pair
+    a.intake.join(Submission(WEB, room="lobby", username="Ana", connection="sid-old"))
+    again = Instance(redis_server.url, a.shared.presence.prefix, str(tmp_path / "shared.db"), "a")
+    try:
+        again.watch.start()
+        assert b.rooms.users("lobby") == []
+    finally:
+        again.watch._stop.set()
+        again.close()
