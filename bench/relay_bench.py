@@ -7,8 +7,10 @@ Measures, against a mosquitto started here (nodelay, unlimited queue):
   100 in flight), time until the last one arrives on messages/out; lossless
   or it says how many were lost;
 - latency p50/p99 at a fixed rate: MQTT in -> MQTT out, and for our server
-  also MQTT in -> a Socket.IO client in the room.
-Prints a markdown table with the medians of the runs and our/ideal ratios.
+  also MQTT in -> a Socket.IO client in the room;
+- throughput of 1 and 2 instances with Redis and a shared subscription
+  (docs/SCALING.md) beside one instance without (`--instances`, none to skip).
+Prints markdown tables with the medians of the runs and the ratios.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from support import Mosquitto, ServerProcess, stop_process, wait_for  # noqa: E402
+from support import Mosquitto, RedisServer, ServerProcess, stop_process, wait_for  # noqa: E402
 
 from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
 
@@ -238,6 +240,49 @@ def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:
     return results
 
 
+def run_cluster(instances: int, broker: Mosquitto, redis: RedisServer, args, workdir: Path) -> dict:
+    """Throughput of N instances sharing the inbound topics (PROTOCOL 8), with Redis and one
+    history: CPU per message is the instances' and Redis's together."""
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    servers = []
+    for index in range(instances):
+        env = {"ASYNC_MODE": args.async_mode, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker.port),
+               "MQTT_TOPIC_PREFIX": prefix, "MQTT_CLIENT_ID": f"bench-bridge-{prefix}-{index}",
+               "REDIS_URL": redis.url, "MQTT_SHARED_GROUP": prefix, "INSTANCE_ID": f"i{index}",
+               "DATABASE_PATH": str(workdir / f"{prefix}.db"), "DATABASE_URL": args.database_url,
+               "RATE_LIMIT": "0", "LOG_LEVEL": "WARNING"}
+        servers.append(ServerProcess(env, log_path=workdir / f"{prefix}-{index}.log").start())
+    collector = OutCollector(broker.port, prefix)
+    publisher = Publisher(broker.port, prefix)
+    pids = [server.proc.pid for server in servers] + [redis.proc.pid]
+    try:
+        collector.reset(1)
+        wait_for(lambda: (publisher.send(0), collector.done.wait(0.5))[1], timeout=30, what="cluster relaying")
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
+        rate, lost = throughput(publisher, collector, args.messages, 1)
+        cpu_us = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) * 1e6 / args.messages
+        return {"throughput": rate, "lost": lost, "cpu_us": cpu_us}
+    finally:
+        publisher.close()
+        collector.close()
+        for server in servers:
+            server.stop()
+
+
+def cluster_report(single: list[dict], clusters: dict[int, list[dict]]) -> str:
+    t_one = median_of(single, "throughput")
+    lines = ["", "Several instances (Redis + `$share` subscription + one history), throughput run only:", "",
+             "| set-up | throughput MQTT in → out (msg/s) | vs one instance | lost | CPU per message, "
+             "instances + Redis (µs) |", "|---|---|---|---|---|",
+             f"| one instance, no Redis (above) | {t_one:,.0f} | 1.00 | {sum(r['lost'] for r in single)} | "
+             f"{median_of(single, 'cpu_us'):.0f} |"]
+    for count, runs in clusters.items():
+        rate = median_of(runs, "throughput")
+        lines.append(f"| {count} instance{'s' if count > 1 else ''} with Redis | {rate:,.0f} | {rate / t_one:.2f} | "
+                     f"{sum(r['lost'] for r in runs)} | {median_of(runs, 'cpu_us'):.0f} |")
+    return "\n".join(lines)
+
+
 def median_of(runs: list[dict], key: str, index: int | None = None) -> float:
     values = [run[key][index] if index is not None else run[key] for run in runs if key in run]
     return statistics.median(values)
@@ -280,20 +325,33 @@ def main() -> int:
     parser.add_argument("--rates", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--async-mode", default="eventlet", choices=["eventlet", "threading"])
+    parser.add_argument("--instances", type=int, nargs="*", default=[1, 2],
+                        help="also measure throughput of these numbers of instances with Redis (none: skip)")
+    parser.add_argument("--database-url", default="", help="PostgreSQL history for the several-instance runs")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     broker = Mosquitto(workdir / "mosquitto").start()
+    redis = RedisServer(workdir / "redis").start() if args.instances else None
     ideal: list[dict] = []
     ours: list[dict] = []
+    clusters: dict[int, list[dict]] = {count: [] for count in args.instances}
     try:
         for run in range(args.runs):
             ideal.append(run_target("ideal", broker, args, workdir))
             ours.append(run_target("server", broker, args, workdir))
+            for count in args.instances:
+                clusters[count].append(run_cluster(count, broker, redis, args, workdir))
             print(f"run {run + 1}: ideal {ideal[-1]['throughput']:,.0f} msg/s, "
-                  f"server {ours[-1]['throughput']:,.0f} msg/s", file=sys.stderr, flush=True)
+                  f"server {ours[-1]['throughput']:,.0f} msg/s"
+                  + "".join(f", {count} with Redis {runs[-1]['throughput']:,.0f} msg/s"
+                            for count, runs in clusters.items()), file=sys.stderr, flush=True)
     finally:
         broker.stop()
+        if redis is not None:
+            redis.stop()
     sys.stdout.write(report(ideal, ours, args) + "\n")
+    if args.instances:
+        sys.stdout.write(cluster_report(ours, clusters) + "\n")
     return 0
 
 

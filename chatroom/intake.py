@@ -98,6 +98,10 @@ class Intake:
         data = validate_data(sub.data)
         units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
+        if self.locks.shared and sub.source == MQTT and message_id is None:
+            accepted = self._post_as_present_device(sub, room, client_id, text, data, units)
+            if accepted is not None:
+                return accepted
         with self.locks.hold(room):
             member_key, name, on_clash = self._author(sub, room, client_id)
             buckets = self._buckets(sub, client_id)
@@ -127,6 +131,23 @@ class Intake:
                                       client_id=client_id if sub.source == MQTT else None,
                                       data=data, client_message_id=message_id, units=units,
                                       message_id=server_id)
+        return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)
+
+    def _post_as_present_device(self, sub: Submission, room: str, client_id: str, text: str,
+                                data, units) -> Accepted | None:
+        """Several instances: a device already present under the name it asks for, posting
+        without a message_id, needs no decision another instance could race (no join, no
+        rename, no dedup), so it posts without the room's Redis lock (two round trips).
+        None: the locked path decides."""
+        name = self.names.display_name(sub.username) if sub.username is not None else None
+        buckets = self._buckets(sub, client_id)
+        self._check_rate(buckets, client_id)
+        user = self.rooms.touch_present(room, (MQTT, client_id), name)
+        if user is None:
+            return None
+        self._take(buckets)
+        message = self.rooms.post(room, user.username, text, MQTT, client_id=client_id, data=data,
+                                  units=units)
         return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)
 
     def _author(self, sub: Submission, room: str, client_id: str | None):

@@ -40,6 +40,7 @@ class Presence(Protocol):
     def put(self, room: str, key: MemberKey, user: User) -> None: ...
     def remove(self, room: str, key: MemberKey) -> User | None: ...
     def touch(self, room: str, key: MemberKey, when: float) -> None: ...
+    def touch_present(self, room: str, key: MemberKey, requested: str | None, when: float) -> User | None: ...
     def count_message(self, room: str, key: MemberKey) -> None: ...
     def rooms(self) -> list[str]: ...
     def room_count(self) -> int: ...
@@ -86,6 +87,17 @@ class LocalPresence:
         if user is not None:
             user.last_seen = when
 
+    def touch_present(self, room: str, key: MemberKey, requested: str | None, when: float) -> User | None:
+        """A present member (that asked for `requested`, when given) posts: alive, one more
+        message. None when absent or asking for another name."""
+        with self._lock:
+            user = self.member(room, key)
+            if user is None or (requested is not None and user.requested != requested):
+                return None
+            user.last_seen = when
+            user.message_count += 1
+            return user
+
     def count_message(self, room: str, key: MemberKey) -> None:
         user = self.member(room, key)
         if user is not None:
@@ -118,6 +130,8 @@ class RoomLocks(Protocol):
 
 class LocalLocks:
     """One lock for every room: in one process the intake decides one input at a time."""
+
+    shared = False  # taking it costs nothing: every input takes it
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

@@ -52,6 +52,16 @@ return {user, seen or '0', count or '0'}
 _IF_MEMBER_SET = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
 """
+# A present member posts: one round trip says it is there (under the name it asked
+# for), marks it alive and counts the message.
+_TOUCH_PRESENT = """
+local user = redis.call('HGET', KEYS[1], ARGV[1])
+if not user then return false end
+if ARGV[2] ~= '' and cjson.decode(user)['requested'] ~= ARGV[2] then return false end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local count = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+return {user, ARGV[3], tostring(count)}
+"""
 _IF_MEMBER_INCR = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
 """
@@ -94,6 +104,7 @@ class RedisPresence:
         self._remove = client.register_script(_REMOVE)
         self._set_if_member = client.register_script(_IF_MEMBER_SET)
         self._incr_if_member = client.register_script(_IF_MEMBER_INCR)
+        self._touch_present = client.register_script(_TOUCH_PRESENT)
 
     def _keys(self, room: str) -> tuple[str, str, str]:
         p = self.prefix
@@ -161,6 +172,10 @@ class RedisPresence:
         members, seen, _ = self._keys(room)
         self._set_if_member(keys=[members, seen], args=[_field(key), repr(when)])
 
+    def touch_present(self, room: str, key: MemberKey, requested: str | None, when: float) -> User | None:
+        reply = self._touch_present(keys=list(self._keys(room)), args=[_field(key), requested or "", repr(when)])
+        return self._user(*reply) if reply else None
+
     def count_message(self, room: str, key: MemberKey) -> None:
         members, _, counts = self._keys(room)
         self._incr_if_member(keys=[members, counts], args=[_field(key)])
@@ -191,6 +206,8 @@ class RedisLocks:
     A lock is released after `hold_seconds` even if its holder died, and a caller
     that cannot get one in `wait_seconds` gets a clear error, not a hang.
     """
+
+    shared = True  # two round trips: the intake takes it only for decisions that need it
 
     def __init__(self, client: redis.Redis, prefix: str, hold_seconds: float = 10.0,
                  wait_seconds: float = 20.0):

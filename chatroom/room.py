@@ -251,6 +251,11 @@ class Rooms:
         """A sign of life from a member: it is not silent."""
         self.presence.touch(room, key, self.clock())
 
+    def touch_present(self, room: str, key: MemberKey, requested: str | None = None) -> User | None:
+        """A member about to post, if present (under the name it asked for, when given):
+        marked alive and its message counted. None: it must join or rename first."""
+        return self.presence.touch_present(room, key, requested, self.clock())
+
     def expire_silent(self, source: str, silent_since: float) -> list[User]:
         """Members of `source` not heard from since `silent_since` (the room's clock) leave."""
         silent = [(user.room, key) for key, user in self.presence.all_members(source)

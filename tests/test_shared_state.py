@@ -70,15 +70,17 @@ def test_a_name_held_on_one_instance_is_refused_on_the_other(pair):
     assert a.rooms.users("lobby") == b.rooms.users("lobby")
 
 
-def test_seq_is_gap_free_and_a_device_joins_once_across_instances(pair):
-    """Both instances take messages of one device at once: one join, seq 1..N, each stored once."""
+@pytest.mark.parametrize("with_ids", [True, False], ids=["message_id", "no_message_id"])
+def test_seq_is_gap_free_and_a_device_joins_once_across_instances(pair, with_ids):
+    """Both instances take messages of one device at once: one join, seq 1..N, each stored once.
+    Without a message_id a present device posts without the room lock: the same holds."""
     a, b = pair
     count = 200
 
     def send(instance: Instance, start: int) -> None:
         for number in range(start, count, 2):
             instance.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text=f"m{number}",
-                                            message_id=f"id-{number}"))
+                                            message_id=f"id-{number}" if with_ids else None))
 
     threads = [threading.Thread(target=send, args=(a, 0)), threading.Thread(target=send, args=(b, 1))]
     for thread in threads:
@@ -93,6 +95,9 @@ def test_seq_is_gap_free_and_a_device_joins_once_across_instances(pair):
     assert Counter(m.content for m in stored) == Counter(f"m{n}" for n in range(count))
     member = a.rooms.member("lobby", (MQTT, "esp-1"))
     assert member.message_count == count
+    # A new name still goes through the lock: renamed once, wherever it arrives.
+    b.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", username="Kitchen", text="renamed"))
+    assert [e.username for e in a.system("rename") + b.system("rename")] == ["Kitchen"]
 
 
 def test_a_retry_through_the_other_instance_is_a_duplicate(pair):

@@ -52,8 +52,10 @@ def start_redis() -> tuple[subprocess.Popen, str]:
 
 def instance_env(base: dict, index: int, port: int, redis_url: str) -> dict:
     env = {**base, "PORT": str(port), "REDIS_URL": redis_url, "INSTANCE_ID": f"{socket.gethostname()}-{port}"}
-    # Each instance its own MQTT session; the shared group hands each device message to one.
-    env["MQTT_CLIENT_ID"] = f"{base.get('MQTT_CLIENT_ID') or 'chatroom-bridge'}-{index}"
+    # Each instance its own MQTT session (the default id has host and port in it); the
+    # shared group hands each device message to one of them.
+    if base.get("MQTT_CLIENT_ID"):
+        env["MQTT_CLIENT_ID"] = f"{base['MQTT_CLIENT_ID']}-{index}"
     if not env.get("DATABASE_URL"):
         env["DATABASE_PATH"] = base.get("DATABASE_PATH") or str(ROOT / "data" / "cluster.db")
     return env
