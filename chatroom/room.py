@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable, Protocol
 
 from .messages import USER_MESSAGE, Message, SystemEvent, User, ValidationError
-from .presence import LocalPresence, MemberKey, Presence
+from .presence import LocalPresence, MemberKey, Presence, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,10 @@ class Rooms:
             self._posted[room] += 1
             self._posted_total += 1
             if sender is not None:
-                self.presence.count_message(room, sender)
+                try:
+                    self.presence.count_message(room, sender)
+                except Unavailable:  # stored already: a lost count must not make the sender retry
+                    log.warning("message count of %s in %s not updated: shared state unavailable", sender, room)
             self._publish(message)
             return message
 
