@@ -265,3 +265,52 @@ def test_device_messages_wait_while_redis_is_down_and_none_is_lost(broker, tmp_p
                         interval=0.5) == wanted
     finally:
         own_redis.stop()
+
+
+def test_make_cluster_runs_two_instances_and_stops_all_it_started(broker, tmp_path):
+    """`make cluster` (tools.cluster): a Redis of its own and two instances on PORT and PORT+1
+    sharing the rooms; SIGTERM stops the instances and that Redis."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from support import ROOT, free_port, port_open
+
+    port = free_port()
+    while port_open(port + 1):
+        port = free_port()
+    env = {**os.environ, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker.port), "PORT": str(port),
+           "MQTT_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}", "DATABASE_PATH": str(tmp_path / "cluster.db"),
+           "ASYNC_MODE": "eventlet"}
+    for name in ("REDIS_URL", "MQTT_SHARED_GROUP", "OPENAI_API_KEY", "MQTT_CLIENT_ID", "INSTANCE_ID"):
+        env.pop(name, None)
+    log = tmp_path / "cluster.log"
+    with open(log, "wb") as output:
+        runner = subprocess.Popen([sys.executable, "-m", "tools.cluster"], cwd=str(ROOT), env=env,
+                                  stdout=output, stderr=subprocess.STDOUT)
+    try:
+        urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+
+        def statuses():
+            if not all(port_open(p) for p in (port, port + 1)):
+                return None
+            answers = [requests.get(url + "/mqtt/status", timeout=2) for url in urls]
+            return [a.json() for a in answers] if all(a.status_code == 200 for a in answers) else None
+
+        ids = [s["instance_id"] for s in wait_for(statuses, timeout=60, what="two instances connected")]
+        assert ids[0] != ids[1]
+        # They share one history: posted on one, read on the other.
+        assert requests.post(urls[0] + "/api/messages", json={"username": "op", "message": "hi"},
+                             timeout=TIMEOUT).status_code == 201
+        history = requests.get(urls[1] + "/api/messages", timeout=TIMEOUT).json()["messages"]
+        assert [m["content"] for m in history] == ["hi"]
+        redis_pid = int(re.search(r"Redis started at \S+ \(pid (\d+)\)", log.read_text()).group(1))
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(60) == 0, log.read_text()
+        wait_for(lambda: not os.path.exists(f"/proc/{redis_pid}"), what="its Redis gone")
+        assert not port_open(port) and not port_open(port + 1)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
