@@ -1,6 +1,7 @@
 """Relay benchmark: our server vs an ideal minimal paho relay, same broker, same run.
 
     make bench                      # or: .venv/bin/python -m bench.relay_bench --runs 3
+    BENCH_QUICK=1 make bench        # a smoke run of every scenario (seconds; the tests run it)
 
 Measures, against a mosquitto started here (nodelay, unlimited queue):
 - throughput: N QoS 1 messages published as fast as paho allows (at most
@@ -338,6 +339,10 @@ def main() -> int:
                         help="also measure throughput of these numbers of instances with Redis (none: skip)")
     parser.add_argument("--database-url", default="", help="PostgreSQL history for the several-instance runs")
     args = parser.parse_args()
+    if os.environ.get("BENCH_QUICK"):
+        # A smoke run (the test suite runs it): every scenario, tiny loads, one run.
+        args.runs, args.messages, args.rates, args.seconds = 1, 300, [100], 0.5
+        args.instances = [2] if args.instances else []
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     broker = Mosquitto(workdir / "mosquitto").start()
     redis = RedisServer(workdir / "redis").start() if args.instances else None

@@ -1,0 +1,20 @@
+"""`BENCH_QUICK=1` runs every benchmark scenario on tiny loads: the benchmark keeps working.
+No timing is asserted (the machine is shared and noisy); only that it ran and lost nothing."""
+import os
+import subprocess
+import sys
+
+from support import ROOT
+
+
+def test_quick_benchmark_runs_every_scenario_and_loses_nothing():
+    env = {**os.environ, "BENCH_QUICK": "1"}
+    result = subprocess.run([sys.executable, "-m", "bench.relay_bench"], cwd=str(ROOT), env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    for row in ("throughput MQTT in → out", "latency MQTT in → Socket.IO client p99 at 100 msg/s",
+                "Socket.IO receiver's own CPU per event", "2 instances with Redis"):
+        assert row in table, table
+    assert "| messages lost in throughput runs | 0 | 0 | |" in table
+    assert "| messages lost in latency runs (server) | 0 | 0 | |" in table
