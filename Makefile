@@ -50,8 +50,10 @@ system-test-deps:
 test: $(VENV)/.installed-dev system-test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# BENCH_QUICK=1: a smoke run of every scenario; BENCH_NODERED=1: Node-RED (npm, pinned) beside us.
 bench: $(VENV)/.installed-dev system-test-deps
 	$(PY) -m bench.relay_bench
+	$(PY) -m bench.fanout_bench
 
 # What a stranger can cost: RSS and page bytes for 2 000 client_ids, /healthz under idle connections.
 bench-hostile: $(VENV)/.installed-dev system-test-deps

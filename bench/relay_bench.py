@@ -33,7 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from support import Mosquitto, RedisServer, ServerProcess, stop_process, wait_for  # noqa: E402
+from support import Mosquitto, RedisServer, ServerProcess, free_port, stop_process, wait_for  # noqa: E402
+
+from bench import nodered  # noqa: E402
 
 from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
 
@@ -89,7 +91,9 @@ class Publisher:
         self.client.loop_start()
 
     def send(self, n: int) -> None:
-        payload = json.dumps({"client_id": "bench-device", "message": f"{n} {time.perf_counter():.6f}"})
+        # With a username: Node-RED's flow (../shared/bench/nodered) drops messages without one.
+        payload = json.dumps({"client_id": "bench-device", "username": "bench-device",
+                              "message": f"{n} {time.perf_counter():.6f}"})
         self.client.publish(self.topic, payload, qos=1)
 
     def close(self) -> None:
@@ -208,6 +212,8 @@ def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:
     server = relay = None
     if name == "ideal":
         relay = subprocess.Popen([sys.executable, str(ROOT / "bench" / "ideal_relay.py"), str(broker.port), prefix])
+    elif name == "nodered":
+        relay = nodered.start(args.red_js, broker.port, prefix, workdir, free_port())
     else:
         env = {"ASYNC_MODE": args.async_mode, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker.port),
                "MQTT_TOPIC_PREFIX": prefix, "MQTT_CLIENT_ID": f"bench-bridge-{prefix}",
@@ -295,36 +301,52 @@ def median_of(runs: list[dict], key: str, index: int | None = None) -> float:
     return statistics.median(values)
 
 
-def report(ideal: list[dict], ours: list[dict], args) -> str:
+def report(ideal: list[dict], ours: list[dict], args, red: list[dict] | None = None) -> str:
+    """The main table; with Node-RED's runs (BENCH_NODERED=1) two more columns."""
+    header = "| measurement | ideal paho relay | this server | ratio (server/ideal) |"
+    rule = "|---|---|---|---|"
+    if red:
+        header += " Node-RED 4.1.8 | ratio (server/Node-RED) |"
+        rule += "---|---|"
     lines = [
         f"Runs: {args.runs} (medians), async mode `{args.async_mode}`, {args.messages} messages per throughput run, "
         f"{args.seconds:g} s per latency rate, QoS 1, mosquitto with `set_tcp_nodelay true`.",
         "",
-        "| measurement | ideal paho relay | this server | ratio (server/ideal) |",
-        "|---|---|---|---|",
+        header,
+        rule,
     ]
-    t_ideal, t_ours = median_of(ideal, "throughput"), median_of(ours, "throughput")
-    lost = (sum(r["lost"] for r in ideal), sum(r["lost"] for r in ours))
-    lines.append(f"| throughput MQTT in → out (msg/s) | {t_ideal:,.0f} | {t_ours:,.0f} | {t_ours / t_ideal:.2f} |")
-    lines.append(f"| messages lost in throughput runs | {lost[0]} | {lost[1]} | |")
+
+    def row(label: str, key: str, index: int | None, fmt: str, ours_key: str | None = None) -> None:
+        base, mine = median_of(ideal, key, index), median_of(ours, ours_key or key, index)
+        line = f"| {label} | {fmt.format(base)}{' (MQTT out)' if ours_key else ''} | {fmt.format(mine)} | " \
+               f"{mine / base:.2f} |"
+        if red:
+            peer = median_of(red, key, index)
+            line += f" {fmt.format(peer)}{' (MQTT out)' if ours_key else ''} | {mine / peer:.2f} |"
+        lines.append(line)
+
+    def total(label: str, count) -> None:
+        line = f"| {label} | {count(ideal)} | {count(ours)} | |"
+        if red:
+            line += f" {count(red)} | |"
+        lines.append(line)
+
+    row("throughput MQTT in → out (msg/s)", "throughput", None, "{:,.0f}")
+    total("messages lost in throughput runs", lambda runs: sum(r["lost"] for r in runs))
     # CPU per message is steadier than msg/s on a shared machine: it ignores time spent waiting.
-    c_ideal, c_ours = median_of(ideal, "cpu_us"), median_of(ours, "cpu_us")
-    lines.append(f"| relay CPU per message in the throughput run (µs) | {c_ideal:.0f} | {c_ours:.0f} | "
-                 f"{c_ours / c_ideal:.1f} |")
-    # Both paths of the server are compared with the ideal relay's MQTT in -> out.
-    for kind, path, note in (("mqtt", "out", ""), ("socketio", "Socket.IO client", " (MQTT out)")):
-        for rate in args.rates:
-            for label, index in (("p50", 0), ("p99", 1)):
-                ideal_ms = median_of(ideal, f"mqtt@{rate}", index)
-                ours_ms = median_of(ours, f"{kind}@{rate}", index)
-                lines.append(f"| latency MQTT in → {path} {label} at {rate} msg/s (ms) | {ideal_ms:.2f}{note} | "
-                             f"{ours_ms:.2f} | {ours_ms / ideal_ms:.1f} |")
+    row("relay CPU per message in the throughput run (µs)", "cpu_us", None, "{:.0f}")
+    for rate in args.rates:
+        for label, index in (("p50", 0), ("p99", 1)):
+            row(f"latency MQTT in → out {label} at {rate} msg/s (ms)", f"mqtt@{rate}", index, "{:.2f}")
+    # The server's web path is compared with the others' MQTT in -> out.
+    for rate in args.rates:
+        for label, index in (("p50", 0), ("p99", 1)):
+            row(f"latency MQTT in → Socket.IO client {label} at {rate} msg/s (ms)", f"mqtt@{rate}", index,
+                "{:.2f}", ours_key=f"socketio@{rate}")
     for rate in args.rates:
         lines.append(f"| Socket.IO receiver's own CPU per event at {rate} msg/s (µs) | | "
-                     f"{median_of(ours, f'socketio@{rate}', 3):.0f} | |")
-    lost_latency = sum(run[key][2] for run in ours for key in run if "@" in key)
-    lines.append(f"| messages lost in latency runs (server) | {sum(run[k][2] for run in ideal for k in run if '@' in k)} "
-                 f"| {lost_latency} | |")
+                     f"{median_of(ours, f'socketio@{rate}', 3):.0f} | |" + (" | |" if red else ""))
+    total("messages lost in latency runs", lambda runs: sum(run[k][2] for run in runs for k in run if "@" in k))
     return "\n".join(lines)
 
 
@@ -344,6 +366,8 @@ def main() -> int:
         args.runs, args.messages, args.rates, args.seconds = 1, 300, [100], 0.5
         args.instances = [2] if args.instances else []
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    args.red_js = nodered.install(workdir) if os.environ.get("BENCH_NODERED") else None
+    red: list[dict] = []
     broker = Mosquitto(workdir / "mosquitto").start()
     redis = RedisServer(workdir / "redis").start() if args.instances else None
     ideal: list[dict] = []
@@ -353,6 +377,8 @@ def main() -> int:
         for run in range(args.runs):
             ideal.append(run_target("ideal", broker, args, workdir))
             ours.append(run_target("server", broker, args, workdir))
+            if args.red_js:
+                red.append(run_target("nodered", broker, args, workdir))
             for count in args.instances:
                 clusters[count].append(run_cluster(count, broker, redis, args, workdir))
             print(f"run {run + 1}: ideal {ideal[-1]['throughput']:,.0f} msg/s, "
@@ -363,7 +389,7 @@ def main() -> int:
         broker.stop()
         if redis is not None:
             redis.stop()
-    sys.stdout.write(report(ideal, ours, args) + "\n")
+    sys.stdout.write(report(ideal, ours, args, red) + "\n")
     if args.instances:
         sys.stdout.write(cluster_report(ours, clusters) + "\n")
     return 0

@@ -17,4 +17,15 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing():
                 "Socket.IO receiver's own CPU per event", "2 instances with Redis"):
         assert row in table, table
     assert "| messages lost in throughput runs | 0 | 0 | |" in table
-    assert "| messages lost in latency runs (server) | 0 | 0 | |" in table
+    assert "| messages lost in latency runs | 0 | 0 | |" in table
+
+
+def test_quick_fanout_benchmark_runs_against_both_relays():
+    env = {**os.environ, "BENCH_QUICK": "1"}
+    result = subprocess.run([sys.executable, "-m", "bench.fanout_bench"], cwd=str(ROOT), env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    for row in ("max fan-out to 5 web clients", "relay CPU per delivery", "p99", "relay RSS with 10 idle"):
+        assert row in table, table
+    assert "| deliveries lost in the max fan-out run | 0 | 0 |  |" in table
