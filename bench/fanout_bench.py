@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import Mosquitto, ServerProcess, free_port, port_open, stop_process, wait_for  # noqa: E402
 
 from bench.relay_bench import Publisher, cpu_seconds, percentile  # noqa: E402
-from bench.ws_receivers import Receivers  # noqa: E402
+from bench.ws_receivers import Receivers, receiver_process  # noqa: E402
 
 RECEIVER_PROCESSES = 4
 
@@ -43,22 +43,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _receivers(url: str, count: int, join: bool, commands) -> None:
-    """`count` web clients in one process (bench/ws_receivers.py); counts and times the chat
-    messages they get, and reports its own CPU."""
-    receivers = Receivers(url, count, join)
-    commands.send("joined")
-    while True:
-        expected = commands.recv()
-        if expected is None:
-            break
-        receivers.reset()
-        cpu = time.process_time()
-        receivers.run_until(expected, 90)
-        commands.send((receivers.got, receivers.last, receivers.delays, time.process_time() - cpu))
-    receivers.close()
-
-
 class WebClients:
     def __init__(self, url: str, count: int, join: bool = True):
         context = multiprocessing.get_context("spawn")
@@ -68,7 +52,7 @@ class WebClients:
             if share == 0:
                 continue
             parent, child = context.Pipe()
-            process = context.Process(target=_receivers, args=(url, share, join, child), daemon=True)
+            process = context.Process(target=receiver_process, args=(url, share, join, child), daemon=True)
             process.start()
             self.pipes.append((parent, share))
             self.processes.append(process)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import Mosquitto, RedisServer, ServerProcess, free_port, stop_process, wait_for  # noqa: E402
 
 from bench import nodered  # noqa: E402
+from bench.ws_receivers import receiver_process  # noqa: E402
 
 from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
 
@@ -146,19 +147,18 @@ def latency(publisher: Publisher, collector: OutCollector, rate: int, seconds: f
 
 
 class SocketLatency:
-    """A web client in the lobby, in a process of its own, reading Engine.IO frames itself.
+    """A web client in the lobby, in a process of its own (bench/ws_receivers.py: Engine.IO
+    frames read on one thread, its own CPU reported).
 
     python-socketio's threaded client runs each event on a new thread (~290 µs of CPU
     per event here, and out of order): at 1 000 msg/s it measured itself, not the server
-    (BASELINES trap 5). This receiver reads the websocket on one thread and reports its
-    own CPU per event, so the table shows it is not the bottleneck. perf_counter is
-    CLOCK_MONOTONIC on Linux, shared by all processes.
+    (BASELINES trap 5). perf_counter is CLOCK_MONOTONIC on Linux, shared by all processes.
     """
 
     def __init__(self, url: str):
         context = multiprocessing.get_context("spawn")
         self.commands, child_end = context.Pipe()
-        self.process = context.Process(target=_socket_receiver, args=(url, child_end), daemon=True)
+        self.process = context.Process(target=receiver_process, args=(url, 1, True, child_end), daemon=True)
         self.process.start()
         assert self.commands.poll(30) and self.commands.recv() == "joined"
 
@@ -167,44 +167,12 @@ class SocketLatency:
         expected = int(rate * seconds)
         self.commands.send(expected)
         paced(publisher, rate, seconds, first)
-        delays, cpu = self.commands.recv() if self.commands.poll(90) else ([], 0.0)
-        return (percentile(delays, 0.5), percentile(delays, 0.99), expected - len(delays),
-                cpu * 1e6 / max(1, len(delays)))
+        got, _, delays, cpu = self.commands.recv() if self.commands.poll(120) else (0, 0.0, [], 0.0)
+        return (percentile(delays, 0.5), percentile(delays, 0.99), expected - got, cpu * 1e6 / max(1, got))
 
     def close(self):
         self.commands.send(None)
         self.process.join(10)
-
-
-def _socket_receiver(url: str, commands) -> None:
-    from support import RawSocket
-
-    delays: list[float] = []
-    done = threading.Event()
-    expected = [0]
-
-    def on_event(name: str, data: dict) -> None:
-        if name != "chat_message":
-            return
-        received = time.perf_counter()
-        delays.append((received - parse_content(data["content"])[1]) * 1000)
-        if len(delays) >= expected[0]:
-            done.set()
-
-    web = RawSocket(url, on_event=on_event, keep=False)
-    web.call("join", {"username": f"bench-{uuid.uuid4().hex[:4]}"})
-    commands.send("joined")
-    while True:
-        count = commands.recv()
-        if count is None:
-            break
-        delays.clear()
-        done.clear()
-        expected[0] = count
-        cpu_before = time.process_time()
-        done.wait(60)
-        commands.send((list(delays), time.process_time() - cpu_before))
-    web.close()
 
 
 def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:

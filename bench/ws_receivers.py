@@ -152,3 +152,20 @@ class Receivers:
             except OSError:
                 pass
         self.selector.close()
+
+
+def receiver_process(url: str, count: int, join: bool, commands) -> None:
+    """A process of `count` web clients, driven through a Pipe: each number received is how
+    many chat messages to wait for (90 s at most); it answers (got, last arrival, delays in
+    ms, its own CPU seconds). None ends it."""
+    receivers = Receivers(url, count, join)
+    commands.send("joined")
+    while True:
+        expected = commands.recv()
+        if expected is None:
+            break
+        receivers.reset()
+        cpu = time.process_time()
+        receivers.run_until(expected, 90)
+        commands.send((receivers.got, receivers.last, receivers.delays, time.process_time() - cpu))
+    receivers.close()

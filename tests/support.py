@@ -355,13 +355,9 @@ class RawSocket:
     the wire order (and answers the server's pings).
     """
 
-    def __init__(self, url: str, on_event: Callable[[str, dict], None] | None = None, keep: bool = True):
-        """`on_event(name, data)` is called on the reader thread as each event arrives;
-        `keep=False` does not keep them in `events` (a long benchmark)."""
+    def __init__(self, url: str):
         import websocket  # websocket-client
 
-        self.on_event = on_event
-        self.keep = keep
         self.ws = websocket.create_connection(
             url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=TIMEOUT)
         assert self.ws.recv().startswith("0")  # Engine.IO open
@@ -388,10 +384,7 @@ class RawSocket:
             with self._cond:
                 if frame.startswith("42"):
                     name, data = json.loads(frame[2:])
-                    if self.on_event is not None:
-                        self.on_event(name, data)
-                    if self.keep:
-                        self.events.append((name, data))
+                    self.events.append((name, data))
                 elif frame.startswith("43"):
                     digits = len(frame) - len(frame[2:].lstrip("0123456789"))
                     self._acks[int(frame[2:digits])] = json.loads(frame[digits:])

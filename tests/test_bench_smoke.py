@@ -1,5 +1,5 @@
-"""`BENCH_QUICK=1` runs every benchmark scenario on tiny loads: the benchmark keeps working.
-No timing is asserted (the machine is shared and noisy); only that it ran and lost nothing."""
+"""`BENCH_QUICK=1` runs every benchmark scenario on tiny loads: the benchmarks keep working.
+No timing is asserted (the machine is shared and noisy); only that they ran and lost nothing."""
 import os
 import subprocess
 import sys
@@ -7,12 +7,16 @@ import sys
 from support import ROOT
 
 
-def test_quick_benchmark_runs_every_scenario_and_loses_nothing():
-    env = {**os.environ, "BENCH_QUICK": "1"}
-    result = subprocess.run([sys.executable, "-m", "bench.relay_bench"], cwd=str(ROOT), env=env,
+def quick(module: str) -> str:
+    """The markdown a benchmark module prints in its quick mode."""
+    result = subprocess.run([sys.executable, "-m", module], cwd=str(ROOT), env={**os.environ, "BENCH_QUICK": "1"},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    table = result.stdout
+    return result.stdout
+
+
+def test_quick_relay_benchmark_runs_every_scenario_and_loses_nothing():
+    table = quick("bench.relay_bench")
     for row in ("throughput MQTT in → out", "latency MQTT in → Socket.IO client p99 at 100 msg/s",
                 "Socket.IO receiver's own CPU per event", "2 instances with Redis"):
         assert row in table, table
@@ -21,11 +25,7 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing():
 
 
 def test_quick_fanout_benchmark_runs_against_both_relays():
-    env = {**os.environ, "BENCH_QUICK": "1"}
-    result = subprocess.run([sys.executable, "-m", "bench.fanout_bench"], cwd=str(ROOT), env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    table = result.stdout
+    table = quick("bench.fanout_bench")
     for row in ("max fan-out to 5 web clients", "relay CPU per delivery", "p99", "relay RSS with 10 idle"):
         assert row in table, table
     assert "| deliveries lost in the max fan-out run | 0 | 0 |  |" in table
