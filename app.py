@@ -218,10 +218,11 @@ def create_app(settings: Settings) -> Flask:
 def startup_service_problem(exc: Exception) -> str | None:
     """What to tell the operator when Redis or PostgreSQL did not answer at start."""
     module = type(exc).__module__ or ""
+    detail = " ".join(str(exc).split())  # one line: libpq's messages span several
     if module.startswith("redis"):
-        return f"cannot reach Redis at REDIS_URL: {exc} (start Redis or fix REDIS_URL; docs/SCALING.md)"
+        return f"cannot reach Redis at REDIS_URL: {detail} (start Redis or fix REDIS_URL; docs/SCALING.md)"
     if module.startswith("psycopg"):
-        return f"cannot use PostgreSQL at DATABASE_URL: {str(exc).strip()} (docs/SCALING.md)"
+        return f"cannot use PostgreSQL at DATABASE_URL: {detail} (docs/SCALING.md)"
     return None
 
 

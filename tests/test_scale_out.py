@@ -314,3 +314,22 @@ def test_make_cluster_runs_two_instances_and_stops_all_it_started(broker, tmp_pa
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"REDIS_URL": "redis://127.0.0.1:1/0", "MQTT_SHARED_GROUP": "g"}, "REDIS_URL"),
+    ({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/chat"}, "DATABASE_URL"),
+])
+def test_an_unreachable_redis_or_postgresql_stops_start_up_with_one_line(env, variable, tmp_path):
+    import subprocess
+    import sys
+
+    from support import ROOT, free_port
+
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=str(tmp_path), capture_output=True,
+                            text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "ASYNC_MODE": "threading", "PORT": str(free_port()),
+                                 "DATABASE_PATH": str(tmp_path / "c.db"), **env})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert variable in lines[0] and "Traceback" not in result.stderr
