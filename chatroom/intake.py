@@ -122,10 +122,11 @@ class Intake:
                 user = self.rooms.member(room, member_key)
                 name = user.username
             self._take(buckets)
-            server_id = new_message_id()
+            server_id = None
             if dedup_key is not None:
                 # Remembered before it is stored: a process killed between the two leaves
                 # a redelivery recognised as a duplicate, never a second copy.
+                server_id = new_message_id()
                 self.dedup.remember(dedup_key, server_id)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
                                       client_id=client_id if sub.source == MQTT else None,

@@ -63,7 +63,7 @@ class Message:
     seq: int = 0
     type: str = USER_MESSAGE
     timestamp: str = field(default_factory=utc_timestamp)
-    message_id: str = field(default_factory=lambda: new_message_id())
+    message_id: str = field(default_factory=new_message_id)
     client_id: str | None = None
     client_message_id: str | None = None
     data: dict | None = None

@@ -167,8 +167,8 @@ class Rooms:
         with self._lock:
             current = self.presence.member(room, key)
             if current is not None and current.requested == name:
-                self.presence.touch(room, key, self.clock())
                 current.last_seen = self.clock()
+                self.presence.touch(room, key, current.last_seen)
                 return JoinResult(current, UNCHANGED)
             return self._join(room, self.presence.members(room), key, name, source, client_id,
                               private_id, on_clash)
@@ -247,10 +247,6 @@ class Rooms:
         """True when a present member of `room` holds `name` (by name key)."""
         return self._holder(self.presence.members(room), self.name_key(name))[1] is not None
 
-    def touch(self, room: str, key: MemberKey) -> None:
-        """A sign of life from a member: it is not silent."""
-        self.presence.touch(room, key, self.clock())
-
     def touch_present(self, room: str, key: MemberKey, requested: str | None = None) -> User | None:
         """A member about to post, if present (under the name it asked for, when given):
         marked alive and its message counted. None: it must join or rename first."""
@@ -280,15 +276,17 @@ class Rooms:
              type: str = USER_MESSAGE, reply_to: str | None = None,
              message_id: str | None = None, units: dict | None = None) -> Message:
         """Store a chat message, give it the room's next seq and hand it to listeners."""
+        # A caller may choose the id: the assistant streams under the id its reply will have,
+        # the intake remembers a message's id for dedup before it is stored.
+        given_id = {} if message_id is None else {"message_id": message_id}
+
         def build(seq: int) -> Message:
-            message = Message(
+            return Message(
                 username=username, content=content, room=room, source=source,
                 seq=seq, type=type, client_id=client_id,
                 client_message_id=client_message_id, data=data, reply_to=reply_to, units=units,
+                **given_id,
             )
-            if message_id is not None:  # the assistant streams under the id its reply will have
-                message.message_id = message_id
-            return message
 
         with self._lock:
             # Stored before anyone sees it: history never lacks a published message.
@@ -300,11 +298,13 @@ class Rooms:
                 self.history.append(message)
             self._posted[room] += 1
             self._posted_total += 1
-            if sender is not None:
-                try:
+            try:
+                if sender is not None:
                     self.presence.count_message(room, sender)
-                except Unavailable:  # stored already: a lost count must not make the sender retry
-                    log.warning("message count of %s in %s not updated: shared state unavailable", sender, room)
+                if len(self._posted) > self.max_rooms:  # posts to rooms nobody is in (HTTP)
+                    self._drop_posted_of_empty_rooms()
+            except Unavailable:  # stored already: lost bookkeeping must not make the sender retry
+                log.warning("bookkeeping of a message in %s skipped: shared state unavailable", room)
             self._publish(message)
             return message
 
@@ -332,13 +332,16 @@ class Rooms:
         }
 
     def posted_per_room(self) -> dict[str, int]:
-        """Messages posted here since start, for the rooms that have members now
-        (the others are dropped, so the table is bounded by the live rooms)."""
-        live = set(self.presence.rooms())
+        """Messages posted here since start, for the rooms that have members now."""
         with self._lock:
-            for room in [room for room in self._posted if room not in live]:
-                del self._posted[room]
+            self._drop_posted_of_empty_rooms()
             return dict(self._posted)
+
+    def _drop_posted_of_empty_rooms(self) -> None:
+        """Keeps the per-room counts bounded by the live rooms (strangers choose room names)."""
+        live = set(self.presence.rooms())
+        for room in [room for room in self._posted if room not in live]:
+            del self._posted[room]
 
     def member_counts(self) -> dict[str, dict[str, int]]:
         """For each room with members: how many of each source (web, mqtt)."""

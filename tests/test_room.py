@@ -192,3 +192,16 @@ def test_listener_can_ask_for_some_event_types_only(rooms):
     rooms.announce("lobby", "bridge_online", "back")
     assert rooms.drain()
     assert [type(e).__name__ for e in messages_only] == ["Message"]
+
+
+def test_per_room_counts_stay_bounded_by_posts_to_rooms_nobody_is_in(tmp_path):
+    """PROTOCOL 9: strangers choose room names (HTTP posts need no membership); the per-room
+    message counts behind /metrics keep only rooms with members, however many are posted to."""
+    rooms = Rooms(MessageStore(str(tmp_path / "c.db")), max_rooms=3)
+    rooms.join("kept", ("web", "s1"), "Ana", "web")
+    for number in range(50):
+        rooms.post(f"room{number}", "op", "hi", "http")
+    rooms.post("kept", "Ana", "hi", "web")
+    assert len(rooms._posted) <= 4  # the counts table itself, not only what /metrics shows
+    assert rooms.posted_per_room() == {"kept": 1}
+    rooms.close()
