@@ -65,6 +65,8 @@ return {user, ARGV[3], tostring(count)}
 _IF_MEMBER_INCR = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
 """
+
+
 def _unavailable_when_redis_is_down(cls):
     """Every public method: a Redis that does not answer is `Unavailable`, not a traceback."""
     for name, method in list(vars(cls).items()):
@@ -93,6 +95,11 @@ def _field(key: MemberKey) -> str:
 def _key(field: bytes | str) -> MemberKey:
     value = json.loads(field)
     return tuple(value) if isinstance(value, list) else value
+
+
+def _web_entry(room: str, field: str) -> str:
+    """An entry of an instance's set of web members (InstanceRegistry.web_members reads it)."""
+    return f"{room}\t{field}"
 
 
 @_unavailable_when_redis_is_down
@@ -154,7 +161,7 @@ class RedisPresence:
         pipe.hset(counts, field, user.message_count)
         pipe.sadd(f"{self.prefix}rooms", room)
         if user.source == WEB:
-            pipe.sadd(f"{self.prefix}web:{self.instance_id}", f"{room}\t{field}")
+            pipe.sadd(f"{self.prefix}web:{self.instance_id}", _web_entry(room, field))
         pipe.execute()
 
     def remove(self, room: str, key: MemberKey) -> User | None:
@@ -165,7 +172,7 @@ class RedisPresence:
         raw, seen, count = reply
         owner = json.loads(raw).get("instance")
         if owner:
-            self.redis.srem(f"{self.prefix}web:{owner}", f"{room}\t{field}")
+            self.redis.srem(f"{self.prefix}web:{owner}", _web_entry(room, field))
         return self._user(raw, seen, count)
 
     def touch(self, room: str, key: MemberKey, when: float) -> None:

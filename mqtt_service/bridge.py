@@ -105,11 +105,12 @@ class MqttBridge:
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
         self.ha_status_topic = f"{settings.ha_discovery_prefix}/status"
-        shared = settings.mqtt_shared_group  # several instances (PROTOCOL 8)
-        self.state_topic = self.topics.bridge_state(settings.instance_id if shared else "")
+        # Several instances (PROTOCOL 8): each has its own state topic; they relay as one device.
+        instance = settings.instance_id if settings.mqtt_shared_group else ""
+        self.state_topic = self.topics.bridge_state(instance)
         self.devices = DeviceTopics(
-            Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix, shared or settings.mqtt_client_id,
-                      settings.instance_id if shared else None),
+            Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix,
+                      settings.mqtt_shared_group or settings.mqtt_client_id, instance or None),
             self.publish_retained, settings.ha_discovery, *device_history)
         self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
         self.qos = settings.mqtt_qos

@@ -15,6 +15,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from .topics import Topics
+
 ORIGIN = {"name": "chatroom relay"}
 
 # key (as devices commonly name it) -> (device_class, unit, state_class)
@@ -87,8 +89,7 @@ class Discovery:
         self.bridge_id = f"chatroom_bridge_{topic_id(bridge_client_id)}"
         self.bridge_client_id = bridge_client_id
         self.instance_id = instance_id
-        self.bridge_state_topic = (f"{topic_prefix}/bridge/{instance_id}/state" if instance_id
-                                   else f"{topic_prefix}/bridge/state")
+        self.bridge_state_topic = Topics(topic_prefix).bridge_state(instance_id or "")
 
     def state_topic(self, client_id: str) -> str:
         return f"{self.prefix}/devices/{topic_id(client_id)}/state"
