@@ -57,6 +57,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def wait_listening(proc: subprocess.Popen, port: int, name: str, log: Path) -> None:
+    """Wait until a service we started listens on `port`; if it exited, fail with its log."""
+    wait_for(lambda: port_open(port) or proc.poll() is not None, what=f"{name} on port {port}")
+    if proc.poll() is not None:
+        raise RuntimeError(f"{name} failed to start: {log.read_text()[-2000:]}")
+
+
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
     """Signal a process by PID, wait, then kill it if it does not go."""
     if proc.poll() is None:
@@ -114,10 +121,7 @@ class Mosquitto:
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)] + (["-v"] if self.verbose else []), stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None,
-                 what=f"mosquitto on port {self.port}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"mosquitto failed to start: {self.log.read_text()[-2000:]}")
+        wait_listening(self.proc, self.port, "mosquitto", self.log)
         return self
 
     def stop(self) -> None:
@@ -158,9 +162,7 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir), "--logfile", str(self.log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, what=f"redis on {self.port}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server failed to start: {self.log.read_text()[-2000:]}")
+        wait_listening(self.proc, self.port, "redis-server", self.log)
         return self
 
     def stop(self) -> None:
