@@ -17,7 +17,7 @@ from conftest import app_env
 from devices import DeviceProcess
 from support import ROOT, TIMEOUT, MqttProbe
 
-ORIGINAL = ROOT.parent / "shared" / "original"
+ORIGINAL = ROOT / "tests" / "original"  # copies of ../shared/original (tests/original/README.md)
 COMPAT = ROOT / ".venv" / "compat"  # paho-mqtt 1.6.1, installed by `make test`
 PUBSUBCLIENT_DEFAULT_BUFFER = 256
 
