@@ -26,7 +26,7 @@ run: $(VENV)/.installed
 	$(PY) -m tools.run
 
 # Several instances on this machine (docs/SCALING.md): a broker, Redis (started here
-# unless REDIS_URL is set) and INSTANCES servers on PORT, PORT+1, ...; Ctrl-C stops all.
+# unless REDIS_URL is set) and INSTANCES servers on PORT, PORT+1, ... (or --ports); Ctrl-C stops all.
 INSTANCES ?= 2
 cluster: $(VENV)/.installed
 	$(PY) -m tools.cluster --instances $(INSTANCES)

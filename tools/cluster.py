@@ -64,6 +64,7 @@ def instance_env(base: dict, index: int, port: int, redis_url: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--ports", type=int, nargs="+", help="the instances' web ports (default PORT, PORT+1, ...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     load_dotenv(ROOT / ".env", override=False)
@@ -83,17 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         for proc in started:
             proc.terminate()
         return status
-    first_port = settings.port
+    ports = args.ports or [settings.port + index for index in range(args.instances)]
     servers = []
-    for index in range(args.instances):
-        env = instance_env(dict(os.environ), index, first_port + index, redis_url)
+    for index, port in enumerate(ports):
+        env = instance_env(dict(os.environ), index, port, redis_url)
         servers.append(subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=str(ROOT), env=env))
     started = servers + started
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log.info("cluster: %s | Redis %s | Ctrl-C stops it",
-             " ".join(f"http://127.0.0.1:{first_port + i}" for i in range(args.instances)), redis_url)
+             " ".join(f"http://127.0.0.1:{port}" for port in ports), redis_url)
     while not stop.wait(1.0):
         if any(server.poll() is not None for server in servers):
             log.error("an instance exited; stopping the cluster")
