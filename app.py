@@ -158,6 +158,9 @@ def create_app(settings: Settings) -> Flask:
     store = open_history(settings.database_url, settings.database_path)
     rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members,
                   max_rooms=settings.max_rooms,
+                  # One process on a SQLite file: MQTT bursts are committed in groups.
+                  # Several instances number each message in its own transaction instead.
+                  group_commit=not shared and not settings.database_url,
                   # Liveness compared across processes needs the wall clock.
                   **({"presence": shared.presence, "clock": time.time} if shared else {}))
     rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)

@@ -10,6 +10,13 @@ Each listener has its own queue and worker thread, fed in `seq` order while the
 room lock is held, so a slow listener (the assistant, a broker that is down)
 never delays the others, and every listener sees events in the order they
 happened.
+
+Group commit (`batch`, `flush`): a thread that relays a burst (the MQTT bridge)
+posts inside `with rooms.batch():`. Its messages go into one open store
+transaction and its events wait in `_staged`; `flush` commits, then hands the
+whole batch to each listener as one queue item. Anyone else who posts or
+publishes while a batch is open flushes it first, so "stored before published"
+and the one event order hold for everyone.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable, Protocol
 
@@ -55,6 +63,8 @@ Listener = Callable[[RoomEvent], None]
 
 class History(Protocol):
     def append(self, message: Message) -> None: ...
+    def append_to_batch(self, message: Message) -> None: ...
+    def commit_batch(self) -> None: ...
     def append_next(self, room: str, build: Callable[[int], Message]) -> Message: ...
     def last_seq(self, room: str) -> int: ...
     def has_message(self, message_id: str) -> bool: ...
@@ -82,11 +92,16 @@ class _ListenerWorker:
             if isinstance(item, threading.Event):  # a drain() marker
                 item.set()
                 continue
-            try:
-                self.callback(item)
-            except Exception:
-                self.on_failure()
-                log.exception("listener %s failed on %s", self.name, type(item).__name__)
+            # A flushed batch comes as one list: one wake-up of this thread for all of it.
+            for event in item if isinstance(item, list) else (item,):
+                try:
+                    self.callback(event)
+                except Exception:
+                    self.on_failure()
+                    log.exception("listener %s failed on %s", self.name, type(event).__name__)
+
+    def wants(self, event: RoomEvent) -> bool:
+        return not self.events or isinstance(event, self.events)
 
     def drain(self, timeout: float) -> bool:
         marker = threading.Event()
@@ -105,11 +120,13 @@ class Rooms:
     knows no Unicode tables); `clock` is seconds, for liveness (monotonic in one
     process; wall-clock when the presence is shared by several); `presence`
     stores members and seq (this process by default, Redis for several instances).
+    `group_commit`: `batch()` really batches (one process on a SQLite file); off, it
+    changes nothing and every message is committed on its own.
     """
 
     def __init__(self, history: History, name_key: Callable[[str], str] = str.casefold,
                  max_members: int = 1000, clock: Callable[[], float] = time.monotonic,
-                 max_rooms: int = 1000, presence: Presence | None = None):
+                 max_rooms: int = 1000, presence: Presence | None = None, group_commit: bool = False):
         self.history = history
         self.name_key = name_key
         self.max_members = max_members
@@ -121,6 +138,12 @@ class Rooms:
         self._workers: list[_ListenerWorker] = []
         self._posted: Counter[str] = Counter()
         self.listener_failures = 0
+        self.group_commit = group_commit
+        # Threads posting into the open batch (idents: eventlet's green locals cost ~2 µs a look).
+        self._batching: set[int] = set()
+        self._batch_open = False            # messages sit in an uncommitted store transaction
+        self._staged: list[RoomEvent] = []  # the open batch's events, in order
+        self.messages_lost = 0              # stored in a batch whose commit failed
 
     # --- listeners ------------------------------------------------------------
 
@@ -133,11 +156,13 @@ class Rooms:
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until every listener has handled every event published so far."""
         with self._lock:
+            self._flush()
             workers = list(self._workers)
         return all(worker.drain(timeout) for worker in workers)
 
     def close(self, timeout: float = 5.0) -> None:
         with self._lock:
+            self._flush()
             workers, self._workers = self._workers, []
         for worker in workers:
             worker.stop(timeout)
@@ -148,9 +173,65 @@ class Rooms:
 
     def _publish(self, event: RoomEvent) -> None:
         # Called with the lock held: the queues receive events in seq order.
+        if self._in_batch():
+            self._staged.append(event)
+            return
+        self._flush()  # another thread's open batch goes first
         for worker in self._workers:
-            if not worker.events or isinstance(event, worker.events):
+            if worker.wants(event):
                 worker.queue.put(event)
+
+    # --- group commit -----------------------------------------------------------
+
+    def _in_batch(self) -> bool:
+        return bool(self._batching) and threading.get_ident() in self._batching
+
+    @contextmanager
+    def batch(self):
+        """Posts and events of this thread join the open batch until `flush` (called by
+        anyone) commits it and publishes its events. Never holds the lock across the
+        block: other threads post in between (flushing the batch first)."""
+        if not self.group_commit:
+            yield
+            return
+        ident = threading.get_ident()
+        self._batching.add(ident)
+        try:
+            yield
+        finally:
+            self._batching.discard(ident)
+
+    @property
+    def pending_events(self) -> int:
+        """Events of the open batch, not yet handed to the listeners."""
+        return len(self._staged)
+
+    def flush(self) -> None:
+        """Commit the open batch, then hand its events to the listeners (stored before published)."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        # Called with the lock held.
+        if not self._batch_open and not self._staged:
+            return
+        staged, self._staged = self._staged, []
+        if self._batch_open:
+            self._batch_open = False
+            try:
+                self.history.commit_batch()
+            except Exception:
+                # Not stored, so not published: the same loss as a failed single insert.
+                lost = [event for event in staged if isinstance(event, Message)]
+                staged = [event for event in staged if not isinstance(event, Message)]
+                self.messages_lost += len(lost)
+                log.exception("history commit failed: %d messages lost", len(lost))
+        for worker in self._workers:
+            wanted = [event for event in staged if worker.wants(event)]
+            if len(wanted) == 1:
+                worker.queue.put(wanted[0])
+            elif wanted:
+                worker.queue.put(wanted)
 
     # --- rooms and presence ---------------------------------------------------
 
@@ -290,9 +371,16 @@ class Rooms:
 
         with self._lock:
             # Stored before anyone sees it: history never lacks a published message.
+            batched = self._in_batch()
+            if not batched:
+                self._flush()  # an open batch is committed before this message is stored
             seq = self.presence.next_seq(room, lambda: self.history.last_seq(room))
             if seq is None:  # several instances: the store numbers the room (gap-free)
                 message = self.history.append_next(room, build)
+            elif batched:
+                message = build(seq)
+                self._batch_open = True  # before: a failed insert still leaves a transaction to end
+                self.history.append_to_batch(message)
             else:
                 message = build(seq)
                 self.history.append(message)
@@ -320,6 +408,7 @@ class Rooms:
             self._publish(event)
 
     def history_of(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]:
+        self.flush()  # history shows only what is committed
         return self.history.recent(room, limit, before_seq)
 
     # --- numbers for /mqtt/status and /metrics ----------------------------------

@@ -7,6 +7,12 @@ event is published on `P/messages/out` / `P/system`, once, in seq order, and
 the device topics / Home Assistant configs (devices.py) go through the same
 ordered, bounded publisher.
 
+Group commit: with `rooms.group_commit`, inbound messages are handled inside
+`rooms.batch()` and acknowledged by hand (paho's manual ack): a flusher thread
+commits the batch, publishes it, then sends the PUBACKs. Under eventlet it runs
+when paho's loop yields, after a whole read burst, so one commit covers the
+burst; a broker that redelivers an unacknowledged message finds it stored.
+
 Why the bridge keeps its own outbox: paho's queue drops the *newest* message
 when full and counts nothing. While the broker is unreachable, room traffic
 waits here (bounded, oldest dropped and counted) and is published on
@@ -57,6 +63,9 @@ TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
 # An optional publication (device topics, HA discovery) followed within this many seconds
 # by the broker closing the connection, twice in a row, is taken as refused.
 REFUSAL_SECONDS = 0.5
+# Group commit: the paho thread commits by itself once this many messages wait for
+# their PUBACK (a broker that keeps the socket busy never lets the flusher run).
+MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,8 @@ class MqttBridge:
                       settings.mqtt_shared_group or settings.mqtt_client_id, instance or None),
             self.publish_retained, settings.ha_discovery, *device_history)
         self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
+        # Every publication's topic is checked; a room's few topics are checked once (bounded).
+        self._topic_problem = functools.lru_cache(maxsize=4096)(topic_name_problem)
         self.qos = settings.mqtt_qos
         self.compact = settings.mqtt_out_format == "compact"  # the original project's 5 fields
         self._client: mqtt.Client | None = None
@@ -141,6 +152,12 @@ class MqttBridge:
         self._acks = threading.Condition()
         self._unacked = 0
 
+        # Group commit: inbound (mid, qos) handled into the open batch, to PUBACK once committed.
+        self.group_commit = rooms.group_commit
+        self._acks_due: list[tuple[int, int]] = []
+        self._acks_due_lock = threading.Lock()
+        self._flush_wanted = threading.Event()
+
     # --- lifecycle --------------------------------------------------------------
 
     @property
@@ -164,6 +181,7 @@ class MqttBridge:
             client_id=settings.mqtt_client_id,
             clean_session=False,  # persistent session: messages sent while we restart wait for us
             protocol=mqtt.MQTTv311,
+            manual_ack=self.group_commit,  # PUBACK once the batch holding the message is committed
         )
         client.enable_logger(logging.getLogger("paho.mqtt"))
         client.suppress_exceptions = True  # second net under _guarded
@@ -183,6 +201,8 @@ class MqttBridge:
         client.on_publish = self.on_publish
         self._client = client
         self._running = True
+        if self.group_commit:
+            threading.Thread(target=self._run_flusher, name="mqtt-batch-flusher", daemon=True).start()
         log.info("MQTT bridge connecting to %s:%s as %s", settings.mqtt_broker,
                  settings.mqtt_port, settings.mqtt_client_id)
         client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=30)
@@ -194,6 +214,7 @@ class MqttBridge:
             return
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        self._commit_and_ack()  # the open batch reaches the room and its PUBACKs the broker
         self._publish(_Outgoing(self.state_topic, dumps({"state": "offline"}).encode(),
                                 qos=1, retain=True))
         # Waiting only helps while the broker is there to take the messages.
@@ -204,6 +225,8 @@ class MqttBridge:
                         len(self._outbox), self._unacked)
         self._client.disconnect()
         self._client.loop_stop()
+        self.rooms.flush()  # what the loop handled since is stored (its PUBACKs can no longer go)
+        self._flush_wanted.set()  # the flusher sees _stopping and ends
         self._running = False
         self._connected = False
         log.info("MQTT bridge stopped")
@@ -333,6 +356,44 @@ class MqttBridge:
 
     @_guarded
     def on_message(self, client, userdata, message):
+        if not self.group_commit:
+            self._receive(message)  # paho sends the PUBACK when this returns
+            return
+        try:
+            with self.rooms.batch():
+                self._receive(message)
+        finally:
+            # Acknowledged whatever happened to it (as paho does): an unacknowledged
+            # message would hold one of the broker's in-flight slots for ever.
+            with self._acks_due_lock:
+                self._acks_due.append((message.mid, message.qos))
+                due = len(self._acks_due)
+            if due >= MAX_BATCH:
+                self._commit_and_ack()
+            elif not self._flush_wanted.is_set():  # set() takes a lock: once per batch is enough
+                self._flush_wanted.set()
+
+    def _run_flusher(self) -> None:
+        while not self._stopping.is_set():
+            self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                self._commit_and_ack()
+            except Exception:
+                self.stats.add("handler_errors")
+                log.exception("MQTT batch flush failed")
+
+    def _commit_and_ack(self) -> None:
+        """Commit and publish the open batch, then acknowledge the messages in it."""
+        with self._acks_due_lock:  # taken before the commit: each of these is in the batch
+            due, self._acks_due = self._acks_due, []
+        try:
+            self.rooms.flush()
+        finally:
+            for mid, qos in due:
+                self._client.ack(mid, qos)
+
+    def _receive(self, message) -> None:
         self.stats.received()
         if message.topic == self.ha_status_topic:
             self.devices.on_ha_status(message.payload)
@@ -420,7 +481,7 @@ class MqttBridge:
         if self._refused_families and self._family(item.topic) in self._refused_families:
             self.stats.add("messages_dropped")  # the broker refuses these (see _notice_takeover)
             return
-        problem = topic_name_problem(item.topic)
+        problem = self._topic_problem(item.topic)
         if problem is not None:
             # Poison: the broker would drop our connection for it, and paho would
             # send it again after every reconnect. Drop it here, once, counted.

@@ -205,3 +205,96 @@ def test_per_room_counts_stay_bounded_by_posts_to_rooms_nobody_is_in(tmp_path):
     assert len(rooms._posted) <= 4  # the counts table itself, not only what /metrics shows
     assert rooms.posted_per_room() == {"kept": 1}
     rooms.close()
+
+
+# --- group commit -------------------------------------------------------------------
+
+@pytest.fixture
+def batching(tmp_path):
+    store = MessageStore(str(tmp_path / "chat.db"))
+    rooms = Rooms(store, group_commit=True)
+    yield rooms, str(tmp_path / "chat.db")
+    rooms.close()
+    store.close()
+
+
+def committed_contents(path, room="lobby"):
+    """What another connection (another process) sees: only committed rows."""
+    other = MessageStore(path)
+    try:
+        return [m.content for m in other.recent(room, 100)]
+    finally:
+        other.close()
+
+
+def test_a_batch_is_neither_published_nor_committed_before_flush(batching):
+    """Posts in `batch()` wait in one transaction; `flush` commits, then publishes them in order."""
+    rooms, path = batching
+    events = collect(rooms)
+    with rooms.batch():
+        for i in range(3):
+            rooms.post("lobby", "dev", f"m{i}", "mqtt")
+    assert rooms.pending_events == 3 and committed_contents(path) == []
+    rooms.flush()
+    assert rooms.pending_events == 0
+    assert committed_contents(path) == ["m0", "m1", "m2"]
+    assert rooms.drain()
+    assert [(e.content, e.seq) for e in events] == [("m0", 1), ("m1", 2), ("m2", 3)]
+
+
+def test_another_thread_posting_during_a_batch_lands_after_it(batching):
+    """A web post while an MQTT batch is open commits and publishes the batch first: one order."""
+    rooms, path = batching
+    events = collect(rooms)
+    with rooms.batch():
+        rooms.join("lobby", ("mqtt", "d"), "dev", "mqtt", client_id="d")
+        rooms.post("lobby", "dev", "from the device", "mqtt")
+    web = threading.Thread(target=lambda: rooms.post("lobby", "Alice", "from the web", "web"))
+    web.start()
+    web.join(10)
+    assert committed_contents(path) == ["from the device", "from the web"]
+    assert rooms.drain()
+    assert [getattr(e, "content", getattr(e, "event", None)) for e in events if not isinstance(e, PresenceChanged)] \
+        == ["join", "from the device", "from the web"]
+    assert [e.seq for e in events if isinstance(e, Message)] == [1, 2]
+
+
+def test_history_shows_an_open_batch_only_once_committed(batching):
+    rooms, path = batching
+    events = collect(rooms)
+    with rooms.batch():
+        rooms.post("lobby", "dev", "reading", "mqtt")
+    assert [m.content for m in rooms.history_of("lobby", 10)] == ["reading"]
+    assert committed_contents(path) == ["reading"]
+    assert rooms.drain() and [e.content for e in events] == ["reading"]
+
+
+def test_a_failed_commit_publishes_none_of_the_batch_and_counts_it(batching, monkeypatch):
+    """Not stored, so not published (the system events still are); the loss is counted."""
+    rooms, path = batching
+    events = collect(rooms)
+    with rooms.batch():
+        rooms.join("lobby", ("mqtt", "d"), "dev", "mqtt", client_id="d")
+        rooms.post("lobby", "dev", "one", "mqtt")
+        rooms.post("lobby", "dev", "two", "mqtt")
+
+    def full_disk():
+        rooms.history._db.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL
+        raise __import__("sqlite3").OperationalError("database or disk is full")
+    monkeypatch.setattr(rooms.history, "commit_batch", full_disk)
+    rooms.flush()
+    monkeypatch.undo()
+    assert rooms.drain()
+    assert rooms.messages_lost == 2
+    assert [type(e).__name__ for e in events] == ["SystemEvent", "PresenceChanged"]
+    assert committed_contents(path) == []
+    assert rooms.post("lobby", "Alice", "after", "web").content == "after"  # the store still works
+    assert committed_contents(path) == ["after"]
+
+
+def test_without_group_commit_a_batch_changes_nothing(rooms):
+    events = collect(rooms)
+    with rooms.batch():
+        rooms.post("lobby", "dev", "at once", "mqtt")
+    assert rooms.pending_events == 0
+    assert rooms.drain() and [e.content for e in events] == ["at once"]
