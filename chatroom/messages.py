@@ -27,8 +27,8 @@ MAX_MESSAGE_ID_CHARS = 128
 
 def utc_timestamp(now: datetime | None = None) -> str:
     """ISO 8601 UTC with milliseconds and a `+00:00` offset, as PROTOCOL asks."""
-    moment = now or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    moment = datetime.now(timezone.utc) if now is None else now.astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def dumps(obj: Any) -> str:

@@ -9,6 +9,7 @@ own tables, maintained), not from a hand-copied table.
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 from typing import Any, Iterable
 
 from disarm import skeleton_key
@@ -21,6 +22,9 @@ MAX_USERNAME_CHARS = 32
 # Bidirectional overrides and isolates reorder the text around a name on screen:
 # `Bob\u202e` can make a line read as if someone else wrote it.
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Devices repeat their name in every message: the checks of a short name are remembered
+# (bounded; longer values, whitespace padding included, are checked each time).
+_CACHED_NAMES, _CACHED_NAME_CHARS = 4096, 64
 
 
 def name_key(name: str) -> str:
@@ -34,11 +38,16 @@ class NameRules:
 
     def __init__(self, reserved: Iterable[str] = ()):
         self._reserved = {name_key(name) for name in (SYSTEM_NAME, *reserved)}
+        self._checked = lru_cache(maxsize=_CACHED_NAMES)(self._check)
 
     def display_name(self, value: Any) -> str:
         """A valid name as it will be shown (trimmed), or ValidationError `bad_name`."""
         if not isinstance(value, str):
             raise ValidationError("bad_name", "username must be a string")
+        # A refusal raises, so only accepted names are remembered.
+        return self._checked(value) if len(value) <= _CACHED_NAME_CHARS else self._check(value)
+
+    def _check(self, value: str) -> str:
         name = value.strip()
         if not 1 <= len(name) <= MAX_USERNAME_CHARS:
             raise ValidationError("bad_name", f"username must be 1-{MAX_USERNAME_CHARS} characters")

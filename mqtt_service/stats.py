@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import datetime, timezone
 
 from chatroom.messages import utc_timestamp
 
@@ -25,7 +26,7 @@ class BridgeStats:
         self._rejections: Counter[str] = Counter()
         self.last_error: str | None = None
         self.connect_time: str | None = None
-        self.last_message_time: str | None = None
+        self._last_message_at: datetime | None = None  # formatted when asked: received() is per message
 
     def add(self, counter: str, amount: int = 1) -> None:
         with self._lock:
@@ -34,7 +35,7 @@ class BridgeStats:
     def received(self) -> None:
         with self._lock:
             self._counts["messages_received"] += 1
-            self.last_message_time = utc_timestamp()
+            self._last_message_at = datetime.now(timezone.utc)
 
     def rejected(self, code: str) -> None:
         with self._lock:
@@ -51,6 +52,11 @@ class BridgeStats:
     def error(self, text: str) -> None:
         with self._lock:
             self.last_error = text
+
+    @property
+    def last_message_time(self) -> str | None:
+        moment = self._last_message_at
+        return utc_timestamp(moment) if moment is not None else None
 
     def snapshot(self) -> dict:
         with self._lock:
