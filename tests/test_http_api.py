@@ -133,6 +133,7 @@ def test_metrics_exposes_bridge_and_room_counters(make_app, probe_for):
     assert 'chatroom_room_messages_total{room="lobby"} 1.0' in text
     assert "chatroom_mqtt_messages_sent_total" in text and "chatroom_mqtt_connected 1.0" in text
     assert "chatroom_socketio_clients" in text
+    assert "chatroom_messages_lost_total 0.0" in text  # batches whose history commit failed
     web.disconnect()
 
 
