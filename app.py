@@ -39,6 +39,7 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from dotenv import load_dotenv
 from flask import Flask
@@ -55,7 +56,7 @@ from chatroom.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
 from chatroom.intake import DEDUP_SECONDS, Intake
 from chatroom.limits import DedupWindow, RateLimiter
 from chatroom.logs import quiet_library_loggers
-from chatroom.messages import Message, SystemEvent
+from chatroom.messages import Message, SystemEvent, utc_timestamp
 from chatroom.metrics import ChatMetrics
 from chatroom.names import NameRules, name_key
 from chatroom.room import Rooms
@@ -156,11 +157,12 @@ def create_app(settings: Settings) -> Flask:
                                 x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies)
 
     store = open_history(settings.database_url, settings.database_path)
+    one_process_on_sqlite = not shared and not settings.database_url
     rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members,
                   max_rooms=settings.max_rooms,
-                  # One process on a SQLite file: MQTT bursts are committed in groups.
-                  # Several instances number each message in its own transaction instead.
-                  group_commit=not shared and not settings.database_url,
+                  # MQTT bursts are committed in groups. Several instances number each
+                  # message in its own transaction instead.
+                  group_commit=one_process_on_sqlite,
                   # Liveness compared across processes needs the wall clock.
                   **({"presence": shared.presence, "clock": time.time} if shared else {}))
     rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds)
@@ -168,6 +170,13 @@ def create_app(settings: Settings) -> Flask:
     intake = Intake(rooms, NameRules(reserved=(settings.ai_name,)), rate_limiter,
                     shared.dedup if shared else DedupWindow(ttl=DEDUP_SECONDS), settings.max_message_chars,
                     address_limiter, locks=shared.locks if shared else None)
+    if one_process_on_sqlite:
+        # The dedup window lives in this process: rebuilt from history, so the broker's
+        # redelivery of a message stored but not acknowledged before a crash is a duplicate.
+        since = utc_timestamp(datetime.now(timezone.utc) - timedelta(seconds=DEDUP_SECONDS))
+        recalled = intake.recall(store.device_message_ids(since))
+        if recalled:
+            log.info("dedup window: %d recent device message ids recalled from history", recalled)
 
     access = Access(settings.api_token)
     namespace = ChatNamespace(rooms, intake, settings, access)

@@ -14,7 +14,7 @@ broker, no Flask and no Socket.IO, so they are tested on their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any, Hashable, Iterable
 
 from .limits import DedupWindow, RateLimiter
 from .messages import (
@@ -172,6 +172,22 @@ class Intake:
             raise ValidationError("name_taken", f"the name {name!r} is held by a member of {room}; "
                                                 "choose another")
         return None, name, REFUSE
+
+    def recall(self, stored: Iterable[tuple[str, str, str, str]]) -> int:
+        """After a restart, remember the device messages stored within the dedup window:
+        a message stored but not yet acknowledged when the process died comes again from
+        the broker, and must be a duplicate, not a second copy.
+
+        `stored`: (room, client_id, client_message_id, message_id). The stored id lost its
+        JSON type, so an id of digits is remembered both as the number and as the string.
+        """
+        count = 0
+        for room, client_id, text, server_id in stored:
+            forms = (text, int(text)) if text.isdigit() and str(int(text)) == text else (text,)
+            for raw in forms:
+                self.dedup.remember((room, MQTT, client_id, dedup_text(raw)), server_id)
+            count += 1
+        return count
 
     # --- presence -----------------------------------------------------------------
 

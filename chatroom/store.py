@@ -155,6 +155,19 @@ class MessageStore:
                 " GROUP BY room ORDER BY MAX(r) DESC LIMIT ?", (scan, limit)).fetchall()
         return [room for (room,) in rows]
 
+    def device_message_ids(self, since: str, scan: int = 200_000) -> list[tuple[str, str, str, str]]:
+        """(room, client_id, client_message_id, message_id) of the device messages stamped at
+        or after `since` that carried their own message_id, oldest first: the dedup window
+        to rebuild after a restart. A bounded walk over the newest `scan` rows."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT room, client_id, json_extract(body, '$.client_message_id'), message_id FROM"
+                " (SELECT rowid AS r, * FROM messages ORDER BY rowid DESC LIMIT ?)"
+                " WHERE timestamp >= ? AND client_id IS NOT NULL"
+                " AND json_extract(body, '$.client_message_id') IS NOT NULL ORDER BY r",
+                (scan, since)).fetchall()
+        return [tuple(row) for row in rows]
+
     def last_messages(self, rooms: list[str]) -> dict[str, dict]:
         """For each room that has history: its newest message's seq and timestamp (one query,
         each room found through the primary key)."""

@@ -199,6 +199,31 @@ def test_duplicates_are_dropped_and_ids_compare_by_json_text(world):
     assert len(chat(world.settled())) == 3
 
 
+def test_after_a_restart_the_window_is_rebuilt_from_history(tmp_path, clock):
+    """A device message stored just before a crash (never acknowledged) comes again from
+    the broker: recalled from history, it is a duplicate, not a second copy."""
+    path = str(tmp_path / "chat.db")
+    before = MessageStore(path)
+    first = Intake(Rooms(before, name_key=name_key, clock=clock), NameRules(), RateLimiter(0, 1),
+                   DedupWindow(ttl=600, now=clock), max_message_chars=2000)
+    stored = [first.post(device(message_id=mid)).message_id for mid in ("m1", 7, "08")]
+    first.post(device(message="no id"))
+    first.post(Submission(HTTP, username="ops", text="not a device", message_id="m1", address="10.0.0.1"))
+    before.close()
+
+    store = MessageStore(path)
+    rooms = Rooms(store, name_key=name_key, clock=clock)
+    again = Intake(rooms, NameRules(), RateLimiter(0, 1), DedupWindow(ttl=600, now=clock),
+                   max_message_chars=2000)
+    assert again.recall(store.device_message_ids("2000-01-01T00:00:00.000+00:00")) == 3
+    assert [again.post(device(message_id=mid)).message_id for mid in ("m1", 7, "08")] == stored
+    assert again.post(device(message_id="m2")).outcome == POSTED
+    assert again.post(device(message_id=8)).outcome == POSTED  # "08" is not the number 8
+    assert store.device_message_ids("2999-01-01T00:00:00.000+00:00") == []  # older than the window
+    rooms.close()
+    store.close()
+
+
 def test_a_rejected_message_is_not_remembered_so_the_corrected_resend_goes_through(world):
     """Refused for its name: the same message_id with a good name is posted, not a 'duplicate'."""
     assert code_of(lambda: world.intake.post(device(username="AI", message_id="m1"))) == "bad_name"

@@ -214,3 +214,52 @@ def test_silent_mqtt_users_are_marked_left(make_app, probe_for):
     assert [u.client_id for u in app.components.device_timeout.expire()] == ["quiet"]
     probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")
     assert app.http.get("/api/users").get_json()["users"] == []
+
+
+def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, broker):
+    """Group commit: each PUBACK follows the commit of its message's batch, so a crash
+    before that commit leaves the message with the broker, which sends it again."""
+    import threading
+
+    from support import MqttProbe
+
+    app = make_app()
+    bridge, store = app.components.bridge, app.components.store
+    lock = threading.Lock()
+    counts = {"stored": 0, "committed": 0, "acked": 0, "batches": 0}
+    early = []
+    append, commit, ack = store.append_to_batch, store.commit_batch, bridge._client.ack
+
+    def counting_append(message):
+        append(message)
+        with lock:
+            counts["stored"] += 1
+
+    def counting_commit():
+        with lock:
+            stored = counts["stored"]  # at least these are in the batch being committed
+        commit()
+        with lock:
+            counts["committed"], counts["batches"] = stored, counts["batches"] + 1
+
+    def checking_ack(mid, qos):
+        with lock:
+            counts["acked"] += 1
+            if counts["acked"] > counts["committed"]:
+                early.append(mid)
+        return ack(mid, qos)
+
+    store.append_to_batch, store.commit_batch, bridge._client.ack = counting_append, counting_commit, checking_ack
+    count = 400
+    device = MqttProbe(broker.port)
+    device.client.max_inflight_messages_set(0)  # the whole burst in flight at once
+    with MqttProbe(broker.port, f"{app.prefix}/messages/out") as probe, device:
+        for i in range(count):
+            device.client.publish(f"{app.prefix}/messages/in",
+                                  json.dumps({"client_id": "esp-burst", "message": f"r{i}"}), qos=1)
+        probe.wait(f"{app.prefix}/messages/out", count=count, timeout=60)
+        wait_for(lambda: counts["acked"] == count, what="every message acknowledged")
+        app.drain()
+        assert len(probe.on(f"{app.prefix}/messages/out")) == count
+    assert early == [] and counts["committed"] == count
+    assert counts["batches"] < count  # grouped, not one commit per message
