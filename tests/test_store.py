@@ -99,3 +99,39 @@ def test_append_next_numbers_a_room_without_gaps_across_writers(store):
         assert [m.seq for m in store.recent("lobby", 500)] == list(range(1, 121))
     finally:
         other.close()
+
+
+def test_dedup_lookup_finds_messages_that_carried_their_senders_id(store):
+    """has_message serves the dedup check: it knows every message stored with a client_message_id."""
+    store.append(Message(username="d", content="with id", room="lobby", source="mqtt", seq=1,
+                         client_id="esp", client_message_id="r1", message_id="server-1"))
+    assert store.has_message("server-1") and not store.has_message("server-2")
+
+
+def test_a_database_with_the_old_unique_message_id_is_rebuilt_once_keeping_its_rows(tmp_path):
+    """Before 2026-12-04 message_id was UNIQUE (an index of random uuids on every insert)."""
+    import sqlite3
+
+    from chatroom.store import MessageStore
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.executescript("""CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL,
+        message_id TEXT NOT NULL UNIQUE, client_id TEXT, timestamp TEXT NOT NULL, body TEXT NOT NULL,
+        PRIMARY KEY (room, seq));
+        CREATE INDEX messages_by_client ON messages (client_id, seq);""")
+    messages = [Message(username="d", content=f"m{seq}", room=room, source="mqtt", seq=seq, client_id="esp",
+                        client_message_id=f"r{seq}" if seq == 2 else None)
+                for room, seq in (("b", 1), ("a", 1), ("a", 2))]
+    old.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                    [(m.room, m.seq, m.message_id, m.client_id, m.timestamp, m.to_json()) for m in messages])
+    old.commit()
+    old.close()
+    for _ in range(2):  # the second open finds nothing to do
+        store = MessageStore(path)
+        assert [m.content for m in store.recent("a", 10)] == ["m1", "m2"]
+        assert store.recent_rooms(10) == ["a", "b"]  # insertion order kept
+        assert store.has_message(messages[2].message_id)
+        unique = [row for row in store._db.execute("PRAGMA index_list(messages)") if row[3] == "u"]
+        assert unique == []
+        store.close()
