@@ -53,7 +53,8 @@ class LocalPresence:
     lock only keeps readers on other threads from seeing a dict mid-change."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        # Not re-entrant: no method calls another under it (eventlet's RLock costs twice a Lock).
+        self._lock = threading.Lock()
         self._members: dict[str, dict[MemberKey, User]] = {}
         # A room's seq is kept while it has members; otherwise the store's newest
         # message says where it continues (after a restart, too).
@@ -134,7 +135,7 @@ class LocalLocks:
     shared = False  # taking it costs nothing: every input takes it
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # never nested: each intake method takes it once
 
     def hold(self, room: str) -> ContextManager:
         return self._lock

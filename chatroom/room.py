@@ -134,7 +134,9 @@ class Rooms:
         self.clock = clock
         self.presence: Presence = presence if presence is not None else LocalPresence()
         self._posted_total = 0
-        self._lock = threading.RLock()
+        # Not re-entrant (cheaper under eventlet): methods that take it call only the
+        # unlocked helpers (_join, _flush, _publish), never each other.
+        self._lock = threading.Lock()
         self._workers: list[_ListenerWorker] = []
         self._posted: Counter[str] = Counter()
         self.listener_failures = 0
