@@ -39,6 +39,7 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass
+from types import ModuleType
 from datetime import datetime, timedelta, timezone
 
 from dotenv import load_dotenv
@@ -120,6 +121,18 @@ class Components:
             self.shared.close()
 
 
+def real_threading(async_mode: str) -> ModuleType:
+    """A threading module whose threads are OS threads: eventlet makes the usual one green,
+    and a green thread that waits on an fsync stops all of them."""
+    if async_mode == "eventlet":
+        from eventlet.patcher import original
+
+        return original("threading")
+    import threading
+
+    return threading
+
+
 def create_app(settings: Settings) -> Flask:
     app = Flask(__name__)
     app.config["SECRET_KEY"] = settings.secret_key
@@ -156,7 +169,7 @@ def create_app(settings: Settings) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
                                 x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies)
 
-    store = open_history(settings.database_url, settings.database_path)
+    store = open_history(settings.database_url, settings.database_path, real_threading(settings.async_mode))
     one_process_on_sqlite = not shared and not settings.database_url
     rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members,
                   max_rooms=settings.max_rooms,
@@ -349,6 +362,7 @@ def main() -> int:
     finally:
         components.stop()
     return 0
+
 
 
 if __name__ == "__main__":

@@ -135,3 +135,23 @@ def test_a_database_with_the_old_unique_message_id_is_rebuilt_once_keeping_its_r
         unique = [row for row in store._db.execute("PRAGMA index_list(messages)") if row[3] == "u"]
         assert unique == []
         store.close()
+
+
+def test_wal_checkpoints_run_on_their_own_thread_not_in_commits(tmp_path):
+    """With a checkpoint thread, commits never copy the WAL into the database file (their
+    fsyncs would stall the writer); the thread does, soon after."""
+    import os
+    import threading
+
+    from chatroom.store import MessageStore
+    from support import wait_for
+
+    path = str(tmp_path / "c.db")
+    store = MessageStore(path, checkpoint_threads=threading)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    empty = os.path.getsize(path)
+    for seq in range(1, 2001):
+        store.append(Message(username="d", content="x" * 200, room="lobby", source="mqtt", seq=seq))
+    wait_for(lambda: os.path.getsize(path) > empty + 400_000, what="the WAL copied into the database file")
+    store.close()
+    assert MessageStore(path).last_seq("lobby") == 2000
