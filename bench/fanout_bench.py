@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from support import Mosquitto, ServerProcess, free_port, port_open, stop_process, wait_for  # noqa: E402
 
-from bench.relay_bench import Publisher, cpu_seconds, percentile  # noqa: E402
+from bench.relay_bench import Publisher, cpu_seconds, no_collector_pauses, percentile  # noqa: E402
 from bench.ws_receivers import Receivers, receiver_process  # noqa: E402
 
 RECEIVER_PROCESSES = 4
@@ -133,13 +133,14 @@ def scenario(kind: str, broker: Mosquitto, args, workdir: Path) -> dict:
         try:
             count = int(args.steady_rate * args.seconds)
             web.expect(count)
-            start = time.perf_counter()
-            for i in range(count):
-                delay = start + i / args.steady_rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)  # pacing the load generator
-                publisher.send(n)
-                n += 1
+            with no_collector_pauses():
+                start = time.perf_counter()
+                for i in range(count):
+                    delay = start + i / args.steady_rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)  # pacing the load generator
+                    publisher.send(n)
+                    n += 1
             got, _, delays, _ = web.results()
             results["steady_p50"], results["steady_p99"] = percentile(delays, 0.5), percentile(delays, 0.99)
             results["steady_lost"] = count * args.steady_clients - got
