@@ -216,13 +216,16 @@ def test_silent_mqtt_users_are_marked_left(make_app, probe_for):
     assert app.http.get("/api/users").get_json()["users"] == []
 
 
-def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, broker):
+@pytest.mark.parametrize("max_batch", [256, 8])  # 8: the network thread commits by itself too
+def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, broker, monkeypatch, max_batch):
     """Group commit: each PUBACK follows the commit of its message's batch, so a crash
     before that commit leaves the message with the broker, which sends it again."""
     import threading
 
+    from mqtt_service import bridge as bridge_module
     from support import MqttProbe
 
+    monkeypatch.setattr(bridge_module, "MAX_BATCH", max_batch)
     app = make_app()
     bridge, store = app.components.bridge, app.components.store
     lock = threading.Lock()
