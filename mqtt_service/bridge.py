@@ -214,7 +214,6 @@ class MqttBridge:
             return
         deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._commit_and_ack()  # the open batch reaches the room and its PUBACKs the broker
         self._publish(_Outgoing(self.state_topic, dumps({"state": "offline"}).encode(),
                                 qos=1, retain=True))
         # Waiting only helps while the broker is there to take the messages.
@@ -223,11 +222,15 @@ class MqttBridge:
         if not flushed or self._outbox:
             log.warning("MQTT stop: %d outbox and %d unacknowledged messages not flushed",
                         len(self._outbox), self._unacked)
+        # The flusher kept acknowledging while we waited; these PUBACKs go out before DISCONNECT.
+        self._commit_and_ack()
         self._client.disconnect()
         self._client.loop_stop()
-        self.rooms.flush()  # what the loop handled since is stored (its PUBACKs can no longer go)
-        self._flush_wanted.set()  # the flusher sees _stopping and ends
+        # Handled in the last instant: stored, unacknowledged, so the broker sends it again
+        # after a restart (recognised then when it carries a message_id).
+        self.rooms.flush()
         self._running = False
+        self._flush_wanted.set()  # the flusher sees _running is False and ends
         self._connected = False
         log.info("MQTT bridge stopped")
 
@@ -374,9 +377,13 @@ class MqttBridge:
                 self._flush_wanted.set()
 
     def _run_flusher(self) -> None:
-        while not self._stopping.is_set():
+        # Runs until the client is stopped, not only until stop() begins: messages that
+        # arrive while the outbox drains are acknowledged too.
+        while True:
             self._flush_wanted.wait()
             self._flush_wanted.clear()
+            if not self._running:
+                return
             try:
                 self._commit_and_ack()
             except Exception:
