@@ -69,3 +69,16 @@ def test_compact_json_is_the_original_five_fields_without_spaces():
     compact = message.to_compact_json()
     assert list(json.loads(compact)) == ["type", "username", "content", "timestamp", "message_id"]
     assert ", " not in compact and '": ' not in compact
+
+
+def test_message_ids_are_random_uuid4s():
+    """PROTOCOL: the server's message_id is a uuid4 (canonical lower-case text)."""
+    import uuid
+
+    from chatroom.messages import new_message_id
+
+    ids = {new_message_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
