@@ -40,8 +40,8 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass
-from types import ModuleType
 from datetime import datetime, timedelta, timezone
+from types import ModuleType
 
 from dotenv import load_dotenv
 from flask import Flask
