@@ -185,7 +185,7 @@ class Intake:
         for room, client_id, text, server_id in stored:
             forms = (text, int(text)) if text.isdigit() and str(int(text)) == text else (text,)
             for raw in forms:
-                self.dedup.remember((room, MQTT, client_id, dedup_text(raw)), server_id)
+                self.dedup.remember(self._dedup_key(Submission(MQTT, message_id=raw), room, client_id), server_id)
             count += 1
         return count
 

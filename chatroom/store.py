@@ -239,8 +239,7 @@ class MessageStore:
             rows = self._db.execute(
                 "SELECT room, client_id, json_extract(body, '$.client_message_id'), message_id FROM"
                 " (SELECT rowid AS r, * FROM messages ORDER BY rowid DESC LIMIT ?)"
-                " WHERE timestamp >= ? AND client_id IS NOT NULL"
-                " AND json_extract(body, '$.client_message_id') IS NOT NULL ORDER BY r",
+                f" WHERE timestamp >= ? AND client_id IS NOT NULL AND {WITH_CLIENT_MESSAGE_ID} ORDER BY r",
                 (scan, since)).fetchall()
         return [tuple(row) for row in rows]
 
