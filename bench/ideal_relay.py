@@ -4,11 +4,21 @@
 PREFIX/messages/out at QoS 1 with the same paho settings as our bridge, until
 SIGTERM. No validation, no storage, no web: anything the real server does on
 top of this costs throughput, and the benchmark reports the ratio.
+
+With `--eventlet` it runs the same code on eventlet's green threads and sockets, as
+our server does by default: the difference between the two is what eventlet costs,
+before any of our own code.
 """
+import sys
+
+if "--eventlet" in sys.argv:
+    import eventlet
+
+    eventlet.monkey_patch()
+
 import json
 import os
 import signal
-import sys
 import threading
 import uuid
 from datetime import datetime, timezone

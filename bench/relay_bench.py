@@ -7,6 +7,8 @@ Measures, against a mosquitto started here (nodelay, unlimited queue):
 - throughput: N QoS 1 messages published as fast as paho allows (at most
   100 in flight), time until the last one arrives on messages/out; lossless
   or it says how many were lost;
+- the same ideal relay on eventlet's green threads and sockets (our default
+  async mode): what eventlet itself costs, before any of our code;
 - latency p50/p99 at a fixed rate: MQTT in -> MQTT out, and for our server
   also MQTT in -> a Socket.IO client in the room;
 - throughput of 1 and 2 instances with Redis and a shared subscription
@@ -200,8 +202,9 @@ class SocketLatency:
 def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     server = relay = None
-    if name == "ideal":
-        relay = subprocess.Popen([sys.executable, str(ROOT / "bench" / "ideal_relay.py"), str(broker.port), prefix])
+    if name in ("ideal", "ideal-eventlet"):
+        relay = subprocess.Popen([sys.executable, str(ROOT / "bench" / "ideal_relay.py"), str(broker.port), prefix]
+                                 + (["--eventlet"] if name == "ideal-eventlet" else []))
     elif name == "nodered":
         relay = nodered.start(args.red_js, broker.port, prefix, workdir, free_port())
     else:
@@ -291,12 +294,13 @@ def median_of(runs: list[dict], key: str, index: int | None = None) -> float:
     return statistics.median(values)
 
 
-def report(ideal: list[dict], ours: list[dict], args, red: list[dict] | None = None) -> str:
-    """The main table; with Node-RED's runs (BENCH_NODERED=1) two more columns."""
+def report(ideal: list[dict], ours: list[dict], args, peers: list[tuple[str, str, list[dict]]]) -> str:
+    """The main table: the ideal relay, this server and their ratio, then for each peer
+    (the ideal relay on eventlet; Node-RED with BENCH_NODERED=1) its figure and ours/its."""
     header = "| measurement | ideal paho relay | this server | ratio (server/ideal) |"
     rule = "|---|---|---|---|"
-    if red:
-        header += " Node-RED 4.1.8 | ratio (server/Node-RED) |"
+    for label, short, _ in peers:
+        header += f" {label} | ratio (server/{short}) |"
         rule += "---|---|"
     lines = [
         f"Runs: {args.runs} (medians), async mode `{args.async_mode}`, {args.messages} messages per throughput run, "
@@ -307,19 +311,18 @@ def report(ideal: list[dict], ours: list[dict], args, red: list[dict] | None = N
     ]
 
     def row(label: str, key: str, index: int | None, fmt: str, ours_key: str | None = None) -> None:
+        # The server's web path is compared with the others' MQTT in -> out.
+        via = " (MQTT out)" if ours_key else ""
         base, mine = median_of(ideal, key, index), median_of(ours, ours_key or key, index)
-        line = f"| {label} | {fmt.format(base)}{' (MQTT out)' if ours_key else ''} | {fmt.format(mine)} | " \
-               f"{mine / base:.2f} |"
-        if red:
-            peer = median_of(red, key, index)
-            line += f" {fmt.format(peer)}{' (MQTT out)' if ours_key else ''} | {mine / peer:.2f} |"
+        line = f"| {label} | {fmt.format(base)}{via} | {fmt.format(mine)} | {mine / base:.2f} |"
+        for _, _, runs in peers:
+            peer = median_of(runs, key, index)
+            line += f" {fmt.format(peer)}{via} | {mine / peer:.2f} |"
         lines.append(line)
 
     def total(label: str, count) -> None:
-        line = f"| {label} | {count(ideal)} | {count(ours)} | |"
-        if red:
-            line += f" {count(red)} | |"
-        lines.append(line)
+        lines.append(f"| {label} | {count(ideal)} | {count(ours)} | |"
+                     + "".join(f" {count(runs)} | |" for _, _, runs in peers))
 
     row("throughput MQTT in → out (msg/s)", "throughput", None, "{:,.0f}")
     total("messages lost in throughput runs", lambda runs: sum(r["lost"] for r in runs))
@@ -328,14 +331,13 @@ def report(ideal: list[dict], ours: list[dict], args, red: list[dict] | None = N
     for rate in args.rates:
         for label, index in (("p50", 0), ("p99", 1)):
             row(f"latency MQTT in → out {label} at {rate} msg/s (ms)", f"mqtt@{rate}", index, "{:.2f}")
-    # The server's web path is compared with the others' MQTT in -> out.
     for rate in args.rates:
         for label, index in (("p50", 0), ("p99", 1)):
             row(f"latency MQTT in → Socket.IO client {label} at {rate} msg/s (ms)", f"mqtt@{rate}", index,
                 "{:.2f}", ours_key=f"socketio@{rate}")
     for rate in args.rates:
         lines.append(f"| Socket.IO receiver's own CPU per event at {rate} msg/s (µs) | | "
-                     f"{median_of(ours, f'socketio@{rate}', 3):.0f} | |" + (" | |" if red else ""))
+                     f"{median_of(ours, f'socketio@{rate}', 3):.0f} | |" + " | |" * len(peers))
     total("messages lost in latency runs", lambda runs: sum(run[k][2] for run in runs for k in run if "@" in k))
     return "\n".join(lines)
 
@@ -361,17 +363,20 @@ def main() -> int:
     broker = Mosquitto(workdir / "mosquitto").start()
     redis = RedisServer(workdir / "redis").start() if args.instances else None
     ideal: list[dict] = []
+    green: list[dict] = []
     ours: list[dict] = []
     clusters: dict[int, list[dict]] = {count: [] for count in args.instances}
     try:
         for run in range(args.runs):
             ideal.append(run_target("ideal", broker, args, workdir))
+            green.append(run_target("ideal-eventlet", broker, args, workdir))
             ours.append(run_target("server", broker, args, workdir))
             if args.red_js:
                 red.append(run_target("nodered", broker, args, workdir))
             for count in args.instances:
                 clusters[count].append(run_cluster(count, broker, redis, args, workdir))
             print(f"run {run + 1}: ideal {ideal[-1]['throughput']:,.0f} msg/s, "
+                  f"ideal on eventlet {green[-1]['throughput']:,.0f} msg/s, "
                   f"server {ours[-1]['throughput']:,.0f} msg/s"
                   + "".join(f", {count} with Redis {runs[-1]['throughput']:,.0f} msg/s"
                             for count, runs in clusters.items()), file=sys.stderr, flush=True)
@@ -379,7 +384,8 @@ def main() -> int:
         broker.stop()
         if redis is not None:
             redis.stop()
-    sys.stdout.write(report(ideal, ours, args, red) + "\n")
+    peers = [("ideal relay on eventlet", "ideal on eventlet", green)] + ([("Node-RED 4.1.8", "Node-RED", red)] if red else [])
+    sys.stdout.write(report(ideal, ours, args, peers) + "\n")
     if args.instances:
         sys.stdout.write(cluster_report(ours, clusters) + "\n")
     return 0
