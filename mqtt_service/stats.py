@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -26,7 +27,7 @@ class BridgeStats:
         self._rejections: Counter[str] = Counter()
         self.last_error: str | None = None
         self.connect_time: str | None = None
-        self._last_message_at: datetime | None = None  # formatted when asked: received() is per message
+        self._last_message_at: float | None = None  # epoch seconds, formatted when asked: received() is per message
 
     def add(self, counter: str, amount: int = 1) -> None:
         with self._lock:
@@ -35,7 +36,7 @@ class BridgeStats:
     def received(self) -> None:
         with self._lock:
             self._counts["messages_received"] += 1
-            self._last_message_at = datetime.now(timezone.utc)
+            self._last_message_at = time.time()
 
     def rejected(self, code: str) -> None:
         with self._lock:
@@ -56,7 +57,7 @@ class BridgeStats:
     @property
     def last_message_time(self) -> str | None:
         moment = self._last_message_at
-        return utc_timestamp(moment) if moment is not None else None
+        return utc_timestamp(datetime.fromtimestamp(moment, timezone.utc)) if moment is not None else None
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -1,6 +1,8 @@
 """The MQTT bridge against a real mosquitto: topics, payloads, errors, counters."""
 import json
+import re
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -161,7 +163,9 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     # the retained online state, the bridge_online event in the lobby (every connect, the first too)
     # and the bridge's Home Assistant discovery config
     wait_for(lambda: app.status()["mqtt_status"]["messages_sent"] == 3, what="online state acknowledged")
+    assert app.status()["mqtt_status"]["last_message_time"] is None
     p = app.prefix
+    before = datetime.now(timezone.utc)
     probe.publish(f"{p}/users/join", {"client_id": "a", "username": "Alpha"})          # join event
     probe.publish(f"{p}/messages/in", {"client_id": "a", "message": "1", "message_id": "x"})  # out
     probe.publish(f"{p}/messages/in", {"client_id": "a", "message": "1", "message_id": "x"})  # duplicate
@@ -189,6 +193,10 @@ def test_status_counters_are_exact_after_a_known_sequence(make_app, probe_for):
     assert f"{p}/messages/in" in status["active_topics"]
     assert status["broker_info"]["client_id"] == app.settings.mqtt_client_id
     assert body["room"] == {"rooms": 1, "web_users": 0, "messages_total": 2}
+    # When the last one arrived, in PROTOCOL's timestamp format (milliseconds, +00:00).
+    last = status["last_message_time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", last), last
+    assert before - timedelta(seconds=1) <= datetime.fromisoformat(last) <= datetime.now(timezone.utc)
 
 
 def test_a_device_under_a_present_web_users_name_is_shown_with_a_number(make_app, probe_for):
