@@ -25,7 +25,6 @@ import queue
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable, Protocol
 
@@ -114,6 +113,27 @@ class _ListenerWorker:
         self.thread.join(timeout)
 
 
+class _ThreadBatch:
+    """`with rooms.batch():` for the calling thread. A class rather than a generator
+    context manager: the bridge enters one per MQTT message."""
+
+    __slots__ = ("rooms", "ident")
+
+    def __init__(self, rooms: "Rooms"):
+        self.rooms = rooms
+        self.ident: int | None = None
+
+    def __enter__(self) -> None:
+        if self.rooms.group_commit:
+            self.ident = threading.get_ident()
+            self.rooms._batching.add(self.ident)
+
+    def __exit__(self, *exc_info) -> bool:
+        if self.ident is not None:
+            self.rooms._batching.discard(self.ident)
+        return False
+
+
 class Rooms:
     """All rooms of this server. Thread-safe.
 
@@ -189,20 +209,11 @@ class Rooms:
     def _in_batch(self) -> bool:
         return bool(self._batching) and threading.get_ident() in self._batching
 
-    @contextmanager
-    def batch(self):
+    def batch(self) -> "_ThreadBatch":
         """Posts and events of this thread join the open batch until `flush` (called by
         anyone) commits it and publishes its events. Never holds the lock across the
         block: other threads post in between (flushing the batch first)."""
-        if not self.group_commit:
-            yield
-            return
-        ident = threading.get_ident()
-        self._batching.add(ident)
-        try:
-            yield
-        finally:
-            self._batching.discard(ident)
+        return _ThreadBatch(self)
 
     @property
     def pending_events(self) -> int:

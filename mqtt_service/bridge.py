@@ -149,7 +149,8 @@ class MqttBridge:
         self._takeover_logged = float("-inf")
 
         # Publications handed to paho and not yet acknowledged.
-        self._acks = threading.Condition()
+        # Never re-entered: a plain lock spares eventlet's costly re-entrant one (two per message).
+        self._acks = threading.Condition(threading.Lock())
         self._unacked = 0
 
         # Group commit: inbound (mid, qos) handled into the open batch, to PUBACK once committed.
