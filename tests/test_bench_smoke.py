@@ -31,3 +31,12 @@ def test_quick_fanout_benchmark_runs_against_both_relays():
     for row in ("max fan-out to 5 web clients", "relay CPU per delivery", "p99", "relay RSS with 10 idle"):
         assert row in table, table
     assert "| deliveries lost in the max fan-out run | 0 | 0 |  |" in table
+
+
+def test_inbound_cpu_tool_feeds_messages_through_the_real_path():
+    """The in-process tool runs, and prints its figure only after checking that every
+    message it fed was stored and relayed (it exits 1 otherwise)."""
+    result = subprocess.run([sys.executable, "-m", "bench.inbound_cpu", "--messages", "300"], cwd=str(ROOT),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "µs of CPU per inbound message (300 messages)" in result.stdout, result.stdout
