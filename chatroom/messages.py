@@ -235,12 +235,21 @@ def validate_data(value: Any) -> dict | None:
     return dict(value)
 
 
+def _reject_constant(name: str) -> None:
+    # NaN/Infinity are not JSON; refusing them keeps our own output valid JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every payload: json.loads with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json_object(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict:
     """Decode an MQTT payload into a JSON object, or raise the PROTOCOL error."""
     if len(payload) > max_bytes:
         raise ValidationError("too_large", f"payload is larger than {max_bytes} bytes")
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationError("invalid_json", "payload must be a UTF-8 JSON object") from None
     if not isinstance(obj, dict):
@@ -258,11 +267,6 @@ def validate_units(value: Any) -> dict | None:
         raise ValidationError("bad_field", f"units must be an object of at most {MAX_DATA_KEYS} "
                                            "key: unit texts (1-16 printable characters)")
     return dict(value)
-
-
-def _reject_constant(name: str) -> None:
-    # NaN/Infinity are not JSON; refusing them keeps our own output valid JSON.
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def client_id_of(obj: Any) -> str | None:
