@@ -111,7 +111,7 @@ def main() -> int:
         import pstats
 
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+        pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(args.profile)
     # A figure for a path that did not run would be worse than none.
     total = warm_up + args.messages
     stored = bridge.rooms.history.last_seq(DEFAULT_ROOM)
