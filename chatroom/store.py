@@ -106,14 +106,23 @@ class MessageStore:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = Checkpointer(path, checkpoint_threads)
 
+    def _has_unique_message_id(self) -> bool:
+        return any(origin == "u" for _, _, _, origin, _ in self._db.execute("PRAGMA index_list(messages)"))
+
     def _drop_unique_message_id(self) -> None:
         """Databases made before 2026-12-04 have message_id UNIQUE (an index SQLite cannot
         drop): the table is rebuilt once, rows in their order."""
-        if not any(origin == "u" for _, _, _, origin, _ in self._db.execute("PRAGMA index_list(messages)")):
+        if not self._has_unique_message_id():
             return
-        log.info("history store: rebuilding the messages table once without its message_id index (%s)", self.path)
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            # Asked again under the write lock: instances starting together on one file
+            # (make cluster) all saw the old table; the first one rebuilds it.
+            if not self._has_unique_message_id():
+                self._db.execute("ROLLBACK")
+                return
+            log.info("history store: rebuilding the messages table once without its message_id index (%s)",
+                     self.path)
             self._db.execute(TABLE.format(name="messages_rebuilt"))
             self._db.execute("INSERT INTO messages_rebuilt SELECT room, seq, message_id, client_id, timestamp, body"
                              " FROM messages ORDER BY rowid")

@@ -137,6 +137,39 @@ def test_a_database_with_the_old_unique_message_id_is_rebuilt_once_keeping_its_r
         store.close()
 
 
+def test_instances_starting_together_on_an_old_database_rebuild_it_once(tmp_path, monkeypatch, caplog):
+    """Two instances on one old file both see the UNIQUE index before either takes the
+    write lock: the second asks again under the lock and leaves the rebuilt table alone."""
+    import logging
+    import sqlite3
+
+    from chatroom.store import MessageStore
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.executescript("""CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL,
+        message_id TEXT NOT NULL UNIQUE, client_id TEXT, timestamp TEXT NOT NULL, body TEXT NOT NULL,
+        PRIMARY KEY (room, seq));""")
+    old.close()
+    first = MessageStore(path)  # rebuilds
+    first.append(Message(username="d", content="kept", room="a", source="mqtt", seq=1))
+    rowids = list(first._db.execute("SELECT rowid, seq FROM messages"))
+    answers = iter([True])  # what the second one saw before the first one's rebuild
+
+    def stale_then_real(self):
+        return next(answers, None) or real(self)
+
+    real = MessageStore._has_unique_message_id
+    monkeypatch.setattr(MessageStore, "_has_unique_message_id", stale_then_real)
+    with caplog.at_level(logging.INFO, logger="chatroom.store"):
+        second = MessageStore(path)
+    assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
+    assert list(second._db.execute("SELECT rowid, seq FROM messages")) == rowids
+    assert not second._db.in_transaction  # the lock it took is given back
+    second.close()
+    first.close()
+
+
 def test_wal_checkpoints_run_on_their_own_thread_not_in_commits(tmp_path):
     """With a checkpoint thread, commits never copy the WAL into the database file (their
     fsyncs would stall the writer); the thread does, soon after."""
