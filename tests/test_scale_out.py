@@ -297,7 +297,11 @@ def test_make_cluster_runs_two_instances_and_stops_all_it_started(broker, tmp_pa
             answers = [requests.get(url + "/mqtt/status", timeout=2) for url in urls]
             return [a.json() for a in answers] if all(a.status_code == 200 for a in answers) else None
 
-        ids = [s["instance_id"] for s in wait_for(statuses, timeout=60, what="two instances connected")]
+        try:
+            ready = wait_for(statuses, timeout=60, what="two instances connected")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; make cluster said:\n{log.read_text()[-4000:]}") from None
+        ids = [s["instance_id"] for s in ready]
         assert ids[0] != ids[1]
         # They share one history: posted on one, read on the other.
         assert requests.post(urls[0] + "/api/messages", json={"username": "op", "message": "hi"},
@@ -311,8 +315,12 @@ def test_make_cluster_runs_two_instances_and_stops_all_it_started(broker, tmp_pa
         assert not any(port_open(port) for port in ports)
     finally:
         if runner.poll() is None:
-            runner.kill()
-            runner.wait()
+            runner.send_signal(signal.SIGTERM)  # it stops what it started (instances, Redis) by PID
+            try:
+                runner.wait(30)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
 
 
 @pytest.mark.parametrize("env, variable", [
