@@ -277,7 +277,12 @@ def test_make_cluster_runs_two_instances_and_stops_all_it_started(broker, tmp_pa
 
     from support import ROOT, free_port, port_open
 
-    ports = [free_port(), free_port()]  # PORT, PORT+1 (the default) may be taken on a busy machine
+    # PORT, PORT+1 (the default) may be taken on a busy machine: two free ports, never one twice.
+    ports: list[int] = []
+    while len(ports) < 2:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
     env = {**os.environ, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker.port),
            "MQTT_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}", "DATABASE_PATH": str(tmp_path / "cluster.db"),
            "ASYNC_MODE": "eventlet"}
