@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from types import ModuleType
 from typing import Callable
 
@@ -83,6 +84,26 @@ class Checkpointer:
         self._thread.join(timeout)
 
 
+OPEN_WAIT_SECONDS = 30
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """Switching a file to WAL needs it alone for a moment, and SQLite answers "database is
+    locked" at once instead of waiting (its busy handler is not used for this): instances
+    starting together on a new file (make cluster) got that and exited. Retried, briefly."""
+    deadline = time.monotonic() + OPEN_WAIT_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 class MessageStore:
     def __init__(self, path: str, checkpoint_threads: ModuleType | None = None):
         """`checkpoint_threads`: run WAL checkpoints on a thread of that module (see
@@ -93,8 +114,8 @@ class MessageStore:
         self.path = path
         self._lock = threading.Lock()
         # timeout: how long a writer waits for another process's write (several instances on one file).
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=OPEN_WAIT_SECONDS)
+        _switch_to_wal(self._db)
         # NORMAL in WAL mode: durable across a process crash, fast (no fsync per commit).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(TABLE.format(name="messages"))

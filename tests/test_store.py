@@ -170,6 +170,39 @@ def test_instances_starting_together_on_an_old_database_rebuild_it_once(tmp_path
     first.close()
 
 
+def _open_store_at_the_barrier(path, barrier, results):
+    from chatroom.store import MessageStore
+
+    barrier.wait()
+    try:
+        MessageStore(path).close()
+        results.put("ok")
+    except Exception as exc:  # the test reports what went wrong
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_instances_opening_a_new_database_at_the_same_moment_all_start(tmp_path):
+    """make cluster starts its instances together on one new SQLite file. Switching the file
+    to WAL answered "database is locked" at once (SQLite does not wait on its busy handler
+    for it) to about half the instances that collided, which then exited at start."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for trial in range(12):
+        path = str(tmp_path / f"new-{trial}.db")
+        barrier, results = context.Barrier(3), context.Queue()
+        openers = [context.Process(target=_open_store_at_the_barrier, args=(path, barrier, results))
+                   for _ in range(3)]
+        for opener in openers:
+            opener.start()
+        answers = [results.get(timeout=60) for _ in openers]
+        for opener in openers:
+            opener.join(30)
+        failures += [answer for answer in answers if answer != "ok"]
+    assert failures == []
+
+
 def test_wal_checkpoints_run_on_their_own_thread_not_in_commits(tmp_path):
     """With a checkpoint thread, commits never copy the WAL into the database file (their
     fsyncs would stall the writer); the thread does, soon after."""
