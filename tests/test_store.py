@@ -196,9 +196,14 @@ def test_instances_opening_a_new_database_at_the_same_moment_all_start(tmp_path)
                    for _ in range(3)]
         for opener in openers:
             opener.start()
-        answers = [results.get(timeout=60) for _ in openers]
-        for opener in openers:
-            opener.join(30)
+        try:
+            answers = [results.get(timeout=60) for _ in openers]
+        finally:
+            for opener in openers:  # each stopped by its PID, whatever happened
+                opener.join(30)
+                if opener.is_alive():
+                    opener.kill()
+                    opener.join()
         failures += [answer for answer in answers if answer != "ok"]
     assert failures == []
 
