@@ -43,7 +43,6 @@ INDEXES = f"""
 CREATE INDEX IF NOT EXISTS messages_by_client ON messages (client_id, seq);
 CREATE INDEX IF NOT EXISTS messages_by_id_for_dedup ON messages (message_id) WHERE {WITH_CLIENT_MESSAGE_ID};
 """
-SCHEMA = TABLE.format(name="messages") + INDEXES
 CHECKPOINT_SECONDS = 0.5
 
 
