@@ -108,25 +108,30 @@ def test_dedup_lookup_finds_messages_that_carried_their_senders_id(store):
     assert store.has_message("server-1") and not store.has_message("server-2")
 
 
-def test_a_database_with_the_old_unique_message_id_is_rebuilt_once_keeping_its_rows(tmp_path):
-    """Before 2026-12-04 message_id was UNIQUE (an index of random uuids on every insert)."""
+def _database_before_12_04(path: str, messages: list[Message] = ()) -> None:
+    """A history file as made before 2026-12-04: message_id UNIQUE."""
     import sqlite3
 
-    from chatroom.store import MessageStore
-
-    path = str(tmp_path / "old.db")
     old = sqlite3.connect(path)
     old.executescript("""CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL,
         message_id TEXT NOT NULL UNIQUE, client_id TEXT, timestamp TEXT NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (room, seq));
         CREATE INDEX messages_by_client ON messages (client_id, seq);""")
-    messages = [Message(username="d", content=f"m{seq}", room=room, source="mqtt", seq=seq, client_id="esp",
-                        client_message_id=f"r{seq}" if seq == 2 else None)
-                for room, seq in (("b", 1), ("a", 1), ("a", 2))]
     old.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
                     [(m.room, m.seq, m.message_id, m.client_id, m.timestamp, m.to_json()) for m in messages])
     old.commit()
     old.close()
+
+
+def test_a_database_with_the_old_unique_message_id_is_rebuilt_once_keeping_its_rows(tmp_path):
+    """Before 2026-12-04 message_id was UNIQUE (an index of random uuids on every insert)."""
+    from chatroom.store import MessageStore
+
+    path = str(tmp_path / "old.db")
+    messages = [Message(username="d", content=f"m{seq}", room=room, source="mqtt", seq=seq, client_id="esp",
+                        client_message_id=f"r{seq}" if seq == 2 else None)
+                for room, seq in (("b", 1), ("a", 1), ("a", 2))]
+    _database_before_12_04(path, messages)
     for _ in range(2):  # the second open finds nothing to do
         store = MessageStore(path)
         assert [m.content for m in store.recent("a", 10)] == ["m1", "m2"]
@@ -141,16 +146,11 @@ def test_instances_starting_together_on_an_old_database_rebuild_it_once(tmp_path
     """Two instances on one old file both see the UNIQUE index before either takes the
     write lock: the second asks again under the lock and leaves the rebuilt table alone."""
     import logging
-    import sqlite3
 
     from chatroom.store import MessageStore
 
     path = str(tmp_path / "old.db")
-    old = sqlite3.connect(path)
-    old.executescript("""CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL,
-        message_id TEXT NOT NULL UNIQUE, client_id TEXT, timestamp TEXT NOT NULL, body TEXT NOT NULL,
-        PRIMARY KEY (room, seq));""")
-    old.close()
+    _database_before_12_04(path)
     first = MessageStore(path)  # rebuilds
     first.append(Message(username="d", content="kept", room="a", source="mqtt", seq=1))
     rowids = list(first._db.execute("SELECT rowid, seq FROM messages"))
