@@ -57,6 +57,12 @@ class Settings:
     mqtt_user_timeout: int = 600
     mqtt_outbox_size: int = 10_000
     mqtt_out_format: str = "full"
+    # PROTOCOL 10: only P/[R/]messages/in/<client_id> (and users/join|leave/<client_id>) enter.
+    mqtt_device_topics_only: bool = False
+    # PROTOCOL 9: the broker's retained footprint (device state, availability, HA configs).
+    max_device_keys: int = 32
+    max_devices: int = 500
+    device_retention_days: int = 30
 
     database_path: str = "data/chat.db"
     history_limit: int = 50
@@ -68,6 +74,12 @@ class Settings:
     rate_limit_seconds: float = 10.0
     api_token: str = ""
     trusted_proxies: int = 0
+    # PROTOCOL 9 transport caps: Engine.IO sessions (counted before the token is checked),
+    # TCP connections per address, and the whole time a request may take to send its headers.
+    max_web_sessions: int = 2000
+    max_web_sessions_per_address: int = 100
+    max_connections_per_address: int = 256
+    header_timeout: float = 10.0
 
     openai_api_key: str = ""
     openai_base_url: str = ""
@@ -139,6 +151,10 @@ class Settings:
             mqtt_user_timeout=reader.get("MQTT_USER_TIMEOUT", "600", _int_at_least(0)),
             mqtt_outbox_size=reader.get("MQTT_OUTBOX_SIZE", "10000", _int_at_least(1)),
             mqtt_out_format=reader.get("MQTT_OUT_FORMAT", "full", _choice(OUT_FORMATS)),
+            mqtt_device_topics_only=reader.get("MQTT_DEVICE_TOPICS_ONLY", "false", _bool),
+            max_device_keys=reader.get("MAX_DEVICE_KEYS", "32", _int_at_least(1)),
+            max_devices=reader.get("MAX_DEVICES", "500", _int_at_least(1)),
+            device_retention_days=reader.get("DEVICE_RETENTION_DAYS", "30", _int_at_least(0)),
             database_path=reader.get("DATABASE_PATH", "data/chat.db", _non_empty),
             history_limit=reader.get("HISTORY_LIMIT", "50", _int_at_least(0)),
             max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", _int_at_least(1)),
@@ -149,6 +165,10 @@ class Settings:
             rate_limit_seconds=rate[1] if rate else 1.0,
             api_token=reader.get("API_TOKEN", "", str),
             trusted_proxies=reader.get("TRUSTED_PROXIES", "0", _int_at_least(0)),
+            max_web_sessions=reader.get("MAX_WEB_SESSIONS", "2000", _int_at_least(1)),
+            max_web_sessions_per_address=reader.get("MAX_WEB_SESSIONS_PER_ADDRESS", "100", _int_at_least(1)),
+            max_connections_per_address=reader.get("MAX_CONNECTIONS_PER_ADDRESS", "256", _int_at_least(1)),
+            header_timeout=reader.get("HEADER_TIMEOUT", "10", _positive_float),
             openai_api_key=reader.get("OPENAI_API_KEY", "", str),
             openai_base_url=reader.get("OPENAI_BASE_URL", "", str),
             ai_model=reader.get("AI_MODEL", "gpt-4o-mini", _non_empty),
