@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable
 
-from .limits import DedupWindow, RateLimiter
+from .limits import DedupWindow, RateLimiter, RecentSet
 from .messages import (
     Message, User, ValidationError, dedup_text, new_message_id, validate_client_id, validate_data,
     validate_message_id, validate_room, validate_text, validate_units,
@@ -28,6 +28,7 @@ from .room import REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
 
 WEB, MQTT, HTTP = "web", "mqtt", "http"
 DEDUP_SECONDS = 600.0
+PROVEN_IDS = 100_000
 
 # Outcomes besides a room's JoinResult outcomes (joined, renamed, unchanged, reclaimed).
 POSTED, DUPLICATE, LEFT, NOT_PRESENT = "posted", "duplicate", "left", "not_present"
@@ -52,6 +53,17 @@ class Submission:
     connection: Hashable | None = None
     address: str | None = None
     units: Any = None
+    # The broker vouched for `client_id`: it came from the device's own topic (PROTOCOL 10).
+    proven: bool = False
+
+
+class ClaimRefused(ValidationError):
+    """A shared-topic claim of a client_id that has spoken on its own device topic. The
+    reply names nobody: it must not look to the real device like an error of its own."""
+
+    def __init__(self, client_id: str):
+        super().__init__("bad_field", f"client_id {client_id!r} publishes on its own device topic; "
+                                      "claims of it on the shared topics are refused")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,9 @@ class Intake:
         # the name free" and acting on the answer must not interleave with another
         # input (on any instance, when the locks live in Redis).
         self.locks: RoomLocks = locks or LocalLocks()
+        # Devices that spoke on their own topic (PROTOCOL 10): nobody may claim their id on
+        # the shared topics. Bounded; minting proven ids takes the broker's permission.
+        self.proven_ids = RecentSet(max_items=PROVEN_IDS)
 
     # --- chat messages ----------------------------------------------------------
 
@@ -239,12 +254,17 @@ class Intake:
 
     # --- the parts of each rule ---------------------------------------------------
 
-    @staticmethod
-    def _client_id(sub: Submission) -> str | None:
-        """A device must name itself; a page may (its stable id, optional)."""
-        if sub.source == MQTT or sub.client_id is not None:
-            return validate_client_id(sub.client_id)
-        return None
+    def _client_id(self, sub: Submission) -> str | None:
+        """A device must name itself; a page may (its stable id, optional). A device id
+        proven on its own topic cannot be claimed on the shared ones."""
+        if sub.source != MQTT:
+            return validate_client_id(sub.client_id) if sub.client_id is not None else None
+        client_id = validate_client_id(sub.client_id)
+        if sub.proven:
+            self.proven_ids.add(client_id)
+        elif client_id in self.proven_ids:
+            raise ClaimRefused(client_id)
+        return client_id
 
     def _buckets(self, sub: Submission, client_id: str | None) -> list[tuple[RateLimiter, Hashable]]:
         """The rate-limit buckets an input spends: its sender's, and for web and HTTP its address's."""

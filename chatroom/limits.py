@@ -124,3 +124,31 @@ class Throttle:
                 return True, held_back
             window[2] += 1
             return False, 0
+
+
+class RecentSet:
+    """A set that forgets its least recently added item beyond `max_items`."""
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self._items: OrderedDict[Hashable, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, item: Hashable) -> None:
+        with self._lock:
+            if item in self._items:
+                self._items.move_to_end(item)
+                return
+            self._items[item] = None
+            if len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def discard(self, item: Hashable) -> None:
+        with self._lock:
+            self._items.pop(item, None)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

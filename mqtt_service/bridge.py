@@ -32,19 +32,17 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from chatroom.config import DEFAULT_ROOM, Settings
-from chatroom.intake import DUPLICATE, MQTT, Intake, Submission
+from chatroom.intake import Intake
 from chatroom.limits import Throttle
-from chatroom.messages import (
-    Message, SystemEvent, ValidationError, client_id_of, dumps, optional, parse_json_object,
-    utc_timestamp,
-)
+from chatroom.messages import Message, SystemEvent, dumps
 from chatroom.presence import Unavailable
 from chatroom.room import Rooms
 
-from .stats import BridgeStats
 from .devices import DeviceTopics
 from .ha_discovery import Discovery
-from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics, topic_name_problem
+from .inbound import Inbound
+from .stats import BridgeStats
+from .topics import Topics, topic_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,6 @@ RESEND_WAIT_SECONDS = 10.0
 # what we send; our own outbox bounds memory while it is unreachable.
 MAX_INFLIGHT = 0
 STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the count is exact)
-# Error replies (and their log lines) per sender per minute; the rest are only counted.
-REPLIES_PER_MINUTE = 10
 # A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
 # times within TAKEOVER_WINDOW seconds: another client takes our client id, or the broker
 # refuses our publications (see _notice_takeover).
@@ -83,14 +79,6 @@ def set_tcp_nodelay(sock) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _object_or_empty(payload: bytes) -> dict:
-    """Best-effort decode, only to address an error reply to its sender."""
-    try:
-        return parse_json_object(payload)
-    except ValidationError:
-        return {}
-
-
 def _guarded(callback):
     """Catch-all for paho callbacks: an escaped exception would kill the network loop."""
 
@@ -105,9 +93,11 @@ def _guarded(callback):
 
 
 class MqttBridge:
-    def __init__(self, settings: Settings, rooms: Rooms, intake: Intake, device_history: tuple = ()):
+    def __init__(self, settings: Settings, rooms: Rooms, intake: Intake, device_history: tuple = (),
+                 log_budget: Throttle | None = None):
         """`device_history`: (latest readings of a client_id, every data key of a client_id),
-        read from the history store, for the device topics."""
+        read from the history store, for the device topics. `log_budget`: client-error log
+        lines of the whole process (shared with the web side)."""
         self.settings = settings
         self.rooms = rooms
         self.intake = intake
@@ -121,7 +111,9 @@ class MqttBridge:
             Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix,
                       settings.mqtt_shared_group or settings.mqtt_client_id, instance or None),
             self.publish_retained, settings.ha_discovery, *device_history)
-        self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
+        self.inbound = Inbound(self.topics, intake, self.stats,
+                               lambda topic, payload: self._publish(_Outgoing(topic, payload, self.qos)),
+                               log_budget)
         # Every publication's topic is checked; a room's few topics are checked once (bounded).
         self._topic_problem = functools.lru_cache(maxsize=4096)(topic_name_problem)
         self.qos = settings.mqtt_qos
@@ -263,7 +255,8 @@ class MqttBridge:
         self._ever_connected = True
         self.stats.connected(first_time)
         # With MQTT_SHARED_GROUP the broker hands each inbound message to one instance.
-        self._subscriptions = self.topics.subscriptions(self.settings.mqtt_shared_group)
+        self._subscriptions = self.topics.subscriptions(self.settings.mqtt_shared_group,
+                                                        self.settings.mqtt_device_topics_only)
         if self.settings.ha_discovery:
             self._subscriptions.append(self.ha_status_topic)  # Home Assistant's restarts
         # Subscribing on every connect renews the subscriptions if the session was lost.
@@ -409,7 +402,7 @@ class MqttBridge:
         delay = 0.2
         while True:
             try:
-                self._handle_inbound(message.topic, message.payload)
+                self.inbound.handle(message.topic, message.payload)
                 return
             except Unavailable as exc:
                 if self._stopping.is_set():
@@ -424,49 +417,6 @@ class MqttBridge:
     def publish_retained(self, topic: str, payload: bytes, retain: bool = True) -> None:
         """For the device topics: retained, in order with everything else, kept while the broker is down."""
         self._publish(_Outgoing(topic, payload, self.qos, retain))
-
-    # --- inbound ---------------------------------------------------------------
-
-    def _handle_inbound(self, topic: str, payload: bytes) -> None:
-        """Payload -> Submission -> intake; a refusal -> one reply on P/errors."""
-        obj: dict | None = None
-        try:
-            parsed = self.topics.parse(topic)
-            if parsed is None:
-                raise ValidationError("bad_field", "not an inbound topic of a valid room")
-            room, kind = parsed
-            obj = parse_json_object(payload)
-            submission = Submission(MQTT, room=room, client_id=obj.get("client_id"),
-                                    username=optional(obj, "username"), text=obj.get("message"),
-                                    data=optional(obj, "data"), message_id=optional(obj, "message_id"),
-                                    units=optional(obj, "units"))
-            if kind == MESSAGES_IN:
-                if self.intake.post(submission).outcome == DUPLICATE:
-                    self.stats.add("messages_duplicate")
-            elif kind == USERS_JOIN:
-                self.intake.join(submission)
-            elif kind == USERS_LEAVE:
-                self.intake.leave(submission)
-        except Unavailable:
-            raise  # not the message's fault: on_message holds and retries it
-        except ValidationError as exc:
-            if exc.client_id is None:
-                exc.client_id = client_id_of(obj if obj is not None else _object_or_empty(payload))
-            self._reject(topic, exc)
-
-    def _reject(self, topic: str, exc: ValidationError) -> None:
-        """Count every rejection; log it and answer on P/errors at most a few times a minute
-        per sender (PROTOCOL 9): a flood must not become a flood of log lines and replies."""
-        self.stats.rejected(exc.code)
-        act, held_back = self._reply_throttle.allow(exc.client_id)
-        if not act:
-            self.stats.add("errors_suppressed")
-            return
-        log.warning("MQTT rejected %s on %r from %r: %s%s", exc.code, topic[:200], exc.client_id, exc.message,
-                    f" ({held_back} more from this sender were not logged or answered)" if held_back else "")
-        error = {"type": "error", "code": exc.code, "error": exc.message, "topic": topic,
-                 "client_id": exc.client_id, "timestamp": utc_timestamp()}
-        self._publish(_Outgoing(self.topics.errors(), dumps(error).encode(), self.qos))
 
     # --- outbound --------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from chatroom.config import DEFAULT_ROOM, RESERVED_ROOM_NAMES, ROOM_NAME
 
@@ -12,6 +13,15 @@ INBOUND_KINDS = (MESSAGES_IN, USERS_JOIN, USERS_LEAVE)
 
 
 MAX_TOPIC_BYTES = 65535
+
+
+class InboundTopic(NamedTuple):
+    """What an inbound topic says: the room, the kind, and on a device topic
+    (PROTOCOL 10) the sender the broker let publish there."""
+
+    room: str
+    kind: str
+    client_id: str | None = None
 
 
 def topic_name_problem(topic: str) -> str | None:
@@ -67,25 +77,46 @@ class Topics:
         one instance's will must not say the others are offline."""
         return f"{self.prefix}/bridge/{instance_id}/state" if instance_id else f"{self.prefix}/bridge/state"
 
-    def subscriptions(self, shared_group: str = "") -> list[str]:
-        """Inbound topic filters only: the bridge never hears its own output."""
-        filters = [f"{self.prefix}/{kind}" for kind in INBOUND_KINDS]
-        filters += [f"{self.prefix}/+/{kind}" for kind in INBOUND_KINDS]
+    def subscriptions(self, shared_group: str = "", device_topics_only: bool = False) -> list[str]:
+        """Inbound topic filters only: the bridge never hears its own output.
+
+        The shared topics (`P/messages/in`, ...) and the device topics
+        (`P/messages/in/<client_id>`, ...); with `device_topics_only` the latter alone.
+        """
+        filters = [] if device_topics_only else [f"{self.prefix}/{kind}" for kind in INBOUND_KINDS] + [
+            f"{self.prefix}/+/{kind}" for kind in INBOUND_KINDS]
+        filters += [f"{self.prefix}/{kind}/+" for kind in INBOUND_KINDS]
+        filters += [f"{self.prefix}/+/{kind}/+" for kind in INBOUND_KINDS]
         if shared_group:
             filters = [f"$share/{shared_group}/{topic}" for topic in filters]
         return filters
 
-    def parse(self, topic: str) -> tuple[str, str] | None:
-        """`P/messages/in` -> ("lobby", "messages/in"); `P/R/users/join` -> ("R", "users/join").
+    def parse(self, topic: str) -> InboundTopic | None:
+        """`P/messages/in` -> ("lobby", "messages/in"); `P/R/users/join` -> ("R", "users/join");
+        `P/R/messages/in/esp-1` -> ("R", "messages/in", "esp-1").
 
-        None for anything that is not an inbound topic of a valid room.
+        None for anything that is not an inbound topic of a valid room. A device topic's last
+        level may be anything the broker delivered (even empty): the intake validates it.
         """
         if not topic.startswith(self.prefix + "/"):
             return None
         rest = topic[len(self.prefix) + 1:]
-        if rest in INBOUND_KINDS:
-            return DEFAULT_ROOM, rest
-        room, _, kind = rest.partition("/")
-        if kind in INBOUND_KINDS and ROOM_NAME.fullmatch(room) and room not in RESERVED_ROOM_NAMES:
-            return room, kind
+        found = _kind_and_sender(rest)
+        if found is not None:
+            return InboundTopic(DEFAULT_ROOM, *found)
+        room, _, rest = rest.partition("/")
+        found = _kind_and_sender(rest)
+        if found is not None and ROOM_NAME.fullmatch(room) and room not in RESERVED_ROOM_NAMES:
+            return InboundTopic(room, *found)
         return None
+
+
+def _kind_and_sender(rest: str) -> tuple[str, str | None] | None:
+    """`messages/in` -> (kind, None); `messages/in/<client_id>` -> (kind, client_id)."""
+    for kind in INBOUND_KINDS:
+        if rest == kind:
+            return kind, None
+        if rest.startswith(kind) and rest[len(kind):len(kind) + 1] == "/":
+            sender = rest[len(kind) + 1:]
+            return (kind, sender) if "/" not in sender else None
+    return None

@@ -55,7 +55,7 @@ def test_every_accepted_room_name_is_a_valid_topic_level(candidate):
         # Exactly one topic level more than the lobby's: the room is one whole level.
         assert topic.count("/") == topic_of().count("/") + (room != "lobby")
     # ... and the bridge reads it back as the same room.
-    assert topics.parse(topics.messages_in(room)) == (room, "messages/in")
+    assert topics.parse(topics.messages_in(room)) == (room, "messages/in", None)
 
 
 @pytest.mark.parametrize("topic, ok", [("chatroom/messages/out", True), ("chatroom/温度/out", True),

@@ -20,13 +20,33 @@ def test_other_rooms_have_a_room_segment():
 
 
 def test_parse_inbound_topics():
-    """Inbound topics parse to (room, kind); anything else is None."""
-    assert T.parse("chatroom/messages/in") == ("lobby", "messages/in")
-    assert T.parse("chatroom/kitchen/users/leave") == ("kitchen", "users/leave")
+    """Inbound topics parse to (room, kind, sender); anything else is None."""
+    assert T.parse("chatroom/messages/in") == ("lobby", "messages/in", None)
+    assert T.parse("chatroom/kitchen/users/leave") == ("kitchen", "users/leave", None)
     assert T.parse("chatroom/messages/out") is None
     assert T.parse("chatroom/users/users/join") is None  # reserved room name
     assert T.parse("other/messages/in") is None
     assert T.parse("chatroom/bad room/messages/in") is None
+
+
+def test_device_topics_name_their_sender():
+    """PROTOCOL 10: P/[R/]messages/in/<client_id> and users/join|leave/<client_id>."""
+    assert T.parse("chatroom/messages/in/esp-1") == ("lobby", "messages/in", "esp-1")
+    assert T.parse("chatroom/kitchen/users/join/esp-1") == ("kitchen", "users/join", "esp-1")
+    assert T.parse("chatroom/kitchen/users/leave/esp-1") == ("kitchen", "users/leave", "esp-1")
+    assert T.parse("chatroom/messages/in/") == ("lobby", "messages/in", "")  # the intake refuses ""
+    assert T.parse("chatroom/messages/in/a/b") is None
+    assert T.parse("chatroom/users/messages/in/esp-1") is None  # reserved room name
+    assert T.parse("chatroom/messages/out/esp-1") is None
+
+
+def test_device_topics_only_subscribes_no_shared_topic():
+    """MQTT_DEVICE_TOPICS_ONLY: a stranger cannot claim an id on a topic nobody hears."""
+    assert T.subscriptions(device_topics_only=True) == [
+        "chatroom/messages/in/+", "chatroom/users/join/+", "chatroom/users/leave/+",
+        "chatroom/+/messages/in/+", "chatroom/+/users/join/+", "chatroom/+/users/leave/+"]
+    assert "chatroom/messages/in/+" in T.subscriptions()
+    assert T.subscriptions("g", device_topics_only=True)[0] == "$share/g/chatroom/messages/in/+"
 
 
 def test_subscriptions_are_inbound_only():

@@ -1,0 +1,129 @@
+"""Inbound MQTT: a publication on an inbound topic becomes a Submission to the intake;
+a refusal becomes one error reply on `P/errors` (throttled) and, within a budget, one log line.
+
+Two kinds of inbound topic (PROTOCOL 2 and 10):
+- shared topics (`P/messages/in`, ...): the sender is whoever the payload's `client_id`
+  claims to be;
+- device topics (`P/messages/in/<client_id>`, ...): the topic names the sender, and the
+  broker's ACL can bind that level to the device's login, so the id is proven. A payload
+  `client_id` there may be absent; a different one is `bad_field`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Hashable
+
+from chatroom.intake import DUPLICATE, MQTT, ClaimRefused, Intake, Submission
+from chatroom.limits import Throttle
+from chatroom.messages import (
+    ValidationError, client_id_of, dumps, optional, parse_json_object, utc_timestamp,
+)
+from chatroom.presence import Unavailable
+
+from .stats import BridgeStats
+from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics
+
+log = logging.getLogger("mqtt_service.bridge")
+
+# Error replies (and their log lines) per sender per minute; the rest are only counted.
+REPLIES_PER_MINUTE = 10
+# Rejection log lines per minute from all senders together: strangers with many ids
+# must not turn a flood into a flood of log lines (PROTOCOL 9).
+LOG_LINES_PER_MINUTE = 60
+
+Reply = Callable[[str, bytes], None]  # (topic, payload): publish an error reply
+
+
+def _object_or_empty(payload: bytes) -> dict:
+    """Best-effort decode, only to address an error reply to its sender."""
+    try:
+        return parse_json_object(payload)
+    except ValidationError:
+        return {}
+
+
+def _sender_key(exc: ValidationError, claimed: object, topic: str) -> Hashable:
+    """Whose allowance of replies a rejection spends. A valid id is its own sender; an
+    invalid one is a sender too (ten strangers' bad ids must not silence everyone's
+    replies); a payload naming nobody shares its topic's allowance."""
+    if exc.client_id is not None:
+        return ("id", exc.client_id)
+    if claimed is not None:
+        return ("claimed", (claimed if isinstance(claimed, str) else repr(claimed))[:64])
+    return ("topic", topic[:200])
+
+
+class Inbound:
+    def __init__(self, topics: Topics, intake: Intake, stats: BridgeStats, reply: Reply,
+                 log_budget: Throttle | None = None):
+        self.topics = topics
+        self.intake = intake
+        self.stats = stats
+        self.reply = reply
+        self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
+        self._log_budget = log_budget or Throttle(count=LOG_LINES_PER_MINUTE, seconds=60.0, max_keys=1)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Payload -> Submission -> intake; a refusal -> one reply on P/errors.
+        Raises Unavailable (not the message's fault): the bridge holds and retries it."""
+        obj: dict | None = None
+        device_id: str | None = None
+        try:
+            parsed = self.topics.parse(topic)
+            if parsed is None:
+                raise ValidationError("bad_field", "not an inbound topic of a valid room")
+            device_id = parsed.client_id
+            # On a device topic the topic says everything: an empty payload (a bare will) is {}.
+            obj = {} if device_id is not None and not payload.strip() else parse_json_object(payload)
+            self._dispatch(parsed.kind, self._submission(parsed.room, obj, device_id))
+        except Unavailable:
+            raise
+        except ValidationError as exc:
+            if exc.client_id is None and not isinstance(exc, ClaimRefused):
+                exc.client_id = device_id if device_id is not None else client_id_of(
+                    obj if obj is not None else _object_or_empty(payload))
+            claimed = (obj if obj is not None else {}).get("client_id") if device_id is None else None
+            self.reject(topic, exc, _sender_key(exc, claimed, topic))
+
+    def _submission(self, room: str, obj: dict, device_id: str | None) -> Submission:
+        claimed = obj.get("client_id")
+        if device_id is not None and claimed is not None and claimed != device_id:
+            raise ValidationError("bad_field", "client_id differs from the device topic's sender",
+                                  self._plain_id(device_id))
+        return Submission(MQTT, room=room, client_id=device_id if device_id is not None else claimed,
+                          username=optional(obj, "username"), text=obj.get("message"),
+                          data=optional(obj, "data"), message_id=optional(obj, "message_id"),
+                          units=optional(obj, "units"), proven=device_id is not None)
+
+    @staticmethod
+    def _plain_id(device_id: str) -> str | None:
+        """The topic's id for an error reply, if it is a valid one."""
+        return client_id_of({"client_id": device_id})
+
+    def _dispatch(self, kind: str, submission: Submission) -> None:
+        if kind == MESSAGES_IN:
+            if self.intake.post(submission).outcome == DUPLICATE:
+                self.stats.add("messages_duplicate")
+        elif kind == USERS_JOIN:
+            self.intake.join(submission)
+        elif kind == USERS_LEAVE:
+            self.intake.leave(submission)
+
+    def reject(self, topic: str, exc: ValidationError, sender: Hashable) -> None:
+        """Count every rejection; answer it on P/errors at most a few times a minute per
+        sender, and log it within a budget shared by all senders (PROTOCOL 9)."""
+        self.stats.rejected(exc.code)
+        answer, held_back = self._reply_throttle.allow(sender)
+        if not answer:
+            self.stats.add("errors_suppressed")
+            return
+        error = {"type": "error", "code": exc.code, "error": exc.message, "topic": topic,
+                 "client_id": exc.client_id, "timestamp": utc_timestamp()}
+        self.reply(self.topics.errors(), dumps(error).encode())
+        logged, unlogged = self._log_budget.allow("client errors")
+        if logged:
+            log.warning("MQTT rejected %s on %r from %r: %s%s%s", exc.code, topic[:200], exc.client_id,
+                        exc.message,
+                        f" ({held_back} more from this sender were not logged or answered)" if held_back else "",
+                        f" ({unlogged} rejections of all senders were not logged in the last minute)"
+                        if unlogged else "")
