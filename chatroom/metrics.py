@@ -51,6 +51,8 @@ class ChatMetrics:
                                 value=self.web_clients())
         yield CounterMetricFamily("chatroom_listener_failures", "Room listener exceptions",
                                   value=self.rooms.listener_failures)
+        yield CounterMetricFamily("chatroom_devices_evicted", "Devices that left a full room or room table "
+                                  "to make way (the longest silent first)", value=self.rooms.evictions)
         yield CounterMetricFamily("chatroom_messages_lost", "Messages of a batch whose history commit failed "
                                   "(not published; the disk is full or failing)", value=self.rooms.messages_lost)
         for prefix, read, described in self._sources:

@@ -147,8 +147,12 @@ class Rooms:
 
     def __init__(self, history: History, name_key: Callable[[str], str] = str.casefold,
                  max_members: int = 1000, clock: Callable[[], float] = time.monotonic,
-                 max_rooms: int = 1000, presence: Presence | None = None, group_commit: bool = False):
+                 max_rooms: int = 1000, presence: Presence | None = None, group_commit: bool = False,
+                 device_source: str = "mqtt"):
         self.history = history
+        # Members of this source give way, longest-silent first, when a room or the room
+        # table is full (PROTOCOL 9: a stranger with many device ids cannot lock people out).
+        self.device_source = device_source
         self.name_key = name_key
         self.max_members = max_members
         self.max_rooms = max_rooms
@@ -167,6 +171,7 @@ class Rooms:
         self._batch_open = False            # messages sit in an uncommitted store transaction
         self._staged: list[RoomEvent] = []  # the open batch's events, in order
         self.messages_lost = 0              # stored in a batch whose commit failed
+        self.evictions = 0                  # devices that gave way in a full room or room table
 
     # --- listeners ------------------------------------------------------------
 
@@ -292,10 +297,9 @@ class Rooms:
                 self._publish(PresenceChanged(room))
             return JoinResult(current, RENAMED)
         if len(members) >= self.max_members:
-            raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
+            self._make_way_in(room, members)
         if not members and self.presence.room_count() >= self.max_rooms:
-            raise ValidationError("room_full", f"this server has {self.max_rooms} rooms in use; "
-                                               "join one of them or try later")
+            self._free_a_room()
         user = User(username=display, source=source, room=room, client_id=client_id,
                     private_id=private_id, requested=name, last_seen=self.clock(),
                     name_key=self.name_key(display))
@@ -303,6 +307,47 @@ class Rooms:
         self._publish(SystemEvent("join", f"{display} joined", room, display, client_id=client_id))
         self._publish(PresenceChanged(room))
         return JoinResult(user, JOINED)
+
+    # --- fair shares: the longest-silent device gives way ----------------------------
+
+    def _make_way_in(self, room: str, members: dict[MemberKey, User]) -> None:
+        """A full room: its longest-silent device leaves, or the join is room_full."""
+        devices = [(user.last_seen, key) for key, user in members.items() if user.source == self.device_source]
+        if not devices:
+            raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
+        self._evict(room, min(devices, key=lambda pair: pair[0])[1], "to make room")
+
+    def _free_a_room(self) -> None:
+        """A full room table: the room of devices only that was heard from longest ago is
+        emptied (its devices leave), or the join is room_full. Rooms with a person stay."""
+        quietest: tuple[float, str, dict[MemberKey, User]] | None = None
+        for room in self.presence.rooms():
+            members = self.presence.members(room)
+            if members and all(user.source == self.device_source for user in members.values()):
+                heard = max(user.last_seen for user in members.values())
+                if quietest is None or heard < quietest[0]:
+                    quietest = (heard, room, members)
+        if quietest is None:
+            raise ValidationError("room_full", f"this server has {self.max_rooms} rooms in use; "
+                                               "join one of them or try later")
+        _, room, members = quietest
+        for key in members:
+            self._evict(room, key, "to free a room")
+
+    def _evict(self, room: str, key: MemberKey, why: str) -> None:
+        user = self._remove(room, key)
+        if user is not None:  # one line per device would be one per stranger's id: debug only
+            self.evictions += 1
+            log.debug("device %r left %r %s (it was the longest silent)", user.client_id, room, why)
+
+    def _remove(self, room: str, key: MemberKey) -> User | None:
+        # Called with the lock held. Only the caller that removed it announces the leave.
+        user = self.presence.remove(room, key)
+        if user is not None:
+            self._publish(SystemEvent("leave", f"{user.username} left", room, user.username,
+                                      client_id=user.client_id))
+            self._publish(PresenceChanged(room))
+        return user
 
     def _reclaim(self, room: str, old_key: MemberKey, key: MemberKey, user: User) -> JoinResult:
         """A page that reconnected (same private id) takes over its old entry: no events."""
@@ -331,12 +376,7 @@ class Rooms:
         """Remove a member. Atomic across instances: only the caller that removed it
         announces the leave."""
         with self._lock:
-            user = self.presence.remove(room, key)
-            if user is not None:
-                self._publish(SystemEvent("leave", f"{user.username} left", room, user.username,
-                                          client_id=user.client_id))
-                self._publish(PresenceChanged(room))
-            return user
+            return self._remove(room, key)
 
     def holds_name(self, room: str, name: str) -> bool:
         """True when a present member of `room` holds `name` (by name key)."""

@@ -298,3 +298,65 @@ def test_without_group_commit_a_batch_changes_nothing(rooms):
         rooms.post("lobby", "dev", "at once", "mqtt")
     assert rooms.pending_events == 0
     assert rooms.drain() and [e.content for e in events] == ["at once"]
+
+
+# --- fair shares (PROTOCOL 9) -------------------------------------------------------------
+
+def test_a_person_joining_a_room_full_of_devices_takes_the_longest_silent_ones_place(tmp_path):
+    """Finding 4 of the trust review: strangers' device ids filled the lobby and a person got
+    room_full. Now the longest-silent device leaves (with its leave event) to make room."""
+    clock = [0.0]
+    small = Rooms(MessageStore(":memory:"), max_members=3, clock=lambda: clock[0])
+    events = collect(small)
+    for number in range(3):
+        clock[0] += 1
+        small.join("lobby", ("mqtt", f"d{number}"), f"dev{number}", "mqtt", client_id=f"d{number}")
+    clock[0] += 1
+    small.join("lobby", ("mqtt", "d0"), "dev0", "mqtt", client_id="d0")  # d0 alive again: d1 is the quietest
+    small.join("lobby", ("web", "s1"), "Alice", "web")
+    assert small.drain()
+    assert sorted(u["username"] for u in small.users("lobby")) == ["Alice", "dev0", "dev2"]
+    leaves = [e for e in events if isinstance(e, SystemEvent) and e.event == "leave"]
+    assert [(e.username, e.client_id) for e in leaves] == [("dev1", "d1")]
+    small.join("lobby", ("mqtt", "d9"), "dev9", "mqtt", client_id="d9")  # a device gets in the same way
+    assert sorted(u["username"] for u in small.users("lobby")) == ["Alice", "dev0", "dev9"]
+    assert small.evictions == 2
+    small.close()
+
+
+def test_a_room_full_of_people_still_refuses(tmp_path):
+    small = Rooms(MessageStore(":memory:"), max_members=2)
+    small.join("lobby", ("web", "1"), "a", "web")
+    small.join("lobby", ("web", "2"), "b", "web")
+    for key, source in ((("web", "3"), "web"), (("mqtt", "d"), "mqtt")):
+        with pytest.raises(ValidationError) as info:
+            small.join("lobby", key, "c", source, client_id="d" if source == "mqtt" else None)
+        assert info.value.code == "room_full"
+    small.close()
+
+
+def test_a_full_room_table_frees_the_quietest_room_of_devices_only(tmp_path):
+    """Finding 4: 1 000 device joins to new rooms made every new room room_full. Now the room
+    whose devices were heard from longest ago is emptied for a newcomer; rooms with a person stay."""
+    clock = [0.0]
+    small = Rooms(MessageStore(":memory:"), max_rooms=3, clock=lambda: clock[0])
+    events = collect(small)
+    small.join("people", ("web", "s1"), "Ana", "web")
+    clock[0] += 1
+    small.join("r1", ("mqtt", "a"), "a", "mqtt", client_id="a")
+    small.join("r1", ("mqtt", "b"), "b", "mqtt", client_id="b")
+    clock[0] += 1
+    small.join("r2", ("mqtt", "c"), "c", "mqtt", client_id="c")
+    clock[0] += 1
+    small.join("r1", ("mqtt", "b"), "b", "mqtt", client_id="b")  # r1 heard from last: r2 is the quietest
+    small.join("new", ("web", "s2"), "Bo", "web")
+    assert sorted(small.rooms_with_members()) == ["new", "people", "r1"]
+    assert small.drain()
+    assert [(e.room, e.username) for e in events if isinstance(e, SystemEvent) and e.event == "leave"] == [("r2", "c")]
+    small.join("r9", ("mqtt", "z"), "z", "mqtt", client_id="z")  # r1 (devices only) gives way to a device too
+    assert sorted(small.rooms_with_members()) == ["new", "people", "r9"]
+    with pytest.raises(ValidationError) as info:  # only rooms with people left: room_full
+        small.join("r10", ("web", "s3"), "Cy", "web")
+        small.join("r11", ("web", "s4"), "Di", "web")
+    assert info.value.code == "room_full"
+    small.close()
