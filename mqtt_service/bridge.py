@@ -1,22 +1,17 @@
-"""The MQTT bridge: paho client lifecycle, inbound handlers, outbox, publishing.
+"""The MQTT bridge: the paho client's lifecycle and callbacks, and group commit.
 
-Inbound: `P/messages/in`, `P/users/join`, `P/users/leave` (and the `P/R/...`
-forms) become Submissions to the intake; a refusal becomes one reply on
-`P/errors` (throttled per sender). Outbound: every room message and system
-event is published on `P/messages/out` / `P/system`, once, in seq order, and
-the device topics / Home Assistant configs (devices.py) go through the same
-ordered, bounded publisher.
+Inbound (inbound.py): the shared and device topics become Submissions to the
+intake; a refusal becomes one reply on `P/errors`. Outbound: every room message
+and system event is published on `P/messages/out` / `P/system`, once, in seq
+order, and the device topics / Home Assistant configs (devices.py) go through
+the same ordered, bounded outbox (outbox.py). Connections the broker keeps
+closing are explained by connection_watch.py.
 
 Group commit: with `rooms.group_commit`, inbound messages are handled inside
 `rooms.batch()` and acknowledged by hand (paho's manual ack): a flusher thread
 commits the batch, publishes it, then sends the PUBACKs. Under eventlet it runs
 when paho's loop yields, after a whole read burst, so one commit covers the
 burst; a broker that redelivers an unacknowledged message finds it stored.
-
-Why the bridge keeps its own outbox: paho's queue drops the *newest* message
-when full and counts nothing. While the broker is unreachable, room traffic
-waits here (bounded, oldest dropped and counted) and is published on
-reconnect, after paho has re-sent what was in flight when the link dropped.
 """
 from __future__ import annotations
 
@@ -25,11 +20,9 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 
 from chatroom.config import DEFAULT_ROOM, Settings
 from chatroom.intake import Intake
@@ -38,38 +31,24 @@ from chatroom.messages import Message, SystemEvent, dumps
 from chatroom.presence import Unavailable
 from chatroom.room import Rooms
 
+from .connection_watch import ConnectionWatch
 from .devices import DeviceTopics
 from .ha_discovery import Discovery
 from .inbound import Inbound
+from .outbox import Outbox, Outgoing
 from .stats import BridgeStats
-from .topics import Topics, topic_name_problem
+from .topics import Topics
 
 log = logging.getLogger(__name__)
 
-RESEND_WAIT_SECONDS = 10.0
 # 0 = no limit. paho's default window of 20 caps a QoS 1 relay well below one core,
 # and any window makes paho scan its whole queue on every PUBACK. The broker takes
 # what we send; our own outbox bounds memory while it is unreachable.
 MAX_INFLIGHT = 0
 STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the count is exact)
-# A session closed by the broker within TAKEOVER_SECONDS of opening, TAKEOVER_COUNT
-# times within TAKEOVER_WINDOW seconds: another client takes our client id, or the broker
-# refuses our publications (see _notice_takeover).
-TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
-# An optional publication (device topics, HA discovery) followed within this many seconds
-# by the broker closing the connection, twice in a row, is taken as refused.
-REFUSAL_SECONDS = 0.5
 # Group commit: the paho thread commits by itself once this many messages wait for
 # their PUBACK (a broker that keeps the socket busy never lets the flusher run).
 MAX_BATCH = 256
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool = False
 
 
 def set_tcp_nodelay(sock) -> None:
@@ -111,39 +90,19 @@ class MqttBridge:
             Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix,
                       settings.mqtt_shared_group or settings.mqtt_client_id, instance or None),
             self.publish_retained, settings.ha_discovery, *device_history)
-        self.inbound = Inbound(self.topics, intake, self.stats,
-                               lambda topic, payload: self._publish(_Outgoing(topic, payload, self.qos)),
-                               log_budget)
-        # Every publication's topic is checked; a room's few topics are checked once (bounded).
-        self._topic_problem = functools.lru_cache(maxsize=4096)(topic_name_problem)
         self.qos = settings.mqtt_qos
         self.compact = settings.mqtt_out_format == "compact"  # the original project's 5 fields
+        self.watch = ConnectionWatch(self.stats, settings.mqtt_client_id,
+                                     (f"{settings.mqtt_topic_prefix}/devices/", f"{settings.ha_discovery_prefix}/"))
+        self.outbox = Outbox(settings.mqtt_outbox_size, self.stats, self.watch)
+        self.inbound = Inbound(self.topics, intake, self.stats,
+                               lambda topic, payload: self.outbox.publish(Outgoing(topic, payload, self.qos)),
+                               log_budget)
         self._client: mqtt.Client | None = None
         self._running = False
         self._stopping = threading.Event()
-
-        # _lock guards the connection flag and the outbox. It is held while
-        # calling client.publish (keeping publish order), so paho callbacks
-        # that paho runs under its own locks (on_publish) must never take it.
-        self._lock = threading.Lock()
-        self._connected = False
         self._ever_connected = False
-        self._draining = False
-        self._outbox: deque[_Outgoing] = deque()
         self._subscriptions: list[str] = []
-        self._connected_at = 0.0
-        self._short_sessions: list[float] = []  # when connections closed right after opening
-        # Families of optional publications a broker may refuse by closing the connection.
-        self._optional_families = (f"{settings.mqtt_topic_prefix}/devices/", f"{settings.ha_discovery_prefix}/")
-        self._refused_families: set[str] = set()
-        self._optional_sent: dict[str, float] = {}  # family -> when one was last handed to paho
-        self._suspects: set[str] = set()
-        self._takeover_logged = float("-inf")
-
-        # Publications handed to paho and not yet acknowledged.
-        # Never re-entered: a plain lock spares eventlet's costly re-entrant one (two per message).
-        self._acks = threading.Condition(threading.Lock())
-        self._unacked = 0
 
         # Group commit: inbound (mid, qos) handled into the open batch, to PUBACK once committed.
         self.group_commit = rooms.group_commit
@@ -159,12 +118,11 @@ class MqttBridge:
 
     @property
     def is_connected(self) -> bool:
-        return self._connected
+        return self.outbox.is_connected
 
     @property
     def outbox_size(self) -> int:
-        with self._lock:
-            return len(self._outbox)
+        return self.outbox.size
 
     def start(self) -> None:
         """Connect in the background; the server works while the broker is down."""
@@ -193,6 +151,7 @@ class MqttBridge:
         client.on_message = self.on_message
         client.on_publish = self.on_publish
         self._client = client
+        self.outbox.attach(client)
         self._running = True
         if self.group_commit:
             threading.Thread(target=self._run_flusher, name="mqtt-batch-flusher", daemon=True).start()
@@ -207,14 +166,13 @@ class MqttBridge:
             return
         deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._publish(_Outgoing(self.state_topic, dumps({"state": "offline"}).encode(),
-                                qos=1, retain=True))
+        self.outbox.publish(Outgoing(self.state_topic, dumps({"state": "offline"}).encode(),
+                                     qos=1, retain=True))
         # Waiting only helps while the broker is there to take the messages.
-        flushed = self._wait_until(
-            lambda: not self._connected or (not self._outbox and self._unacked <= 0), deadline)
-        if not flushed or self._outbox:
+        flushed = self.outbox.wait_until(self.outbox.flushed, deadline)
+        if not flushed or self.outbox.size:
             log.warning("MQTT stop: %d outbox and %d unacknowledged messages not flushed",
-                        len(self._outbox), self._unacked)
+                        self.outbox.size, self.outbox.unacked)
         # The flusher kept acknowledging while we waited; these PUBACKs go out before DISCONNECT.
         self._commit_and_ack()
         self._client.disconnect()
@@ -224,17 +182,9 @@ class MqttBridge:
         self.rooms.flush()
         self._running = False
         self._flush_wanted.set()  # the flusher sees _running is False and ends
-        self._connected = False
+        self.outbox.disconnected()
+        self.outbox.stop()
         log.info("MQTT bridge stopped")
-
-    def _wait_until(self, done, deadline: float) -> bool:
-        with self._acks:
-            while not done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._acks.wait(min(remaining, 0.5))  # re-check: the outbox has no condition of its own
-            return True
 
     # --- paho callbacks (network thread) -------------------------------------
 
@@ -261,21 +211,15 @@ class MqttBridge:
             self._subscriptions.append(self.ha_status_topic)  # Home Assistant's restarts
         # Subscribing on every connect renews the subscriptions if the session was lost.
         client.subscribe([(topic, self.qos) for topic in self._subscriptions])
-        with self._lock:
-            self._connected = True
-            self._draining = bool(self._outbox)
-            self._publish_now(_Outgoing(self.state_topic,
-                                        dumps({"state": "online"}).encode(), qos=1, retain=True))
+        self.watch.opened()
+        # Ahead of the backlog: subscribers learn at once that the bridge is back.
+        self.outbox.publish_first(Outgoing(self.state_topic, dumps({"state": "online"}).encode(),
+                                           qos=1, retain=True))
         log.info("MQTT connected to %s:%s (session present: %s, outbox: %d)",
                  self.settings.mqtt_broker, self.settings.mqtt_port,
-                 connect_flags.session_present, len(self._outbox))
-        self._connected_at = time.monotonic()
+                 connect_flags.session_present, self.outbox.size)
         online_text = "MQTT service connected" if first_time else "MQTT bridge is back online"
-        if self._draining:
-            threading.Thread(target=self._drain_outbox, args=(online_text,), name="mqtt-outbox-drain",
-                             daemon=True).start()
-        else:
-            self._announce_online(online_text)
+        self.outbox.connected(after_drain=lambda: self._announce_online(online_text))
 
     def _announce_online(self, text: str) -> None:
         """After (re)connecting and sending the backlog: so these neither jump the queue
@@ -292,64 +236,20 @@ class MqttBridge:
 
     @_guarded
     def on_disconnect(self, client, userdata, disconnect_flags, reason_code, properties):
-        with self._lock:
-            was_connected, self._connected = self._connected, False
+        was_connected = self.outbox.disconnected()
         if self._stopping.is_set() or not was_connected:
             return  # a refused or failed attempt already recorded why
         text = f"connection lost: {reason_code}"
         self.stats.error(text)
         log.warning("MQTT %s; messages wait in the outbox until it returns", text)
-        self._notice_takeover()
+        self.watch.closed()
         self._announce_all("bridge_offline", "MQTT bridge lost the broker; device messages wait")
-
-    def _notice_takeover(self) -> None:
-        """Say so when connections keep being closed right after they open.
-
-        MQTT 3.1.1 gives no reason. Two causes make this pattern: a second client
-        with our client id (the broker closes the older session each time one of
-        the two reconnects), or a publication the broker refuses and answers by
-        closing the connection (mosquitto does so for an ACL denial), sent again
-        after every connect. An optional topic family (device topics, Home
-        Assistant discovery) published just before two such closes in a row is
-        refused from then on: dropped and counted, never a reconnect loop.
-        """
-        now = time.monotonic()
-        if now - self._connected_at > TAKEOVER_SECONDS:
-            return
-        # A refusal closes the connection at once; a take-over comes when the other client
-        # reconnects, a second or more later.
-        suspects = {family for family, sent in self._optional_sent.items()
-                    if self._connected_at <= sent and now - sent < REFUSAL_SECONDS}
-        repeated = suspects & self._suspects
-        self._suspects = suspects
-        for suspect in repeated - self._refused_families:
-            self._refused_families.add(suspect)
-            text = (f"the broker closed the connection right after publications to {suspect!r}… twice "
-                    "(its ACL probably refuses them): those publications are dropped from now on "
-                    "(allow them for the bridge's user, see clients/mosquitto/acl.example)")
-            self.stats.error(text)
-            log.error("MQTT %s", text)
-        if repeated:
-            return
-        self._short_sessions = [t for t in self._short_sessions if now - t < TAKEOVER_WINDOW] + [now]
-        if len(self._short_sessions) < TAKEOVER_COUNT:
-            return
-        text = (f"the broker closed {len(self._short_sessions)} connections within "
-                f"{TAKEOVER_WINDOW:g} s right after they opened: another client probably uses "
-                f"MQTT_CLIENT_ID {self.settings.mqtt_client_id!r} (give each server its own), or the "
-                "broker refuses some of the bridge's publications (check its ACL)")
-        self.stats.error(text)
-        if now - self._takeover_logged > TAKEOVER_WINDOW:
-            self._takeover_logged = now
-            log.error("MQTT %s", text)
 
     @_guarded
     def on_publish(self, client, userdata, mid, reason_code, properties):
         # Runs under paho's message lock: touch only the stats and the ack condition.
         self.stats.add("messages_sent")
-        with self._acks:
-            self._unacked -= 1
-            self._acks.notify_all()
+        self.outbox.acknowledged(mid)
 
     @_guarded
     def on_message(self, client, userdata, message):
@@ -416,7 +316,7 @@ class MqttBridge:
 
     def publish_retained(self, topic: str, payload: bytes, retain: bool = True) -> None:
         """For the device topics: retained, in order with everything else, kept while the broker is down."""
-        self._publish(_Outgoing(topic, payload, self.qos, retain))
+        self.outbox.publish(Outgoing(topic, payload, self.qos, retain))
 
     # --- outbound --------------------------------------------------------------
 
@@ -429,74 +329,7 @@ class MqttBridge:
             topic, text = self.topics.system(event.room), event.to_json()
         else:
             return
-        self._publish(_Outgoing(topic, text.encode("utf-8"), self.qos))
-
-    def _family(self, topic: str) -> str:
-        """The topic family a refusal is blamed on: optional families as a whole, else the topic."""
-        return next((family for family in self._optional_families if topic.startswith(family)), topic)
-
-    def _publish(self, item: _Outgoing) -> None:
-        if self._refused_families and self._family(item.topic) in self._refused_families:
-            self.stats.add("messages_dropped")  # the broker refuses these (see _notice_takeover)
-            return
-        problem = self._topic_problem(item.topic)
-        if problem is not None:
-            # Poison: the broker would drop our connection for it, and paho would
-            # send it again after every reconnect. Drop it here, once, counted.
-            self.stats.add("messages_dropped")
-            log.warning("MQTT publication dropped: %s (topic %r)", problem, item.topic[:200])
-            return
-        with self._lock:
-            # Behind a non-empty outbox, new messages queue up too: order is kept.
-            if self._connected and not self._draining:
-                self._publish_now(item)
-            else:
-                self._keep(item)
-
-    def _keep(self, item: _Outgoing) -> None:
-        if len(self._outbox) >= self.settings.mqtt_outbox_size:
-            self._outbox.popleft()
-            self.stats.add("messages_dropped")
-        self._outbox.append(item)
-
-    def _publish_now(self, item: _Outgoing) -> None:
-        # Caller holds _lock.
-        family = self._family(item.topic)
-        if family in self._optional_families:
-            self._optional_sent[family] = time.monotonic()
-        with self._acks:
-            self._unacked += 1
-        info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and item.qos > 0:
-            return  # paho holds QoS>0 messages and sends them on reconnect
-        with self._acks:
-            self._unacked -= 1
-        self._outbox.appendleft(item)
-        log.warning("MQTT publish on %s failed (%s); kept in the outbox", item.topic, info.rc)
-
-    def _drain_outbox(self, online_text: str) -> None:
-        """After a reconnect: let paho re-send what was in flight, then send the outbox.
-
-        `bridge_online` is announced after the backlog, so it neither jumps the
-        queue nor pushes the oldest kept message out of a full outbox.
-        """
-        self._wait_until(lambda: self._unacked <= 0, time.monotonic() + RESEND_WAIT_SECONDS)
-        sent = 0
-        while True:
-            with self._lock:
-                if not self._connected:
-                    return  # lost again: the next on_connect starts a new drain
-                if not self._outbox:
-                    self._draining = False
-                    break
-                self._publish_now(self._outbox.popleft())
-                sent += 1
-        with self._acks:
-            self._acks.notify_all()
-        log.info("MQTT outbox drained: %d messages published", sent)
-        self._announce_online(online_text)
+        self.outbox.publish(Outgoing(topic, text.encode("utf-8"), self.qos))
 
     def _announce_all(self, event: str, text: str) -> None:
         """A bridge event for the lobby and every room with members (not every room ever seen)."""
@@ -517,7 +350,7 @@ class MqttBridge:
              "message_count": user.message_count, "room": user.room}
             for _, user in (members or [])[:STATUS_USERS_SHOWN]
         ]
-        connected = self._connected
+        connected = self.outbox.is_connected
         return {
             "is_connected": connected,
             "is_running": self._running,

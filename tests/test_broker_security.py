@@ -73,8 +73,8 @@ def test_publications_a_broker_refuses_are_dropped_not_a_reconnect_loop(tmp_path
     try:
         app.components.start()
         wait_for(lambda: "dropped from now on" in (app.status()["mqtt_status"]["last_error"] or "")
-                 or app.components.bridge._refused_families, timeout=60, what="the refused family noticed")
-        assert app.components.bridge._refused_families == {"homeassistant/"}
+                 or app.components.bridge.watch.refused_families, timeout=60, what="the refused family noticed")
+        assert app.components.bridge.watch.refused_families == {"homeassistant/"}
         wait_for(lambda: app.components.bridge.is_connected, what="connected for good")
         probe = MqttProbe(broker.port, "chatroom/messages/out")
         probe.client.username_pw_set("chatroom-bridge", "bridge-pw")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from chatroom.messages import ValidationError, validate_message_id, validate_room
 from conftest import app_env
-from mqtt_service.bridge import _Outgoing
+from mqtt_service.outbox import Outgoing
 from mqtt_service.topics import Topics, topic_name_problem
 from support import TIMEOUT
 
@@ -71,7 +71,7 @@ def test_a_poison_publication_is_dropped_and_counted_and_the_bridge_stays_up(mak
     running = make_app()
     bridge = running.components.bridge
     probe = probe_for(running.prefix)
-    bridge._publish(_Outgoing(f"{running.prefix}/abc\n/messages/out", b"{}", 1))
+    bridge.outbox.publish(Outgoing(f"{running.prefix}/abc\n/messages/out", b"{}", 1))
     assert bridge.stats.snapshot()["messages_dropped"] == 1
     probe.publish(f"{running.prefix}/messages/in", {"client_id": "dev-1", "message": "still here"})
     probe.wait(f"{running.prefix}/messages/out")

@@ -85,6 +85,78 @@ def test_outbox_overflow_drops_the_oldest_and_counts_them(own_broker, tmp_path):
         app.stop()
 
 
+def test_the_outbox_bound_holds_while_a_connected_broker_takes_nothing(own_broker, tmp_path, caplog):
+    """Finding 3 of the trust review: publications beyond what paho would take piled up in
+    the outbox with no bound. The broker is frozen (SIGSTOP: connected, but no PUBACK comes):
+    at most `window` go to paho, at most MQTT_OUTBOX_SIZE wait, the oldest waiting are
+    dropped and counted with one log line; thawed, the rest go out in seq order, once."""
+    app = RunningApp(app_env(own_broker, tmp_path, MQTT_OUTBOX_SIZE=100)).start()
+    probe = persistent_probe(own_broker.port, app.prefix, "frozen-watcher")
+    outbox = app.components.bridge.outbox
+    outbox.window = 50
+    try:
+        start_with_one_message(app, probe)
+        app.drain()
+        wait_for(lambda: outbox.unacked == 0, what="the start-up publications acknowledged")
+        own_broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            sent = [post(app, f"m{i}") for i in range(400)]
+            app.drain()
+            status = app.status()["mqtt_status"]
+            assert status["outbox_size"] == 100 and outbox.unacked == 50
+            assert status["messages_dropped"] == 250
+            full = [r for r in caplog.records if "outbox full" in r.getMessage()]
+            assert len(full) == 1
+        finally:
+            own_broker.proc.send_signal(signal.SIGCONT)
+        kept = sent[:50] + sent[300:]
+        outs = probe.wait(f"{app.prefix}/messages/out", count=150, match=lambda m: m["content"] != "before",
+                          timeout=60)
+        wait_for(lambda: app.status()["mqtt_status"]["outbox_size"] == 0 and outbox.unacked == 0,
+                 what="outbox drained")
+        app.drain()
+        outs = [r.json() for r in probe.on(f"{app.prefix}/messages/out") if r.json()["content"] != "before"]
+        assert [m["seq"] for m in outs] == [m["seq"] for m in kept]
+        assert any("room again" in r.getMessage() for r in caplog.records)
+    finally:
+        probe.stop()
+        app.stop()
+
+
+def test_the_outbox_bound_holds_when_paho_refuses_publications():
+    """paho answers MQTT_ERR_QUEUE_SIZE when its message ids run out: such publications wait
+    in the outbox, within its bound (they went back to the front without one), one log line."""
+    import logging
+
+    from paho.mqtt.enums import MQTTErrorCode
+
+    from mqtt_service.connection_watch import ConnectionWatch
+    from mqtt_service.outbox import Outbox, Outgoing
+    from mqtt_service.stats import BridgeStats
+
+    class RefusingClient:  # stands in for paho's Client: only publish() is called
+        def publish(self, topic, payload, qos, retain):
+            return type("Info", (), {"rc": MQTTErrorCode.MQTT_ERR_QUEUE_SIZE, "mid": 0})()
+
+    stats = BridgeStats()
+    outbox = Outbox(10, stats, ConnectionWatch(stats, "bridge", ()))
+    outbox.attach(RefusingClient())
+    outbox.connected(after_drain=lambda: None)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("mqtt_service.bridge").addHandler(handler)
+    try:
+        for number in range(1000):
+            outbox.publish(Outgoing("chatroom/messages/out", str(number).encode(), 1))
+        assert outbox.size == 10 and stats.snapshot()["messages_dropped"] == 990
+        assert outbox.unacked == 0
+        assert len([r for r in records if r.levelno >= logging.WARNING]) <= 3  # refused once, full once
+    finally:
+        logging.getLogger("mqtt_service.bridge").removeHandler(handler)
+        outbox.stop()
+
+
 def test_broker_killed_then_restarted_the_bridge_reconnects(own_broker, tmp_path):
     """SIGKILL the broker: 503 with last_error; a new broker: 200, reconnect_count 1, outbox acknowledged."""
     app = RunningApp(app_env(own_broker, tmp_path)).start()
