@@ -252,6 +252,13 @@ class Intake:
                     self._take(buckets)
         return Accepted(LEFT if user else NOT_PRESENT, room, user=user)
 
+    def spend(self, sub: Submission) -> None:
+        """An HTTP action that posts nothing but costs publications (forgetting a device)
+        spends a token of its caller's buckets like a message, or is refused rate_limited."""
+        buckets = self._buckets(sub, None)
+        self._check_rate(buckets, None)
+        self._take(buckets)
+
     # --- the parts of each rule ---------------------------------------------------
 
     def _client_id(self, sub: Submission) -> str | None:

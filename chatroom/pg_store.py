@@ -143,6 +143,14 @@ class PostgresStore:
             latest.update(data)
         return latest, rows[0][0] if rows else None
 
+    def recent_devices(self, limit: int, scan: int = 200_000) -> list[tuple[str, str]]:
+        """(client_id, time of its newest message), newest first: see MessageStore."""
+        rows = self._fetch(
+            "SELECT client_id, MAX(timestamp) FROM (SELECT client_id, timestamp FROM messages"
+            " ORDER BY position DESC LIMIT %s) AS newest WHERE client_id IS NOT NULL"
+            " GROUP BY client_id ORDER BY 2 DESC LIMIT %s", (scan, limit))
+        return [tuple(row) for row in rows]
+
     def data_keys(self, client_id: str) -> list[str]:
         rows = self._fetch(
             "SELECT DISTINCT jsonb_object_keys(body::jsonb -> 'data') FROM messages"

@@ -272,6 +272,16 @@ class MessageStore:
                 (scan, since)).fetchall()
         return [tuple(row) for row in rows]
 
+    def recent_devices(self, limit: int, scan: int = 200_000) -> list[tuple[str, str]]:
+        """(client_id, time of its newest message) of the `limit` devices heard from most
+        recently, newest first: the device table to rebuild after a restart. A bounded walk."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client_id, MAX(timestamp) FROM (SELECT client_id, timestamp FROM messages"
+                " ORDER BY rowid DESC LIMIT ?) WHERE client_id IS NOT NULL"
+                " GROUP BY client_id ORDER BY 2 DESC LIMIT ?", (scan, limit)).fetchall()
+        return [tuple(row) for row in rows]
+
     def last_messages(self, rooms: list[str]) -> dict[str, dict]:
         """For each room that has history: its newest message's seq and timestamp (one query,
         each room found through the primary key)."""

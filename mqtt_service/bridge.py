@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chatroom.config import DEFAULT_ROOM, Settings
+from chatroom.housekeeping import Periodic
 from chatroom.intake import Intake
 from chatroom.limits import Throttle
 from chatroom.messages import Message, SystemEvent, dumps
@@ -36,6 +37,7 @@ from .devices import DeviceTopics
 from .ha_discovery import Discovery
 from .inbound import Inbound
 from .outbox import Outbox, Outgoing
+from .reannounce import Reannouncer
 from .stats import BridgeStats
 from .topics import Topics
 
@@ -49,6 +51,7 @@ STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the
 # Group commit: the paho thread commits by itself once this many messages wait for
 # their PUBACK (a broker that keeps the socket busy never lets the flusher run).
 MAX_BATCH = 256
+DEVICE_RETENTION_CHECK = 3600.0  # seconds between two looks for devices silent DEVICE_RETENTION_DAYS
 
 
 def set_tcp_nodelay(sock) -> None:
@@ -74,8 +77,8 @@ def _guarded(callback):
 class MqttBridge:
     def __init__(self, settings: Settings, rooms: Rooms, intake: Intake, device_history: tuple = (),
                  log_budget: Throttle | None = None):
-        """`device_history`: (latest readings of a client_id, every data key of a client_id),
-        read from the history store, for the device topics. `log_budget`: client-error log
+        """`device_history`: (latest readings of a client_id, every data key of a client_id[,
+        the devices heard from most recently]), read from the history store, for the device topics. `log_budget`: client-error log
         lines of the whole process (shared with the web side)."""
         self.settings = settings
         self.rooms = rooms
@@ -86,10 +89,18 @@ class MqttBridge:
         # Several instances (PROTOCOL 8): each has its own state topic; they relay as one device.
         instance = settings.instance_id if settings.mqtt_shared_group else ""
         self.state_topic = self.topics.bridge_state(instance)
+        latest_data, data_keys, *recent_devices = device_history or (lambda _: ({}, None), lambda _: [])
         self.devices = DeviceTopics(
             Discovery(settings.mqtt_topic_prefix, settings.ha_discovery_prefix,
                       settings.mqtt_shared_group or settings.mqtt_client_id, instance or None),
-            self.publish_retained, settings.ha_discovery, *device_history)
+            self.publish_retained, settings.ha_discovery, latest_data, data_keys,
+            max_devices=settings.max_devices, max_keys=settings.max_device_keys,
+            reannouncer=Reannouncer(lambda deadline: self.outbox.wait_until(self.outbox.has_room, deadline)))
+        if recent_devices:  # the device table as history left it: bounds and retention cover it
+            self.devices.recall(recent_devices[0](settings.max_devices))
+        self.device_retention = Periodic(
+            "device-retention", DEVICE_RETENTION_CHECK,
+            lambda: self.devices.expire(time.time() - settings.device_retention_days * 86400))
         self.qos = settings.mqtt_qos
         self.compact = settings.mqtt_out_format == "compact"  # the original project's 5 fields
         self.watch = ConnectionWatch(self.stats, settings.mqtt_client_id,
@@ -153,6 +164,8 @@ class MqttBridge:
         self._client = client
         self.outbox.attach(client)
         self._running = True
+        if settings.device_retention_days > 0:
+            self.device_retention.start()
         if self.group_commit:
             threading.Thread(target=self._run_flusher, name="mqtt-batch-flusher", daemon=True).start()
         log.info("MQTT bridge connecting to %s:%s as %s", settings.mqtt_broker,
@@ -166,6 +179,7 @@ class MqttBridge:
             return
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        self.device_retention.stop()
         self.outbox.publish(Outgoing(self.state_topic, dumps({"state": "offline"}).encode(),
                                      qos=1, retain=True))
         # Waiting only helps while the broker is there to take the messages.

@@ -1,31 +1,40 @@
-"""Per-device topics and Home Assistant discovery: a room listener of the bridge.
+"""Per-device retained topics and Home Assistant discovery: a room listener of the bridge.
 
-For every device (by client_id) that sends readings in `data`:
-- `P/devices/<id>/state` (retained): the latest value of every key, with the
-  time of the reading;
-- `P/devices/<id>/availability` (retained): `online` while the device is in a
-  room, `offline` when it leaves (a leave, its will, or the silence timeout);
-- with HA_DISCOVERY, one retained config per key under the discovery prefix,
-  sent once per new key (and again when Home Assistant says it is `online`
-  after its own restart), never per reading.
-`forget()` clears all of a device's retained topics.
+For every device (by client_id):
+- `P/devices/<id>/state` (retained): the latest value of each of its `data` keys, with
+  the time of the reading;
+- `P/devices/<id>/availability` (retained): `online` while the device is in a room,
+  `offline` when it leaves (a leave, its will, the silence timeout, or giving way);
+- with HA_DISCOVERY, one retained config per key under the discovery prefix, sent once
+  per new key, never per reading.
+
+What strangers can leave on the broker is bounded (PROTOCOL 9): at most `max_keys` keys
+per device (across its messages), at most `max_devices` devices (the longest-silent one
+is cleared to make room), and devices silent for DEVICE_RETENTION_DAYS are cleared
+(`expire`). Clearing a device publishes an empty retained message on each of its topics.
+Home Assistant's birth (`online` on its status topic) re-announces everything at most
+once a minute, paced so the outbox never fills with configs (`Reannouncer`).
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable
 
+from chatroom.limits import RecentSet
 from chatroom.messages import Message, SystemEvent, dumps
 
 from .ha_discovery import Announcement, Discovery
+from .reannounce import Reannouncer
 
 log = logging.getLogger(__name__)
 
-MAX_DEVICES = 1000          # devices remembered in memory (their retained topics stay on the broker)
-MAX_KEYS_PER_DEVICE = 64    # a device cannot grow its state or its entities without bound
+DEVICE_SOURCE = "mqtt"
+MAX_KEYS_CLEARED = 256  # keys of a device's history cleared at most (older versions allowed 64 in memory)
 
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -34,77 +43,153 @@ Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 class _Device:
     name: str
     room: str
+    last_seen: float  # epoch seconds: compared with DEVICE_RETENTION_DAYS
     data: dict = field(default_factory=dict)
     timestamp: str | None = None
     units: dict = field(default_factory=dict)
-    announced: dict = field(default_factory=dict)  # key -> config topic
+    announced: dict = field(default_factory=dict)  # key -> config topic (None without HA)
     rooms: set = field(default_factory=set)
+    loaded: bool = False  # its latest readings were read from history
 
 
 class DeviceTopics:
     def __init__(self, discovery: Discovery, publish: Publish, ha_enabled: bool,
                  history: Callable[[str], tuple[dict, str | None]] = lambda client_id: ({}, None),
-                 known_keys: Callable[[str], list[str]] = lambda client_id: []):
+                 known_keys: Callable[[str], list[str]] = lambda client_id: [],
+                 max_devices: int = 500, max_keys: int = 32, clock: Callable[[], float] = time.time,
+                 reannouncer: Reannouncer | None = None):
         self.discovery = discovery
         self.publish = publish
         self.ha_enabled = ha_enabled
         self.history = history        # latest stored readings, so a restart does not blank the state
-        self.known_keys = known_keys  # every data key ever stored, for forget()
-        self._devices: OrderedDict[str, _Device] = OrderedDict()
+        self.known_keys = known_keys  # every data key history holds, for clearing
+        self.max_devices = max_devices
+        self.max_keys = max_keys
+        self.clock = clock
+        self.reannouncer = reannouncer or Reannouncer(lambda deadline: True)
+        self._devices: OrderedDict[str, _Device] = OrderedDict()  # least recently heard first
+        self._forgotten = RecentSet(max_items=1000)  # cleared and not heard since
         self._lock = threading.Lock()
+        self.cleared = 0  # devices whose retained topics were cleared (evicted, expired, forgotten)
 
     # --- room listener ------------------------------------------------------------
 
     def __call__(self, event) -> None:
-        if isinstance(event, Message) and event.source == "mqtt" and event.client_id and event.data:
+        if isinstance(event, Message) and event.source == DEVICE_SOURCE and event.client_id and event.data:
             self._reading(event)
         elif isinstance(event, SystemEvent) and event.client_id and event.event in ("join", "leave", "rename"):
             self._presence(event)
 
-    def _device(self, client_id: str, name: str, room: str) -> _Device:
+    def _device(self, client_id: str, name: str, room: str, evicted: list) -> _Device:
+        """The device's entry, made the most recently heard; a new one may push the
+        longest-silent device out (into `evicted`, to be cleared by the caller)."""
         device = self._devices.pop(client_id, None)
         if device is None:
-            data, timestamp = self.history(client_id)
-            device = _Device(name=name, room=room, data=dict(list(data.items())[:MAX_KEYS_PER_DEVICE]),
-                             timestamp=timestamp)
-        self._devices[client_id] = device  # most recently heard last
-        while len(self._devices) > MAX_DEVICES:
-            self._devices.popitem(last=False)
+            device = _Device(name=name, room=room, last_seen=self.clock())
+        self._devices[client_id] = device
+        device.last_seen = self.clock()
+        self._forgotten.discard(client_id)
+        while len(self._devices) > self.max_devices:
+            evicted.append(self._devices.popitem(last=False))
         return device
 
     def _reading(self, message: Message) -> None:
+        evicted: list = []
         with self._lock:
-            device = self._device(message.client_id, message.username, message.room)
+            device = self._device(message.client_id, message.username, message.room, evicted)
+            if not device.loaded:
+                device.loaded = True
+                data, device.timestamp = self.history(message.client_id)
+                device.data.update(list(data.items())[:self.max_keys])
             device.name, device.room, device.timestamp = message.username, message.room, message.timestamp
-            device.units.update(message.units or {})
             new_keys = []
             for key, value in message.data.items():
-                if key not in device.data and len(device.data) >= MAX_KEYS_PER_DEVICE:
-                    continue
+                if key not in device.data and len(device.data) >= self.max_keys:
+                    continue  # bounded across its messages: later new keys are not published
                 device.data[key] = value
                 if key not in device.announced:
                     new_keys.append(key)
+            device.units.update((key, unit) for key, unit in (message.units or {}).items() if key in device.data)
             announcements = [self._entity(message.client_id, device, key) for key in new_keys]
             state = self._state(message.client_id, device)
+        self._clear(evicted)
         for announcement in announcements:
             self._send(announcement)
         self.publish(self.discovery.state_topic(message.client_id), state, True)
 
     def _presence(self, event: SystemEvent) -> None:
+        evicted: list = []
         with self._lock:
-            device = self._device(event.client_id, event.username or event.client_id, event.room)
+            device = self._device(event.client_id, event.username or event.client_id, event.room, evicted)
             if event.event == "leave":
                 device.rooms.discard(event.room)
             else:
                 device.rooms.add(event.room)
                 device.name = event.username or device.name
             online = bool(device.rooms)
-            renamed = event.event == "rename" and self.ha_enabled
-            announcements = ([self._entity(event.client_id, device, key) for key in device.announced]
-                             if renamed else [])
+            # The device's name is in every config, and Home Assistant takes a device's name
+            # from any of them: one config carries a rename (not one per key).
+            renamed = event.event == "rename" and self.ha_enabled and device.announced
+            announcement = self._entity(event.client_id, device, next(iter(device.announced))) if renamed else None
+        self._clear(evicted)
         self.publish(self.discovery.availability_topic(event.client_id), b"online" if online else b"offline", True)
-        for announcement in announcements:  # the device's name in Home Assistant follows a rename
-            self._send(announcement)
+        self._send(announcement)
+
+    # --- bounds ---------------------------------------------------------------------
+
+    def recall(self, recent: list[tuple[str, str]]) -> None:
+        """After a restart: the devices history heard from most recently, (client_id, ISO
+        time of its newest message) newest first, so bounds and retention cover them too."""
+        with self._lock:
+            for client_id, timestamp in recent[:self.max_devices]:  # each in front of the newer
+                if client_id not in self._devices:
+                    self._devices[client_id] = _Device(name=client_id, room="", last_seen=_epoch(timestamp))
+                    self._devices.move_to_end(client_id, last=False)  # older than anyone heard since
+
+    def expire(self, silent_since: float) -> int:
+        """Devices not heard from since `silent_since` (epoch seconds) are cleared."""
+        with self._lock:
+            # Least recently heard first; a present device is never cleared, whatever its age.
+            expired = [(client_id, device) for client_id, device in self._devices.items()
+                       if device.last_seen < silent_since and not device.rooms]
+            for client_id, _ in expired:
+                del self._devices[client_id]
+        self._clear(expired)
+        if expired:
+            log.info("device retention: %d devices silent since %s cleared", len(expired),
+                     datetime.fromtimestamp(silent_since).isoformat(timespec="seconds"))
+        return len(expired)
+
+    def forget(self, client_id: str) -> list[str] | None:
+        """Clear a device's retained topics (state, availability, discovery). The topics
+        cleared; [] when it was cleared already and not heard since; None when unknown."""
+        with self._lock:
+            device = self._devices.pop(client_id, None)
+            if device is None and client_id in self._forgotten:
+                return []
+        if device is None and not self.known_keys(client_id) and not self.history(client_id)[1]:
+            return None
+        topics = self._clear([(client_id, device)])
+        log.info("device %r forgotten: %d retained topics cleared", client_id, len(topics))
+        return topics
+
+    def _clear(self, devices: list[tuple[str, _Device | None]]) -> list[str]:
+        """Empty retained messages on every topic of these devices (called without the lock)."""
+        topics: list[str] = []
+        for client_id, device in devices:
+            own = [self.discovery.state_topic(client_id), self.discovery.availability_topic(client_id)]
+            announced = dict(device.announced) if device else {}
+            own += [topic for topic in announced.values() if topic]
+            for key in sorted(set(self.known_keys(client_id)[:MAX_KEYS_CLEARED]) - set(announced)):
+                # The kind of a key seen only in history is not known: clear both.
+                own += [self.discovery.config_topic("sensor", client_id, key),
+                        self.discovery.config_topic("binary_sensor", client_id, key)]
+            for topic in own:
+                self.publish(topic, b"", True)  # an empty retained message deletes the retained one
+            self._forgotten.add(client_id)
+            topics += own
+        self.cleared += len(devices)
+        return topics
 
     # --- Home Assistant -------------------------------------------------------------
 
@@ -114,31 +199,14 @@ class DeviceTopics:
             self._send(self.discovery.bridge())
 
     def on_ha_status(self, payload: bytes) -> None:
-        """Home Assistant restarted (`online` on its status topic): announce everything again."""
+        """Home Assistant restarted (`online` on its status topic): announce everything again,
+        at most once a minute and paced (on a thread of its own: this is paho's thread)."""
         if not self.ha_enabled or payload.strip().lower() != b"online":
             return
         with self._lock:
             announcements = [self._entity(client_id, device, key)
                              for client_id, device in self._devices.items() for key in device.announced]
-        self._send(self.discovery.bridge())
-        for announcement in announcements:
-            self._send(announcement)
-        log.info("Home Assistant is online: %d device entities announced again", len(announcements))
-
-    def forget(self, client_id: str) -> list[str]:
-        """Clear every retained topic of a device (state, availability, discovery). Returns them."""
-        with self._lock:
-            device = self._devices.pop(client_id, None)
-        keys = set(device.data if device else ()) | set(self.known_keys(client_id))
-        topics = [self.discovery.state_topic(client_id), self.discovery.availability_topic(client_id)]
-        for key in sorted(keys):
-            # The kind of a key seen only in history is not known: clear both.
-            topics += [self.discovery.config_topic("sensor", client_id, key),
-                       self.discovery.config_topic("binary_sensor", client_id, key)]
-        for topic in topics:
-            self.publish(topic, b"", True)  # an empty retained message deletes the retained one
-        log.info("device %r forgotten: %d retained topics cleared", client_id, len(topics))
-        return topics
+        self.reannouncer.start([self.discovery.bridge(), *announcements], self._send)
 
     # --- helpers --------------------------------------------------------------------
 
@@ -157,3 +225,10 @@ class DeviceTopics:
     def _state(self, client_id: str, device: _Device) -> bytes:
         return dumps({"client_id": client_id, "username": device.name, "room": device.room,
                       "timestamp": device.timestamp, "data": device.data}).encode("utf-8")
+
+
+def _epoch(timestamp: str) -> float:
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except (TypeError, ValueError):
+        return time.time()

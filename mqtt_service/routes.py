@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
+from chatroom.intake import HTTP, Submission
 from chatroom.messages import utc_timestamp, validate_client_id
 from chatroom.presence import Unavailable
 from chatroom.routes import error_response
@@ -44,11 +45,16 @@ def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms, assistant_s
 
     @bp.post("/api/devices/<path:client_id>/forget")
     def forget_device(client_id: str):
-        """A device gone for good: clear its retained state, availability and HA entities."""
+        """A device gone for good: clear its retained state, availability and HA entities.
+        Rate-limited like a message (each call publishes a few dozen empty retained messages);
+        404 for a device neither the bridge nor history knows; a second call clears nothing."""
         client_id = validate_client_id(client_id)  # a ValidationError is a JSON 400 (chatroom.routes)
         if bridge is None:
             return error_response(503, "the MQTT bridge is off (MQTT_ENABLE=false)", "bridge_off")
+        bridge.intake.spend(Submission(HTTP, address=request.remote_addr))
         cleared = bridge.devices.forget(client_id)
+        if cleared is None:
+            return error_response(404, f"no device {client_id!r} is known", "unknown_device")
         return jsonify({"success": True, "client_id": client_id, "cleared_topics": cleared})
 
     return bp
