@@ -45,8 +45,9 @@ def test_bridge_connects_with_username_and_password(auth_broker, tmp_path):
     app = RunningApp(env).start()
     try:
         device = authed_probe(auth_broker.port, "esp32", "device-pw", "chatroom/messages/out")
-        device.publish("chatroom/messages/in", {"client_id": "esp32", "message": "authed",
-                                                "data": {"temperature": 20}})
+        # The shipped ACL lets a device write only its own device topics (PROTOCOL 10).
+        device.publish("chatroom/messages/in/esp32", {"client_id": "esp32", "message": "authed",
+                                                      "data": {"temperature": 20}})
         assert device.wait("chatroom/messages/out")[0].json()["content"] == "authed"
         device.stop()
         app.drain()
@@ -127,7 +128,7 @@ def test_acl_stops_a_device_from_forging_room_output(auth_broker, tmp_path):
                      what="broker verdict")
             forger.stop()
         honest = authed_probe(auth_broker.port, "esp32", "device-pw", client_id="honest")
-        honest.publish("chatroom/messages/in", {"client_id": "honest", "message": "honest"})
+        honest.publish("chatroom/messages/in/esp32", {"message": "honest"})
         honest.stop()
         out = reader.wait("chatroom/messages/out")[0].json()
         assert out["content"] == "honest" and out["source"] == "mqtt"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -74,11 +75,11 @@ def install_mosquitto() -> bool:
     return True
 
 
-def shipped_conf(port: int, directory: Path) -> str:
-    """clients/mosquitto/mosquitto.conf, listening on `port`, persisting in `directory`."""
-    return (SHIPPED_CONF.read_text()
-            .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
-            .replace("/tmp/chatroom-mosquitto/", f"{directory}/"))
+def shipped_conf(port: int, directory: Path, conf: Path = SHIPPED_CONF) -> str:
+    """clients/mosquitto/mosquitto.conf (or another shipped `conf`, such as
+    mosquitto-devices.conf), listening on 127.0.0.1:`port`, persisting in `directory`."""
+    text = re.sub(r"^listener 1883\b.*$", f"listener {port} 127.0.0.1", conf.read_text(), count=1, flags=re.M)
+    return re.sub(r"^persistence_location .*$", f"persistence_location {directory}/", text, flags=re.M)
 
 
 def start_mosquitto(port: int) -> int | None:
