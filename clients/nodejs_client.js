@@ -4,12 +4,18 @@
 //   node clients/nodejs_client.js --broker localhost --name Alice        # interactive
 //   node clients/nodejs_client.js --name cron --send "backup done"       # send once, exit 0
 //   node clients/nodejs_client.js --listen                               # print the room
+//   node clients/nodejs_client.js --username esp-a --password s3cret --send "hi"   # a broker login
 //
-// Same flags as clients/python_client.py. It joins on (every) connect and every
+// Same flags as clients/python_client.py. It publishes on its own device topics
+// (PROTOCOL 10: messages/in/<client_id>, users/join/<client_id>, users/leave/<client_id>),
+// which a broker ACL can bind to its login; --shared-topics uses messages/in, users/join,
+// users/leave instead (servers older than device topics). With --username and no
+// --client-id, the login is the client_id. It joins on (every) connect and every
 // --heartbeat seconds (so a listener stays present), leaves on exit, and sets a
-// will on users/leave so the room sees it go if it drops. --send waits for the
+// will on its users/leave topic so the room sees it go if it drops. --send waits for the
 // room to confirm. Exit status: 0 done, 1 the server rejected something we sent
-// (or no broker), 3 no confirmation. Room text is printed with control characters escaped.
+// (or no broker, or the broker refused our login), 2 bad arguments, 3 no confirmation.
+// Room text is printed with control characters escaped.
 "use strict";
 
 const mqtt = require("mqtt");
@@ -22,45 +28,69 @@ const CONFIRM_SECONDS = 10;
 
 const HELP = `usage: nodejs_client.js [--broker HOST] [--port N] [--name NAME] [--client-id ID]
                         [--room ROOM] [--prefix PREFIX] [--send TEXT] [--listen]
-                        [--heartbeat SECONDS]
+                        [--heartbeat SECONDS] [--username USERNAME] [--password PASSWORD]
+                        [--shared-topics]
 
 Chat room client over MQTT.
 
   --broker HOST     MQTT broker host (default localhost)
   --port N          MQTT broker port (default 1883)
   --name NAME       display name
-  --client-id ID    MQTT client id (default: js-<random>)
+  --client-id ID    MQTT client id, your identity in the room
+                    (default: --username, else js-<random>)
   --room ROOM       room (default lobby)
   --prefix PREFIX   topic prefix (default chatroom)
   --send TEXT       join, send TEXT once, leave and exit
   --listen          print room messages until Ctrl-C
   --heartbeat SECONDS  re-send join every SECONDS so the server keeps us present
                     (default ${HEARTBEAT_SECONDS}; 0 = off)
+  --username USERNAME  broker login (default: $MQTT_USERNAME); also the default client id
+  --password PASSWORD  broker password (default: $MQTT_PASSWORD, which keeps it out of \`ps\`)
+  --shared-topics   publish on the shared messages/in, users/join, users/leave topics with
+                    the client id in the payload (servers older than device topics),
+                    instead of messages/in/<client_id>, ...
   --help            this text`;
+
+// Why clientId cannot be the last level of a device topic (null when it can).
+function topicLevelProblem(clientId) {
+  if (!clientId) return "an empty client id cannot be a topic level";
+  const bad = [...new Set([...clientId].filter((c) => "/+#".includes(c)))].sort();
+  if (bad.length) {
+    return `client id ${JSON.stringify(clientId)} cannot be a topic level (it contains ${bad.join(" ")}); `
+      + "choose one without '/', '+' or '#', or use --shared-topics";
+  }
+  return null;
+}
 
 function parseArgs(argv) {
   const args = { broker: "localhost", port: 1883, name: ("js-" + os.hostname()).slice(0, 32),
                  clientId: null, room: "lobby", prefix: "chatroom", send: null, listen: false,
-                 heartbeat: HEARTBEAT_SECONDS };
+                 heartbeat: HEARTBEAT_SECONDS, username: process.env.MQTT_USERNAME || null,
+                 password: process.env.MQTT_PASSWORD || null, sharedTopics: false };
   const valued = { "--broker": "broker", "--port": "port", "--name": "name", "--client-id": "clientId",
-                   "--room": "room", "--prefix": "prefix", "--send": "send", "--heartbeat": "heartbeat" };
+                   "--room": "room", "--prefix": "prefix", "--send": "send", "--heartbeat": "heartbeat",
+                   "--username": "username", "--password": "password" };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === "--help" || flag === "-h") { console.log(HELP); process.exit(0); }
     else if (flag === "--listen") args.listen = true;
+    else if (flag === "--shared-topics") args.sharedTopics = true;
     else if (valued[flag] && i + 1 < argv.length) args[valued[flag]] = argv[++i];
     else { console.error(`unknown or incomplete argument: ${flag}\n\n${HELP}`); process.exit(2); }
   }
   args.port = Number(args.port);
   args.heartbeat = Number(args.heartbeat);
-  args.clientId = args.clientId || "js-" + crypto.randomBytes(4).toString("hex");
+  if (args.clientId === null) args.clientId = args.username || "js-" + crypto.randomBytes(4).toString("hex");
   return args;
 }
 
-function topicsFor(prefix, room) {
+// With a clientId (device topics, PROTOCOL 10) the inbound topics end in it, so a broker
+// ACL can bind them to our login; without one they are the shared topics.
+function topicsFor(prefix, room, clientId = null) {
   const base = room === "lobby" ? prefix : `${prefix}/${room}`;
-  return { in: `${base}/messages/in`, out: `${base}/messages/out`, join: `${base}/users/join`,
-           leave: `${base}/users/leave`, system: `${base}/system`, errors: `${prefix}/errors` };
+  const own = clientId === null ? "" : `/${clientId}`;
+  return { in: `${base}/messages/in${own}`, out: `${base}/messages/out`, join: `${base}/users/join${own}`,
+           leave: `${base}/users/leave${own}`, system: `${base}/system`, errors: `${prefix}/errors` };
 }
 
 function pad(n) { return String(n).padStart(2, "0"); }
@@ -88,11 +118,21 @@ function formatEvent(event) {
 
 function main() {
   const args = parseArgs(process.argv.slice(2));
-  const topics = topicsFor(args.prefix, args.room);
+  if (!args.sharedTopics && topicLevelProblem(args.clientId)) {
+    console.error(topicLevelProblem(args.clientId));
+    process.exit(2);
+  }
+  if (!args.sharedTopics && args.username && args.clientId !== args.username) {
+    console.error(`note: a broker that binds logins to device topics (clients/mosquitto/acl.example) lets `
+      + `user ${JSON.stringify(args.username)} publish only as client id ${JSON.stringify(args.username)}, `
+      + `not ${JSON.stringify(args.clientId)}`);
+  }
+  const topics = topicsFor(args.prefix, args.room, args.sharedTopics ? null : args.clientId);
   const listen = args.listen || !args.send;
   const client = mqtt.connect({
     host: args.broker, port: args.port, clientId: args.clientId, clean: true, reconnectPeriod: 2000,
     connectTimeout: 15000,
+    ...(args.username ? { username: args.username, password: args.password || undefined } : {}),
     will: { topic: topics.leave, payload: JSON.stringify({ client_id: args.clientId }), qos: 1, retain: false },
   });
   let joined = false;
@@ -175,11 +215,18 @@ function main() {
     }
     if (listen) console.log(formatEvent(event));
   });
-  client.on("error", (err) => console.error(`mqtt error: ${err.message}`));
+  client.on("error", (err) => {
+    console.error(`mqtt error: ${err.message}`);
+    // CONNACK 4 (bad user name or password) or 5 (not authorized): retrying will not help.
+    if (!joined && (err.code === 4 || err.code === 5)) {
+      console.error(`the broker at ${args.broker}:${args.port} refused the connection (check --username/--password)`);
+      client.end(true, {}, () => process.exit(1));
+    }
+  });
   client.on("offline", () => { if (joined && !closing) console.error("connection lost; reconnecting"); });
   process.on("SIGINT", () => leaveAndExit(0));
   process.on("SIGTERM", () => leaveAndExit(0));
 }
 
 if (require.main === module) main();
-module.exports = { formatEvent, parseArgs, safe, topicsFor };
+module.exports = { formatEvent, parseArgs, safe, topicLevelProblem, topicsFor };

@@ -4,12 +4,18 @@
     python clients/python_client.py --broker localhost --name Alice            # interactive
     python clients/python_client.py --name cron --send "backup done"           # send once, exit 0
     python clients/python_client.py --listen                                   # print the room
+    python clients/python_client.py --username esp-a --password s3cret --send "hi"  # a broker login
 
-It joins on connect (again after every reconnect, and every --heartbeat seconds
-so a client that only listens stays present), leaves on exit, and sets an MQTT
-will on users/leave so the room sees it go if the connection dies. `--send`
-waits for the room to confirm the message. Exit status: 0 done, 1 the server
-rejected something we sent (or no broker), 3 no confirmation from the server.
+It publishes on its own device topics (PROTOCOL 10): messages/in/<client_id>,
+users/join/<client_id>, users/leave/<client_id>, which a broker ACL can bind to its
+login; --shared-topics publishes on messages/in, users/join, users/leave instead
+(servers older than device topics). With --username and no --client-id, the login
+is the client_id. It joins on connect (again after every reconnect, and every
+--heartbeat seconds so a client that only listens stays present), leaves on exit,
+and sets an MQTT will on its users/leave topic so the room sees it go if the
+connection dies. `--send` waits for the room to confirm the message. Exit status:
+0 done, 1 the server rejected something we sent (or no broker, or the broker
+refused our login), 2 bad arguments, 3 no confirmation from the server.
 Text from the room is printed with control characters escaped.
 Needs only `pip install paho-mqtt`.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -33,6 +40,17 @@ log = logging.getLogger("chat-client")
 
 HEARTBEAT_SECONDS = 200  # the server's MQTT_USER_TIMEOUT (600 s) / 3
 CONFIRM_SECONDS = 10
+
+
+def topic_level_problem(client_id: str) -> str | None:
+    """Why `client_id` cannot be the last level of a device topic (None when it can)."""
+    if not client_id:
+        return "an empty client id cannot be a topic level"
+    bad = sorted({char for char in client_id if char in "/+#"})
+    if bad:
+        return (f"client id {client_id!r} cannot be a topic level (it contains {' '.join(bad)}); "
+                "choose one without '/', '+' or '#', or use --shared-topics")
+    return None
 
 
 def safe(text) -> str:
@@ -52,22 +70,33 @@ class ChatClient:
 
     def __init__(self, broker: str, port: int, name: str, client_id: str, room: str = "lobby",
                  prefix: str = "chatroom", listen: bool = False, output=sys.stdout,
-                 heartbeat: float = HEARTBEAT_SECONDS):
+                 heartbeat: float = HEARTBEAT_SECONDS, device_topics: bool = True,
+                 username: str | None = None, password: str | None = None):
+        if device_topics and topic_level_problem(client_id):
+            raise ValueError(topic_level_problem(client_id))
         self.name, self.client_id, self.room = name, client_id, room
         base = prefix if room == "lobby" else f"{prefix}/{room}"
         self.topics = {kind: f"{base}/{kind}" for kind in
                        ("messages/in", "messages/out", "users/join", "users/leave", "system")}
+        if device_topics:
+            # PROTOCOL 10: the topic names the sender, so a broker ACL can bind it to our login.
+            # client_id stays in the payloads too (the same value; older servers log it).
+            for kind in ("messages/in", "users/join", "users/leave"):
+                self.topics[kind] += f"/{client_id}"
         self.errors_topic = f"{prefix}/errors"
         self.listen = listen
         self.output = output
         self.heartbeat = heartbeat
         self.joined = threading.Event()
+        self.refused: str | None = None  # why the broker refused our connection (bad login)
         self.rejections: list[dict] = []  # errors the server sent for our client_id
         self._sent: dict[str, threading.Event] = {}  # our message_id -> seen on messages/out
         self._verdict = threading.Condition()
         self._closing = threading.Event()
         self.broker, self.port = broker, port
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if username:
+            self.client.username_pw_set(username, password or None)
         self.client.will_set(self.topics["users/leave"], json.dumps({"client_id": client_id}), qos=1)
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
@@ -79,7 +108,8 @@ class ChatClient:
         self.client.loop_start()
         if self.heartbeat > 0:
             threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
-        return self.joined.wait(timeout)
+        self.joined.wait(timeout)
+        return self.joined.is_set() and self.refused is None
 
     def _join(self):
         return self.client.publish(self.topics["users/join"],
@@ -95,6 +125,10 @@ class ChatClient:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
+            if not self.joined.is_set():  # at start: a refused login does not get better by retrying
+                self.refused = str(reason_code)
+                client.disconnect()
+                self.joined.set()  # start() returns at once
             return
         # messages/out always: it is how --send learns that the room took the message.
         subscriptions = [(self.errors_topic, 1), (self.topics["messages/out"], 1)]
@@ -183,7 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--broker", default="localhost", help="MQTT broker host (default localhost)")
     parser.add_argument("--port", type=int, default=1883, help="MQTT broker port (default 1883)")
     parser.add_argument("--name", default=f"py-{socket.gethostname()}"[:32], help="display name")
-    parser.add_argument("--client-id", default=None, help="MQTT client id (default: py-<random>)")
+    parser.add_argument("--client-id", default=None,
+                        help="MQTT client id, your identity in the room (default: --username, else py-<random>)")
     parser.add_argument("--room", default="lobby", help="room (default lobby)")
     parser.add_argument("--prefix", default="chatroom", help="topic prefix (default chatroom)")
     parser.add_argument("--send", metavar="TEXT", help="join, send TEXT once, leave and exit")
@@ -191,17 +226,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS, metavar="SECONDS",
                         help=f"re-send join every SECONDS so the server keeps us present "
                              f"(default {HEARTBEAT_SECONDS}; 0 = off)")
+    parser.add_argument("--username", default=os.environ.get("MQTT_USERNAME") or None,
+                        help="broker login (default: $MQTT_USERNAME); also the default client id")
+    parser.add_argument("--password", default=os.environ.get("MQTT_PASSWORD") or None,
+                        help="broker password (default: $MQTT_PASSWORD, which keeps it out of `ps`)")
+    parser.add_argument("--shared-topics", action="store_true",
+                        help="publish on the shared messages/in, users/join, users/leave topics with the "
+                             "client id in the payload (servers older than device topics), instead of "
+                             "messages/in/<client_id>, ...")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    client_id = args.client_id or f"py-{uuid.uuid4().hex[:8]}"
+    client_id = args.client_id if args.client_id is not None else args.username or f"py-{uuid.uuid4().hex[:8]}"
+    device_topics = not args.shared_topics
+    if device_topics and topic_level_problem(client_id):
+        print(topic_level_problem(client_id), file=sys.stderr)
+        return 2
+    if device_topics and args.username and client_id != args.username:
+        print(f"note: a broker that binds logins to device topics (clients/mosquitto/acl.example) lets "
+              f"user {args.username!r} publish only as client id {args.username!r}, not {client_id!r}",
+              file=sys.stderr)
     client = ChatClient(args.broker, args.port, args.name, client_id, args.room, args.prefix,
-                        listen=args.listen or not args.send, heartbeat=args.heartbeat)
+                        listen=args.listen or not args.send, heartbeat=args.heartbeat,
+                        device_topics=device_topics, username=args.username, password=args.password)
     if not client.start():
-        print(f"cannot reach the broker at {args.broker}:{args.port}", file=sys.stderr)
+        if client.refused:
+            print(f"the broker at {args.broker}:{args.port} refused the connection: {client.refused} "
+                  "(check --username/--password)", file=sys.stderr)
+        else:
+            print(f"cannot reach the broker at {args.broker}:{args.port}", file=sys.stderr)
         client.client.loop_stop()
         return 1
     stop = threading.Event()

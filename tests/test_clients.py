@@ -10,7 +10,9 @@ import threading
 
 import pytest
 
+from arduino_build import build_sketch
 from conftest import RunningApp, app_env
+from devices import DeviceProcess
 from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, stop_process, wait_for
 
 CLIENTS = ROOT / "clients"
@@ -81,8 +83,16 @@ def web_messages(app, web):
     return [p["args"][0] for p in web.get_received() if p["name"] == "chat_message"]
 
 
+def inbound_topics(probe, prefix):
+    """The inbound topics (shared or device, PROTOCOL 10) a probe on `<prefix>/#` saw, in order, once each."""
+    kinds = ("/messages/in", "/users/join", "/users/leave")
+    seen = [r.topic for r in probe.received if any(kind in r.topic for kind in kinds)]
+    return list(dict.fromkeys(seen))
+
+
 def test_send_once_joins_sends_leaves_and_exits_0(cli, make_app, probe_for):
-    """`--send TEXT`: join, one message (seen by MQTT and the web), leave, exit 0."""
+    """`--send TEXT`: join, one message (seen by MQTT and the web), leave, exit 0; all three on the
+    client's own device topics (PROTOCOL 10), with the same client_id in the payloads."""
     kind, start = cli
     app = make_app()
     web, probe = web_and_probe(app, probe_for)
@@ -96,6 +106,44 @@ def test_send_once_joins_sends_leaves_and_exits_0(cli, make_app, probe_for):
     events = [e.json()["event"] for e in probe.wait(f"{app.prefix}/system", count=2, match=mine)]
     assert events == ["join", "leave"]
     assert [m["content"] for m in web_messages(app, web)] == ["backup done ✓"]
+    assert inbound_topics(probe, app.prefix) == [f"{app.prefix}/{kind}/{kind_id}" for kind, kind_id in (
+        ("users/join", f"{kind}-1"), ("messages/in", f"{kind}-1"), ("users/leave", f"{kind}-1"))]
+    assert all(r.json()["client_id"] == f"{kind}-1" for r in probe.received if "/in/" in r.topic)
+
+
+def test_shared_topics_flag_publishes_on_the_shared_topics(cli, make_app, probe_for):
+    """`--shared-topics` (servers older than device topics): join, message, leave and the will on
+    messages/in, users/join, users/leave with the client_id in the payload; in another room too."""
+    kind, start = cli
+    app = make_app()
+    probe = probe_for(app.prefix)
+    proc = start(app, "--name", f"{kind} old", "--client-id", f"{kind}-old", "--room", "attic", "--shared-topics",
+                 "--send", "on the shared topics")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    message = probe.wait(f"{app.prefix}/attic/messages/out")[0].json()
+    assert (message["client_id"], message["content"]) == (f"{kind}-old", "on the shared topics")
+    probe.wait(f"{app.prefix}/attic/system", match=lambda e: e["event"] == "leave")
+    assert inbound_topics(probe, app.prefix) == [f"{app.prefix}/attic/users/join", f"{app.prefix}/attic/messages/in",
+                                                 f"{app.prefix}/attic/users/leave"]
+    assert all(r.json()["client_id"] == f"{kind}-old" for r in probe.received if r.topic.endswith("/in"))
+
+
+def test_a_client_id_that_cannot_be_a_topic_level_is_refused(cli, make_app, probe_for):
+    """On the device topics the client_id is a topic level: '/', '+' or '#' in it is refused with a
+    clear message and exit 2, before connecting. On the shared topics it is only a payload field."""
+    kind, start = cli
+    app = make_app()
+    probe = probe_for(app.prefix)
+    for bad in ("kitchen/oven", "esp+1", "esp#1"):
+        proc = start(app, "--client-id", bad, "--send", "hello")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and "cannot be a topic level" in err and "--shared-topics" in err, err
+    proc = start(app, "--client-id", "kitchen/oven", "--shared-topics", "--send", "hello")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert probe.wait(f"{app.prefix}/messages/out")[0].json()["client_id"] == "kitchen/oven"
+    assert [r.topic for r in probe.received if "/in" in r.topic] == [f"{app.prefix}/messages/in"]
 
 
 def test_listen_prints_room_messages_until_stopped(cli, make_app):
@@ -141,16 +189,16 @@ def test_send_exits_3_when_no_server_confirms(cli, broker):
 
 
 def test_a_listening_client_with_heartbeats_stays_present(make_app, probe_for):
-    """MQTT_USER_TIMEOUT=5: a client that only listens, re-joining every second, is never timed out,
-    and its heartbeats make no system events."""
+    """MQTT_USER_TIMEOUT=5: a client that only listens, re-joining every second (on its device
+    topic), is never timed out, and its heartbeats make no system events."""
     app = make_app(MQTT_USER_TIMEOUT="5")
     probe = probe_for(app.prefix)
     proc = python_client(app, "--name", "quiet", "--client-id", "quiet-1", "--listen", "--heartbeat", "1")
     try:
         LineReader(proc).wait_for("* quiet joined")
         # Three timeouts' worth of heartbeats, counted on the broker, not by the clock.
-        heartbeats = MqttProbe(app.settings.mqtt_port, f"{app.prefix}/users/join").start()
-        heartbeats.wait(f"{app.prefix}/users/join", count=11, timeout=60)
+        heartbeats = MqttProbe(app.settings.mqtt_port, f"{app.prefix}/users/join/quiet-1").start()
+        heartbeats.wait(f"{app.prefix}/users/join/quiet-1", count=11, timeout=60)
         heartbeats.stop()
         app.components.device_timeout.expire()
         assert [u["username"] for u in app.http.get("/api/users").get_json()["users"]] == ["quiet"]
@@ -170,17 +218,22 @@ def test_python_interactive_sends_each_line(make_app, probe_for):
     assert [o.json()["content"] for o in outs] == ["first line", "second line"]
 
 
-def test_node_client_help_lists_the_flags(node_modules):
-    """`--help` names every flag the contract lists."""
-    result = subprocess.run(["node", str(CLIENTS / "nodejs_client.js"), "--help"], capture_output=True,
-                            text=True, timeout=60)
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_client_help_lists_the_flags(kind, request):
+    """`--help` names every flag the contract lists, and the login and --shared-topics flags."""
+    if kind == "node":
+        request.getfixturevalue("node_modules")
+    argv = ([sys.executable, str(CLIENTS / "python_client.py")] if kind == "python"
+            else ["node", str(CLIENTS / "nodejs_client.js")])
+    result = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for flag in ("--broker", "--port", "--name", "--client-id", "--room", "--send", "--listen"):
-        assert flag in result.stdout
+    for flag in ("--broker", "--port", "--name", "--client-id", "--room", "--send", "--listen", "--heartbeat",
+                 "--username", "--password", "--shared-topics", "MQTT_USERNAME", "MQTT_PASSWORD"):
+        assert flag in result.stdout, flag
 
 
 def test_python_client_sets_a_will_that_leaves_when_killed(make_app, probe_for):
-    """SIGKILL the Python client: its LWT makes it leave the room."""
+    """SIGKILL the Python client: its LWT, on its device topic users/leave/<client_id>, makes it leave."""
     app = make_app()
     probe = probe_for(app.prefix)
     proc = python_client(app, "--name", "fragile", "--client-id", "fragile-1", "--listen")
@@ -189,6 +242,7 @@ def test_python_client_sets_a_will_that_leaves_when_killed(make_app, probe_for):
         stop_process(proc, signal.SIGKILL)
         leave = probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")[0].json()
         assert leave["username"] == "fragile"
+        assert probe.on(f"{app.prefix}/users/leave/fragile-1")[0].json() == {"client_id": "fragile-1"}
     finally:
         stop_process(proc)
 
@@ -201,21 +255,39 @@ def script_env(app, **extra):
 
 
 def test_send_sh_posts_one_message(make_app, probe_for):
-    """send.sh TEXT NAME: one message with a JSON-escaped text."""
+    """send.sh TEXT NAME CLIENT_ID: one message with a JSON-escaped text, then a leave, on its
+    device topics."""
     app = make_app()
     probe = probe_for(app.prefix)
     text = 'quotes " and \\ backslash — ok\nsecond line'
-    subprocess.run([str(SCRIPTS / "send.sh"), text, "shell"], env=script_env(app), check=True, timeout=60)
+    subprocess.run([str(SCRIPTS / "send.sh"), text, "shell", "sh-1"], env=script_env(app), check=True, timeout=60)
     out = probe.wait(f"{app.prefix}/messages/out")[0].json()
-    assert (out["username"], out["content"]) == ("shell", text)
+    assert (out["username"], out["content"], out["client_id"]) == ("shell", text, "sh-1")
     # It leaves right after: no member holds "shell", so the README's curl may use the name.
     probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave" and e["username"] == "shell")
     assert app.http.get("/api/users").get_json()["users"] == []
     assert app.http.post("/api/messages", json={"username": "shell", "message": "from curl"}).status_code == 201
+    assert inbound_topics(probe, app.prefix) == [f"{app.prefix}/messages/in/sh-1", f"{app.prefix}/users/leave/sh-1"]
+
+
+def test_send_sh_with_shared_topics_and_a_bad_client_id(make_app, probe_for):
+    """SHARED_TOPICS=1: send.sh publishes on messages/in and users/leave (servers older than device
+    topics). On the device topics a client_id with '/' is refused (exit 2) before publishing."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    bad = subprocess.run([str(SCRIPTS / "send.sh"), "x", "shell", "a/b"], env=script_env(app), capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "cannot be a topic level" in bad.stderr and "SHARED_TOPICS=1" in bad.stderr
+    subprocess.run([str(SCRIPTS / "send.sh"), "old style", "shell", "sh-old"], env=script_env(app, SHARED_TOPICS="1"),
+                   check=True, timeout=60)
+    out = probe.wait(f"{app.prefix}/messages/out")[0].json()
+    assert (out["client_id"], out["content"]) == ("sh-old", "old style")
+    probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")
+    assert inbound_topics(probe, app.prefix) == [f"{app.prefix}/messages/in", f"{app.prefix}/users/leave"]
 
 
 def test_sensor_sh_sends_readings_and_leaves(make_app, probe_for):
-    """sensor.sh with COUNT=2: join, two readings with data, leave."""
+    """sensor.sh with COUNT=2: join, two readings with data, leave, on its device topics."""
     app = make_app()
     probe = probe_for(app.prefix)
     subprocess.run([str(SCRIPTS / "sensor.sh"), "fake-1", "Fake sensor"],
@@ -227,6 +299,8 @@ def test_sensor_sh_sends_readings_and_leaves(make_app, probe_for):
     probe.wait(f"{app.prefix}/system", match=lambda e: e["event"] == "leave")
     readings = app.http.get("/api/readings?client_id=fake-1&key=humidity").get_json()["readings"]
     assert len(readings) == 2
+    assert inbound_topics(probe, app.prefix) == [f"{app.prefix}/{kind}/fake-1"
+                                                 for kind in ("users/join", "messages/in", "users/leave")]
 
 
 def test_listen_sh_prints_the_room(make_app):
@@ -269,7 +343,32 @@ def test_shipped_mosquitto_conf_runs_a_working_broker(tmp_path):
 
 
 def test_acl_example_is_valid_for_mosquitto():
-    """The ACL example names only the default prefix's topics and the bridge user."""
+    """The ACL example names only the default prefix's topics and the bridge user; devices write
+    their own device topics (tests/test_broker_identity.py runs it in a real mosquitto)."""
     text = (SCRIPTS / "acl.example").read_text()
     assert "user chatroom-bridge" in text and "topic readwrite chatroom/#" in text
-    assert json.dumps("pattern write chatroom/messages/in")[1:-1] in text
+    assert json.dumps("pattern write chatroom/messages/in/%u")[1:-1] in text
+
+
+# --- the ESP32 sketch (tests/test_devices.py runs it in its default mode, on its device topics) -----
+
+def test_esp32_sketch_with_shared_topics_publishes_on_the_shared_topics(own_broker, tmp_path, make_app):
+    """Built with SHARED_TOPICS=1 (g++, the real PubSubClient), the sketch joins, reports and sets its
+    will on the shared topics with its client_id in the payloads, for servers older than device topics."""
+    sketch = build_sketch(CLIENTS / "esp32_sensor" / "esp32_sensor.ino", tmp_path / "sketch",
+                          {"SENSOR_DHT22": "0", "SHARED_TOPICS": "1"}, werror=True)
+    app = make_app(MQTT_PORT=own_broker.port, MQTT_TOPIC_PREFIX="chatroom")  # the sketch's prefix
+    with MqttProbe(own_broker.port, "chatroom/#") as probe:
+        device = DeviceProcess([str(sketch), "120"], {**os.environ, "HOST_MQTT_HOST": "127.0.0.1",
+                                                      "HOST_MQTT_PORT": str(own_broker.port), "HOST_TIME_SCALE": "30"})
+        try:
+            device.wait_line(lambda line: line.startswith("sent: "), count=2)
+            probe.wait("chatroom/messages/out", count=2)
+        finally:
+            device.stop()  # no DISCONNECT: the broker sends the will
+        probe.wait("chatroom/system", match=lambda e: e["event"] == "leave")
+        assert inbound_topics(probe, "chatroom") == ["chatroom/users/join", "chatroom/messages/in",
+                                                     "chatroom/users/leave"]
+        assert all(r.json()["client_id"] == "esp32-aabbcc" for r in probe.received if r.topic.endswith("/in"))
+        assert probe.on("chatroom/errors") == []
+    assert len(app.http.get("/api/readings?client_id=esp32-aabbcc&key=rssi").get_json()["readings"]) >= 2

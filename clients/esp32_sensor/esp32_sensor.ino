@@ -2,6 +2,12 @@
 // humidity reading every 30 s as a chat message with a `data` object, so the
 // readings show up on the web page and in GET /api/readings.
 //
+// It publishes on its own device topics (PROTOCOL 10): chatroom/messages/in/<client_id>,
+// chatroom/users/join/<client_id> and chatroom/users/leave/<client_id> (also its will),
+// which a broker ACL can bind to its login (clients/mosquitto/acl.example), so no other
+// device can speak as this one. SHARED_TOPICS 1 uses the shared topics instead, for a
+// server older than device topics.
+//
 // Libraries (Arduino Library Manager): PubSubClient (Nick O'Leary) 2.8,
 // ArduinoJson (Benoit Blanchon) 7.x, and for a DHT22: "DHT sensor library" (Adafruit).
 // Board: any ESP32 (Arduino core 2.x or 3.x).
@@ -17,12 +23,26 @@ const char *WIFI_SSID = "your-wifi";
 const char *WIFI_PASSWORD = "your-wifi-password";
 const char *MQTT_BROKER = "192.168.1.10";     // the machine running mosquitto
 const uint16_t MQTT_PORT = 1883;
-const char *MQTT_USERNAME = "";                // empty: anonymous
-const char *MQTT_PASSWORD = "";
+// The broker login. With one, the login is also the client_id in the room (the
+// shipped broker ACL lets user X publish only as X); empty: anonymous, and the
+// client_id is esp32-<the last three bytes of the MAC address>.
+#ifndef MQTT_USER
+#define MQTT_USER ""
+#endif
+#ifndef MQTT_PASS
+#define MQTT_PASS ""
+#endif
 const char *TOPIC_PREFIX = "chatroom";         // MQTT_TOPIC_PREFIX of the server
 const char *ROOM = "lobby";                    // "lobby" = the default room
 const char *DISPLAY_NAME = "ESP32 sensor";     // shown in the room (max 32 characters)
 const unsigned long READING_INTERVAL_MS = 30000;
+
+// 0: publish on this device's own topics (messages/in/<client_id>, ...).
+// 1: the shared topics (messages/in, ...) with the client_id in the payload, for a
+//    server older than device topics.
+#ifndef SHARED_TOPICS
+#define SHARED_TOPICS 0
+#endif
 
 // 1: a DHT22 on DHT_PIN gives temperature and humidity.
 // 0: no extra hardware; the chip's own temperature sensor and the Wi-Fi signal are sent.
@@ -37,6 +57,15 @@ const unsigned long READING_INTERVAL_MS = 30000;
 DHT dht(DHT_PIN, DHT22);
 #endif
 
+// A login is the last level of the device topics: it cannot hold '/', '+' or '#'
+// (checked when the sketch is compiled), and it is a client_id of at most 64 characters.
+constexpr bool topicLevelOk(const char *text) {
+  return *text == 0 || (*text != '/' && *text != '+' && *text != '#' && topicLevelOk(text + 1));
+}
+static_assert(SHARED_TOPICS || topicLevelOk(MQTT_USER),
+              "MQTT_USER cannot be a topic level: no '/', '+' or '#' (or set SHARED_TOPICS 1)");
+static_assert(sizeof(MQTT_USER) <= 65, "MQTT_USER is the client_id: at most 64 characters");
+
 // PubSubClient silently drops any packet larger than its buffer (256 bytes by
 // default). A short reading on messages/out is ~330 bytes, and the largest payload
 // the server can send (2000 four-byte characters, 1 KB of data, the longest ids)
@@ -50,9 +79,9 @@ const unsigned long HEARTBEAT_INTERVAL_MS = 200000;
 WiFiClient network;
 PubSubClient mqtt(network);
 
-char clientId[32];
-char topicIn[96], topicOut[96], topicJoin[96], topicLeave[96], topicErrors[96];
-char leavePayload[64];
+char clientId[65];
+char topicIn[160], topicOut[160], topicJoin[160], topicLeave[160], topicErrors[96];
+char leavePayload[160];
 unsigned long lastReadingAt = 0;
 unsigned long lastReconnectAttempt = 0;
 unsigned long lastJoinAt = 0;
@@ -66,19 +95,33 @@ void buildTopics() {
   } else {
     snprintf(base, sizeof(base), "%s/%s", TOPIC_PREFIX, ROOM);
   }
-  snprintf(topicIn, sizeof(topicIn), "%s/messages/in", base);
+  // Device topics end in our client_id: the topic itself says who is speaking.
+  const char *own = SHARED_TOPICS ? "" : "/";
+  const char *id = SHARED_TOPICS ? "" : clientId;
+  snprintf(topicIn, sizeof(topicIn), "%s/messages/in%s%s", base, own, id);
   snprintf(topicOut, sizeof(topicOut), "%s/messages/out", base);
-  snprintf(topicJoin, sizeof(topicJoin), "%s/users/join", base);
-  snprintf(topicLeave, sizeof(topicLeave), "%s/users/leave", base);
+  snprintf(topicJoin, sizeof(topicJoin), "%s/users/join%s%s", base, own, id);
+  snprintf(topicLeave, sizeof(topicLeave), "%s/users/leave%s%s", base, own, id);
   snprintf(topicErrors, sizeof(topicErrors), "%s/errors", TOPIC_PREFIX);
 }
 
 void buildClientId() {
-  // Unique per board: the last three bytes of the Wi-Fi MAC address.
-  uint8_t mac[6];
-  WiFi.macAddress(mac);
-  snprintf(clientId, sizeof(clientId), "esp32-%02x%02x%02x", mac[3], mac[4], mac[5]);
-  snprintf(leavePayload, sizeof(leavePayload), "{\"client_id\":\"%s\"}", clientId);
+  if (strlen(MQTT_USER) > 0) {
+    // The login: a broker with use_username_as_clientid and the shipped ACL knows us by it.
+    snprintf(clientId, sizeof(clientId), "%s", MQTT_USER);
+  } else {
+    // Unique per board: the last three bytes of the Wi-Fi MAC address.
+    uint8_t mac[6];
+    WiFi.macAddress(mac);
+    snprintf(clientId, sizeof(clientId), "esp32-%02x%02x%02x", mac[3], mac[4], mac[5]);
+  }
+  // Kept in the payloads on the device topics too (the same id; older servers log it).
+  // Should it not fit, the will is empty: on users/leave/<client_id> that still says who left.
+  JsonDocument leave;
+  leave["client_id"] = clientId;
+  if (measureJson(leave) < sizeof(leavePayload)) {
+    serializeJson(leave, leavePayload, sizeof(leavePayload));
+  }
 }
 
 void onMqttMessage(char *topic, byte *payload, unsigned int length) {
@@ -98,8 +141,8 @@ bool publishJson(const char *topic, JsonDocument &doc) {
 
 bool connectMqtt() {
   // The will tells the room we left if power or Wi-Fi is lost.
-  const char *user = strlen(MQTT_USERNAME) ? MQTT_USERNAME : nullptr;
-  const char *pass = strlen(MQTT_PASSWORD) ? MQTT_PASSWORD : nullptr;
+  const char *user = strlen(MQTT_USER) ? MQTT_USER : nullptr;
+  const char *pass = strlen(MQTT_PASS) ? MQTT_PASS : nullptr;
   if (!mqtt.connect(clientId, user, pass, topicLeave, 1, false, leavePayload)) {
     Serial.printf("MQTT connect failed, state %d; retrying in %lu s\n", mqtt.state(),
                   RECONNECT_INTERVAL_MS / 1000);
@@ -138,7 +181,7 @@ void publishReading() {
   JsonDocument doc;
   doc["client_id"] = clientId;
   doc["username"] = DISPLAY_NAME;
-  char messageId[48];
+  char messageId[96];
   snprintf(messageId, sizeof(messageId), "%s-%lu-%lu", clientId, (unsigned long)millis(), readingNumber);
   doc["message_id"] = messageId;  // lets the server drop a QoS redelivery
   JsonObject data = doc["data"].to<JsonObject>();

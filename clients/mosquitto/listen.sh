@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Print the room as "[HH:MM:SS] user: text" until Ctrl-C: ./listen.sh
-# Environment: BROKER (localhost), PORT (1883), PREFIX (chatroom), ROOM (lobby).
+# Environment: BROKER (localhost), PORT (1883), MQTT_USERNAME / MQTT_PASSWORD (broker login),
+# PREFIX (chatroom), ROOM (lobby). A broker with use_username_as_clientid (the shipped
+# mosquitto-devices.conf) lets one connection per login: listen with a login of its own,
+# not that of a device that is running.
 # Control characters in what people send are printed escaped, never run by the terminal.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 base=$(topic_base)
-mosquitto_sub -h "${BROKER:-localhost}" -p "${PORT:-1883}" -q 1 -t "$base/messages/out" -t "$base/system" |
+mosquitto_sub "${MQTT_OPTS[@]}" -q 1 -t "$base/messages/out" -t "$base/system" |
   python3 -u -c '
 import json, sys, unicodedata
 from datetime import datetime
