@@ -1,12 +1,24 @@
 // Chat page: joins a room over Socket.IO, shows history, live messages,
 // who is online (and from where) and the latest device readings.
-// User text is only ever set with textContent: never parsed as HTML.
+// User text is only ever set with textContent: never parsed as HTML. It is shown through
+// userText (bidi-isolated, combining-mark stacks capped), and user data is read through
+// own() (PROTOCOL 9: hostile text).
 (function () {
   "use strict";
 
   const $ = (id) => document.getElementById(id);
   const aiName = document.body.dataset.aiName || "AI";
   const SOURCE_LABEL = { web: "web", mqtt: "MQTT", http: "HTTP", ai: "assistant" };
+
+  // A key of sent data is data: `constructor` or `__proto__` must not reach Object.prototype.
+  const own = (object, key) => (object != null && Object.hasOwn(object, key) ? object[key] : undefined);
+  const sourceLabel = (source) => own(SOURCE_LABEL, source) || source;
+
+  // Hundreds of combining marks on one letter paint over the page: runs longer than
+  // MAX_MARKS are cut when shown (scripts that stack marks need fewer than that).
+  const MAX_MARKS = 4;
+  const MARK_RUNS = new RegExp(`(\\p{M}{${MAX_MARKS}})\\p{M}+`, "gu");
+  const capMarks = (text) => String(text ?? "").replace(MARK_RUNS, "$1");
 
   // API_TOKEN: the page asks once, keeps it, and sends it on connect and with every request.
   const TOKEN_KEY = "chat-api-token";
@@ -18,16 +30,19 @@
   // Readings are shown as the device sent them: JSON.parse makes 21.0 the number 21, so
   // the decoder's reviver keeps the source text of such numbers beside their object
   // (the engine hands revivers the source text) and the page prints that text.
-  const numberTexts = new WeakMap();
+  const numberTexts = new WeakMap();  // object -> Map(key -> source text): keys are the sender's
   function keepNumberText(key, value, context) {
     if (typeof value === "number" && context && context.source && context.source !== String(value)) {
       let texts = numberTexts.get(this);
-      if (!texts) numberTexts.set(this, (texts = {}));
-      texts[key] = context.source;
+      if (!texts) numberTexts.set(this, (texts = new Map()));
+      texts.set(key, context.source);
     }
     return value;
   }
-  const shown = (object, key) => ((numberTexts.get(object) || {})[key] ?? String(object[key]));
+  function shown(object, key) {
+    const texts = numberTexts.get(object);
+    return texts && texts.has(key) ? texts.get(key) : String(own(object, key));
+  }
   const defaultParser = new io.Manager({ autoConnect: false });
   const parser = {
     Encoder: defaultParser.encoder.constructor,
@@ -42,7 +57,7 @@
     auth: (send) => send({ token: localStorage.getItem(TOKEN_KEY) || "" }),
   });
   const seen = new Set();          // message_ids already shown (history + live overlap)
-  const streams = new Map();       // ai message_id -> element being streamed into
+  const streams = new Map();       // ai message_id -> {item, text}: the bubble and the raw text so far
   const readings = new Map();      // client_id -> {username, data, timestamp, series}
   let joined = null;               // {username, room} once joined
   const HISTORY_PAGE = 50;
@@ -57,6 +72,14 @@
     const node = document.createElement(tag);
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  // Text someone else chose: its own bidi isolate whose direction follows its first strong
+  // letter (an RLO or a right-to-left name cannot reorder what is around it), marks capped.
+  function userText(tag, className, text) {
+    const node = el(tag, className ? className + " user-text" : "user-text", capMarks(text));
+    node.dir = "auto";
     return node;
   }
 
@@ -89,11 +112,16 @@
     else $("new-marker").hidden = false;
   }
 
+  // "key: value", the key and the value each isolated (either may be right-to-left).
+  function chip(data, key) {
+    const node = el("span", "chip");
+    node.append(userText("bdi", "chip-key", key), ": ", userText("bdi", "chip-value", shown(data, key)));
+    return node;
+  }
+
   function dataChips(data) {
     const chips = el("span", "chips");
-    for (const key of Object.keys(data || {})) {
-      chips.appendChild(el("span", "chip", key + ": " + shown(data, key)));
-    }
+    for (const key of Object.keys(data || {})) chips.appendChild(chip(data, key));
     return chips;
   }
 
@@ -103,11 +131,11 @@
     item.dataset.messageId = msg.message_id;
     if (joined && msg.source === "web" && msg.username === joined.username) item.classList.add("own");
     const meta = el("div", "meta");
-    meta.appendChild(el("span", "who", msg.username));
-    meta.appendChild(el("span", "src", SOURCE_LABEL[msg.source] || msg.source));
+    meta.appendChild(userText("span", "who", msg.username));
+    meta.appendChild(el("span", "src", sourceLabel(msg.source)));
     meta.appendChild(el("time", "when", timeOf(msg.timestamp)));
     item.appendChild(meta);
-    item.appendChild(el("div", "text", msg.content));
+    item.appendChild(userText("div", "text", msg.content));
     if (msg.data && Object.keys(msg.data).length) item.appendChild(dataChips(msg.data));
     return item;
   }
@@ -125,13 +153,14 @@
       unreadWhileHidden += 1;
       document.title = `(${unreadWhileHidden}) ${baseTitle}`;
     }
-    let item = streams.get(msg.message_id);
-    if (item) {  // the streamed bubble becomes the final reply
+    const stream = streams.get(msg.message_id);
+    if (stream) {  // the streamed bubble becomes the final reply
+      const item = stream.item;
       streams.delete(msg.message_id);
       item.classList.remove("streaming");
       item.dataset.seq = msg.seq;
       item.querySelector(".meta").appendChild(el("time", "when", timeOf(msg.timestamp)));
-      item.querySelector(".text").textContent = msg.content;
+      item.querySelector(".text").textContent = capMarks(msg.content);
       return;
     }
     if (msg.data && Object.keys(msg.data).length) noteReading(msg);
@@ -187,28 +216,48 @@
     }
   });
 
+  // A system line names people ("Ana joined", "Ana is now Bo"): each name is isolated in it.
+  function systemText(event) {
+    const line = el("span", "text");
+    const names = [event.previous, event.username].filter((name) => typeof name === "string" && name);
+    let rest = String(event.message ?? "");
+    for (;;) {
+      const hits = names.map((name) => [rest.indexOf(name), name]).filter(([at]) => at >= 0)
+        .sort((a, b) => a[0] - b[0] || b[1].length - a[1].length);  // the first, the longest there
+      if (!hits.length) break;
+      const [at, name] = hits[0];
+      line.append(capMarks(rest.slice(0, at)), userText("bdi", "who-in-text", name));
+      rest = rest.slice(at + name.length);
+    }
+    line.append(capMarks(rest));
+    return line;
+  }
+
   function renderSystem(event) {
     const item = el("li", "msg msg-system system-" + event.event);
-    item.appendChild(el("span", "text", event.message));
+    item.appendChild(systemText(event));
     item.appendChild(el("time", "when", timeOf(event.timestamp)));
     placeNew(item);
   }
 
   function renderStream(delta) {
-    let item = streams.get(delta.message_id);
-    if (!item) {
+    let stream = streams.get(delta.message_id);
+    if (!stream) {
       if (seen.has(delta.message_id)) return;
-      item = el("li", "msg msg-ai streaming");
+      const item = el("li", "msg msg-ai streaming");
       const meta = el("div", "meta");
-      meta.appendChild(el("span", "who", aiName));
+      meta.appendChild(userText("span", "who", aiName));
       meta.appendChild(el("span", "src", "assistant"));
       item.appendChild(meta);
-      item.appendChild(el("div", "text", ""));
-      streams.set(delta.message_id, item);
+      item.appendChild(userText("div", "text", ""));
+      stream = { item: item, text: "" };
+      streams.set(delta.message_id, stream);
       placeNew(item);
     }
     const follow = nearBottom();
-    item.querySelector(".text").textContent += delta.delta;
+    // The raw text grows and is capped as a whole: a run of marks may span deltas.
+    stream.text += delta.delta;
+    stream.item.querySelector(".text").textContent = capMarks(stream.text);
     if (follow) scrollToEnd();
   }
 
@@ -217,9 +266,9 @@
     list.replaceChildren();
     for (const user of users) {
       const item = el("li", "user user-" + user.source);
-      item.appendChild(el("span", "who", user.username));
-      const where = el("span", "src", SOURCE_LABEL[user.source] || user.source);
-      if (user.client_id) where.appendChild(el("span", "cid", " · " + user.client_id));  // ids are case-sensitive
+      item.appendChild(userText("span", "who", user.username));
+      const where = el("span", "src", sourceLabel(user.source));
+      if (user.client_id) where.append(" · ", userText("bdi", "cid", user.client_id));  // ids are case-sensitive
       item.appendChild(where);
       if (joined && user.source === "web" && user.username === joined.username) item.classList.add("me");
       list.appendChild(item);
@@ -251,7 +300,7 @@
     readings.set(id, device);
     while (readings.size > MAX_DEVICES) readings.delete(readings.keys().next().value);
     Object.assign(device, { username: msg.username, data: msg.data, timestamp: msg.timestamp });
-    for (const [key, value] of Object.entries(msg.data || {})) {
+    for (const [key, value] of Object.entries(msg.data || {})) {  // own keys only
       if (typeof value !== "number") continue;
       let series = device.series.get(key);
       if (!series) {
@@ -311,12 +360,12 @@
     for (const device of readings.values()) {
       const item = el("li", "reading");
       const head = el("div", "meta");
-      head.appendChild(el("span", "who", device.username));
+      head.appendChild(userText("span", "who", device.username));
       head.appendChild(el("time", "when", timeOf(device.timestamp)));
       item.appendChild(head);
       for (const key of Object.keys(device.data || {})) {
         const row = el("div", "reading-row");
-        row.appendChild(el("span", "chip", key + ": " + shown(device.data, key)));
+        row.appendChild(chip(device.data, key));
         const series = device.series.get(key);
         if (series) row.appendChild(sparkline(series.points));
         item.appendChild(row);
@@ -348,7 +397,7 @@
 
   function showJoined(state) {
     joined = state;
-    $("room-name").textContent = state.room;
+    $("room-name").textContent = capMarks(state.room);
     $("join-form").hidden = true;
     $("send-form").hidden = false;
     $("join-error").textContent = "";
@@ -357,24 +406,27 @@
 
   // --- rooms: the list, unread counts (from each room's last seq), switching -------------
   const READ_KEY = "chat-last-read";  // room -> the highest seq this page has shown
-  const lastRead = JSON.parse(localStorage.getItem(READ_KEY) || "{}");
+  // A Map: a room may be called `constructor` or `__proto__`.
+  const lastRead = new Map(Object.entries(JSON.parse(localStorage.getItem(READ_KEY) || "{}")));
+  const readUpTo = (room) => (typeof lastRead.get(room) === "number" ? lastRead.get(room) : 0);
 
   function noteRead(msg) {
-    if (!joined || msg.room !== joined.room || !(msg.seq > (lastRead[msg.room] || 0))) return;
-    lastRead[msg.room] = msg.seq;
-    localStorage.setItem(READ_KEY, JSON.stringify(lastRead));
+    if (!joined || msg.room !== joined.room || !(msg.seq > readUpTo(msg.room))) return;
+    lastRead.set(msg.room, msg.seq);
+    localStorage.setItem(READ_KEY, JSON.stringify(Object.fromEntries(lastRead)));
   }
 
   function renderRooms(rooms) {
     const list = $("rooms");
     list.replaceChildren(...rooms.map((room) => {
       const item = el("li", "room" + (joined && room.room === joined.room ? " current" : ""));
-      const button = el("button", "room-button", room.room);
+      const button = el("button", "room-button");
+      button.appendChild(userText("bdi", "room-label", room.room));
       button.type = "button";
       button.addEventListener("click", () => switchRoom(room.room));
       item.appendChild(button);
       item.appendChild(el("span", "count", room.members ? String(room.members) + " online" : ""));
-      const unread = joined && room.room === joined.room ? 0 : Math.max(0, room.last_seq - (lastRead[room.room] || 0));
+      const unread = joined && room.room === joined.room ? 0 : Math.max(0, room.last_seq - readUpTo(room.room));
       if (unread) item.appendChild(el("span", "unread", String(unread)));
       return item;
     }));
@@ -448,7 +500,7 @@
         if (ack && (ack.ok || ack.code !== "not_joined") && index >= 0) unsent.splice(index, 1);
         showUnsent();
         if (ack && !ack.ok && ack.code !== "not_joined") {
-          $("send-error").textContent = ack.error || "not sent";
+          $("send-error").textContent = capMarks(ack.error || "not sent");
           const bubble = pending.get(item.id);  // refused: the bubble says so instead of "sending…"
           if (bubble) {
             bubble.classList.replace("pending", "refused");
@@ -465,7 +517,7 @@
     $("join-error").textContent = "";
     socket.emit("join", { username: username, room: room, client_id: pageId }, (ack) => {
       if (!ack || !ack.ok) {
-        const message = (ack && ack.error) || "could not join";
+        const message = capMarks((ack && ack.error) || "could not join");  // it may quote the name
         if (joined && joined.room !== room) {  // a refused switch: still in the old room
           $("send-error").textContent = message;
           return;
@@ -510,10 +562,10 @@
     unsent.push({ text: text, id: id, inFlight: false });
     const bubble = el("li", "msg msg-web own pending");
     const meta = el("div", "meta");
-    meta.appendChild(el("span", "who", joined ? joined.username : ""));
+    meta.appendChild(userText("span", "who", joined ? joined.username : ""));
     meta.appendChild(el("span", "src", "sending…"));
     bubble.appendChild(meta);
-    bubble.appendChild(el("div", "text", text));
+    bubble.appendChild(userText("div", "text", text));
     pending.set(id, bubble);
     $("messages").appendChild(bubble);
     scrollToEnd();

@@ -96,6 +96,7 @@
         cell.textContent = String(value);
         row.appendChild(cell);
       }
+      row.firstChild.dir = "auto";  // the room's name: its direction is its own (chat.css isolates cells)
       return row;
     }));
     samples.push({ t: Date.now(), received: mqtt.messages_received || 0, room: (status.room || {}).messages_total || 0,
