@@ -270,6 +270,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    root: Path = ROOT  # the checkout whose app.py runs (benchmarks compare an older one)
 
     @property
     def url(self) -> str:
@@ -280,7 +281,7 @@ class ServerProcess:
         if "OPENAI_API_KEY" not in self.env:  # a developer's own key must not leak into tests
             env.pop("OPENAI_API_KEY", None)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=str(ROOT), env=env,
+        self.proc = subprocess.Popen([sys.executable, str(self.root / "app.py")], cwd=str(self.root), env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
         if log is not subprocess.DEVNULL:
             log.close()
