@@ -373,6 +373,10 @@ class MqttBridge:
             "mqtt_users_count": len(members) if members is not None else None,
             **self.stats.snapshot(),
             "outbox_size": self.outbox_size,
+            # What devices leave retained on the broker (PROTOCOL 9): tracked now, cleared so
+            # far (evicted, expired, forgotten), messages of new devices beyond the minute's budget.
+            "devices": {"tracked": self.devices.tracked, "cleared": self.devices.cleared,
+                        "deferred": self.devices.deferred},
             "active_topics": list(self._subscriptions) if connected else [],
             "mqtt_users": mqtt_users,
             "mqtt_users_truncated": members is not None and len(members) > STATUS_USERS_SHOWN,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
-from chatroom.limits import RecentSet
+from chatroom.limits import RecentSet, Throttle
 from chatroom.messages import Message, SystemEvent, dumps
 
 from .ha_discovery import Announcement, Discovery
@@ -34,6 +34,11 @@ from .reannounce import Reannouncer
 log = logging.getLogger(__name__)
 
 DEVICE_SOURCE = "mqtt"
+# New devices given retained topics per minute, all senders together. One message of a new
+# device costs up to MAX_DEVICE_KEYS + 2 retained publications (and as many to clear the one
+# it pushes out): strangers inventing ids must not turn a flood into a flood of those. A
+# device beyond it still chats; its topics come with its next message after the minute.
+NEW_DEVICES_PER_MINUTE = 120
 MAX_KEYS_CLEARED = 256  # keys of a device's history cleared at most (older versions allowed 64 in memory)
 
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
@@ -69,8 +74,15 @@ class DeviceTopics:
         self.reannouncer = reannouncer or Reannouncer(lambda deadline: True)
         self._devices: OrderedDict[str, _Device] = OrderedDict()  # least recently heard first
         self._forgotten = RecentSet(max_items=1000)  # cleared and not heard since
+        self._admissions = Throttle(count=NEW_DEVICES_PER_MINUTE, seconds=60.0, max_keys=1)
+        self.deferred = 0  # messages of new devices beyond the per-minute budget (no retained topics yet)
+        self._deferring = False
         self._lock = threading.Lock()
         self.cleared = 0  # devices whose retained topics were cleared (evicted, expired, forgotten)
+
+    @property
+    def tracked(self) -> int:
+        return len(self._devices)
 
     # --- room listener ------------------------------------------------------------
 
@@ -80,11 +92,24 @@ class DeviceTopics:
         elif isinstance(event, SystemEvent) and event.client_id and event.event in ("join", "leave", "rename"):
             self._presence(event)
 
-    def _device(self, client_id: str, name: str, room: str, evicted: list) -> _Device:
+    def _device(self, client_id: str, name: str, room: str, evicted: list) -> _Device | None:
         """The device's entry, made the most recently heard; a new one may push the
-        longest-silent device out (into `evicted`, to be cleared by the caller)."""
+        longest-silent device out (into `evicted`, to be cleared by the caller). None: a new
+        device beyond this minute's budget."""
         device = self._devices.pop(client_id, None)
         if device is None:
+            admitted, _ = self._admissions.allow("new devices")
+            if not admitted:
+                self.deferred += 1
+                if not self._deferring:  # one line when it starts, one when it ends
+                    self._deferring = True
+                    log.warning("new devices arrive faster than %d a minute: their retained topics wait "
+                                "for their next message", NEW_DEVICES_PER_MINUTE)
+                return None
+            if self._deferring:
+                self._deferring = False
+                log.info("new devices get their retained topics again (%d messages deferred so far)",
+                         self.deferred)
             device = _Device(name=name, room=room, last_seen=self.clock())
         self._devices[client_id] = device
         device.last_seen = self.clock()
@@ -97,6 +122,8 @@ class DeviceTopics:
         evicted: list = []
         with self._lock:
             device = self._device(message.client_id, message.username, message.room, evicted)
+            if device is None:
+                return
             if not device.loaded:
                 device.loaded = True
                 data, device.timestamp = self.history(message.client_id)
@@ -121,6 +148,8 @@ class DeviceTopics:
         evicted: list = []
         with self._lock:
             device = self._device(event.client_id, event.username or event.client_id, event.room, evicted)
+            if device is None:
+                return
             if event.event == "leave":
                 device.rooms.discard(event.room)
             else:

@@ -172,3 +172,23 @@ def test_forget_is_rate_limited_and_unknown_devices_are_404(make_app, broker):
     limited = app.http.post("/api/devices/esp-1/forget")
     assert limited.status_code == 429 and limited.get_json()["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_new_devices_get_retained_topics_at_a_bounded_rate(monkeypatch):
+    """A flood of invented ids: beyond NEW_DEVICES_PER_MINUTE a new device's message still
+    chats but leaves nothing retained until a later minute (one log line, counted)."""
+    from chatroom.limits import Throttle
+    from mqtt_service import devices as devices_module
+
+    clock = [0.0]
+    table = Table()
+    table.devices._admissions = Throttle(count=5, seconds=60.0, now=lambda: clock[0], max_keys=1)
+    for number in range(20):
+        table.reading(f"s{number}", {"t": number})
+    held = table.retained()
+    assert len({t.split("/")[2] for t in held if t.startswith("chatroom/devices/")}) == 5
+    assert table.devices.deferred == 15
+    clock[0] += 61
+    table.reading("s19", {"t": 19})  # a later minute: it gets its topics with its next message
+    assert "chatroom/devices/s19/state" in table.retained()
+    assert devices_module.NEW_DEVICES_PER_MINUTE >= 60  # a house full of new devices is not held back
