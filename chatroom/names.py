@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from disarm import skeleton_key
 
-from .messages import ValidationError
+from .messages import ValidationError, has_lone_surrogate
 
 SYSTEM_NAME = "system"
 MAX_USERNAME_CHARS = 32
@@ -25,6 +25,11 @@ _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u20
 # Devices repeat their name in every message: the checks of a short name are remembered
 # (bounded; longer values, whitespace padding included, are checked each time).
 _CACHED_NAMES, _CACHED_NAME_CHARS = 4096, 64
+# Reserved names only: after the skeleton, everything that looks like I, l, | or 1 is one
+# letter. The skeleton keeps `i` and `1` apart from `l` (and case folding turns the I of
+# "AI" into i before the skeleton could map it to l), so "Al", "A|", "A1", "Aǀ" (U+01C0)
+# and "AӀ" (U+04C0) would otherwise not be "AI". Ordinary names keep name_key's equality.
+_ONE_VERTICAL_STROKE = str.maketrans({"i": "l", "1": "l", "|": "l", "I": "l"})
 
 
 def name_key(name: str) -> str:
@@ -33,11 +38,16 @@ def name_key(name: str) -> str:
     return skeleton_key(unicodedata.normalize("NFKC", name).casefold())
 
 
+def reserved_key(name: str) -> str:
+    """The key a name is compared with the reserved names by: name_key, with I/l/|/1 alike."""
+    return name_key(name).translate(_ONE_VERTICAL_STROKE)
+
+
 class NameRules:
     """Checks names and knows the reserved ones (the assistant's and `system`)."""
 
     def __init__(self, reserved: Iterable[str] = ()):
-        self._reserved = {name_key(name) for name in (SYSTEM_NAME, *reserved)}
+        self._reserved = {reserved_key(name) for name in (SYSTEM_NAME, *reserved)}
         self._checked = lru_cache(maxsize=_CACHED_NAMES)(self._check)
 
     def display_name(self, value: Any) -> str:
@@ -51,12 +61,15 @@ class NameRules:
         name = value.strip()
         if not 1 <= len(name) <= MAX_USERNAME_CHARS:
             raise ValidationError("bad_name", f"username must be 1-{MAX_USERNAME_CHARS} characters")
+        if has_lone_surrogate(name):
+            # Before the skeleton: it would turn the surrogate into U+FFFD and let it through.
+            raise ValidationError("bad_name", "username must be valid Unicode text (no lone surrogate)")
         if any(unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS for char in name):
             raise ValidationError("bad_name", "username must not contain control characters")
         key = name_key(name)
         if not key.strip():
             raise ValidationError("bad_name", "username must have a visible character")
-        if key in self._reserved:
+        if key.translate(_ONE_VERTICAL_STROKE) in self._reserved:
             raise ValidationError("bad_name", f"username {name!r} is reserved")
         return name
 
