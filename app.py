@@ -63,6 +63,8 @@ from chatroom.metrics import ChatMetrics
 from chatroom.names import NameRules, name_key
 from chatroom.room import Rooms
 from chatroom.routes import MAX_BODY_BYTES, create_chat_blueprint
+from chatroom.serving import ConnectionGate, address_family, connection_gate, serve
+from chatroom.sessions import EventGuard, WebSessions
 from chatroom.store import MessageStore, open_history
 from mqtt_service.bridge import MqttBridge
 from mqtt_service.routes import create_status_blueprint
@@ -73,8 +75,6 @@ MAX_SOCKET_PACKET_BYTES = 64 * 1024
 # Web pages and HTTP callers from one address may together send this many times RATE_LIMIT
 # (people behind one NAT share an address; a stranger's new sockets share it too).
 ADDRESS_SHARE = 5
-SOCKET_TIMEOUT = 60.0      # seconds of silence before a connection is closed (> Engine.IO's 25 s ping)
-MAX_CONNECTIONS = 10_000   # green threads: one per open connection
 ENV_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")  # beside app.py, whatever the cwd
 
 
@@ -94,9 +94,13 @@ class Components:
     retention: HistoryRetention
     instance_watch: InstanceWatch | None = None  # several instances only
     shared: object | None = None                 # chatroom.redis_state.SharedState
+    web_sessions: WebSessions | None = None      # Engine.IO session caps and connect deadline
+    connections: ConnectionGate | None = None    # the eventlet server's header deadline and shares
     stopped: bool = False
 
     def start(self) -> None:
+        if self.web_sessions is not None:
+            self.web_sessions.start(self.socketio.start_background_task, self.socketio.sleep)
         if self.instance_watch is not None:
             self.instance_watch.start()
         self.device_timeout.start()
@@ -109,6 +113,8 @@ class Components:
         if self.stopped:
             return
         self.stopped = True
+        if self.web_sessions is not None:
+            self.web_sessions.stop()
         self.device_timeout.stop()
         self.retention.stop()
         if self.instance_watch is not None:
@@ -165,6 +171,12 @@ def create_app(settings: Settings) -> Flask:
     )
     socketio.init_app(app)
     quiet_library_loggers()  # after init_app: that is when Engine.IO adds its own handler
+    # PROTOCOL 9: Engine.IO sessions are counted and capped before the token is checked, and
+    # an event python-socketio would choke on is dropped with a throttled warning.
+    web_sessions = WebSessions(socketio.server, settings.max_web_sessions,
+                               settings.max_web_sessions_per_address).install()
+    EventGuard(socketio.server).install()
+    connections = connection_gate(settings)
     if settings.trusted_proxies:
         # Outermost, so Socket.IO connections see the forwarded address too (per-client limits).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
@@ -221,6 +233,25 @@ def create_app(settings: Settings) -> Flask:
              "outbox_size": ("gauge", "Messages waiting for the broker")},
         )
 
+    metrics.add_source("chatroom_engineio", web_sessions.status, {
+        "sessions": ("gauge", "Engine.IO sessions open (polling and websocket)"),
+        "unconnected": ("gauge", "Engine.IO sessions without a Socket.IO connect yet"),
+        "refused_address": ("counter", "Sessions refused: MAX_WEB_SESSIONS_PER_ADDRESS reached"),
+        "refused_full": ("counter", "Sessions refused: MAX_WEB_SESSIONS reached, every session connected"),
+        "evicted": ("counter", "Unconnected sessions closed to admit a newcomer at MAX_WEB_SESSIONS"),
+        "dropped_unconnected": ("counter", "Sessions closed for no Socket.IO connect within the deadline"),
+    })
+    if settings.async_mode == "eventlet":
+        metrics.add_source("chatroom_http", connections.status, {
+            "connections": ("gauge", "Open HTTP connections"),
+            "waiting_for_headers": ("gauge", "Connections still sending their request line and headers"),
+            "refused_address": ("counter", "Connections refused: MAX_CONNECTIONS_PER_ADDRESS busy with requests"),
+            "evicted_address": ("counter", "Connections waiting for headers closed for a newcomer of their address"),
+            "refused_full": ("counter", "Connections refused: every connection busy with a request"),
+            "evicted_waiting": ("counter", "Connections waiting for headers closed for a newcomer (server full)"),
+            "header_timeouts": ("counter", "Connections closed for headers not complete within HEADER_TIMEOUT"),
+        })
+
     metrics.add_source("chatroom_assistant", assistant.status, {
         "requests": ("counter", "Assistant requests started"),
         "failures": ("counter", "Assistant requests that ended in ai_error"),
@@ -237,7 +268,7 @@ def create_app(settings: Settings) -> Flask:
                                             intake, DeviceTimeout(rooms, settings.mqtt_user_timeout),
                                             HistoryRetention(store, settings.history_retention_days),
                                             InstanceWatch(rooms, shared.registry, namespace.connected_keys) if shared else None,
-                                            shared)
+                                            shared, web_sessions=web_sessions, connections=connections)
     return app
 
 
@@ -252,11 +283,6 @@ def startup_service_problem(exc: Exception) -> str | None:
     return None
 
 
-def address_family(host: str, port: int) -> int:
-    """IPv4 or IPv6, as HOST resolves."""
-    return socket.getaddrinfo(host, port)[0][0]
-
-
 def port_problem(host: str, port: int) -> str | None:
     """Why the web server could not listen on host:port, found before anything starts."""
     try:
@@ -266,40 +292,6 @@ def port_problem(host: str, port: int) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
-
-
-def serve(app: Flask, settings: Settings) -> None:
-    """Serve HTTP + Socket.IO until the process is stopped."""
-    socketio: SocketIO = app.extensions["chatroom"].socketio
-    if settings.async_mode != "eventlet":
-        socketio.run(app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True,
-                     log_output=False)
-        return
-    import eventlet
-    import eventlet.wsgi
-
-    address = (settings.host, settings.port)
-    raise_open_files_limit()
-    listener = eventlet.listen(address, family=address_family(*address), backlog=1024)
-    # Accepted sockets inherit TCP_NODELAY: without it, small Socket.IO frames
-    # wait on the browser's delayed ACK and fan-out latency climbs to seconds
-    # at 1 000 msg/s (docs/PERFORMANCE.md).
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # PROTOCOL 9: a connection that sends nothing for SOCKET_TIMEOUT seconds is closed
-    # (a live websocket answers Engine.IO's ping every 25 s), and the pool is large
-    # enough that idle or half-sent connections cannot take every green thread.
-    eventlet.wsgi.server(listener, app, log_output=False, socket_timeout=SOCKET_TIMEOUT,
-                         max_size=MAX_CONNECTIONS)
-
-
-def raise_open_files_limit() -> None:
-    """Each connection is a file descriptor; the usual soft limit (1024) is below MAX_CONNECTIONS."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_CONNECTIONS + 256 if hard == resource.RLIM_INFINITY else min(hard, MAX_CONNECTIONS + 256)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main() -> int:
@@ -360,7 +352,7 @@ def main() -> int:
                  settings.instance_id, settings.mqtt_shared_group, components.store.path)
     settle_garbage_collector()
     try:
-        serve(app, settings)
+        serve(app, settings, components.socketio, components.connections)
     finally:
         components.stop()
     return 0

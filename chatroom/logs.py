@@ -8,6 +8,10 @@ malformed packet becomes one warning line, at most a few per minute.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import Counter
+from typing import Callable
 
 from .limits import Throttle
 
@@ -34,6 +38,39 @@ class ClientMistakeFilter(logging.Filter):
                        f" ({held_back} more were not logged)" if held_back else "")
         record.exc_info = record.exc_text = None
         return True
+
+
+class FloodEpisode:
+    """A flood of refusals as two log lines: one when it starts, one with the counts once it
+    has been quiet for `quiet` seconds (`tick` is called by a periodic task). Never a line
+    per refused request: the refusals are what a stranger controls."""
+
+    def __init__(self, logger: logging.Logger, what: str, quiet: float = 10.0,
+                 now: Callable[[], float] = time.monotonic):
+        self.logger, self.what, self.quiet, self.now = logger, what, quiet, now
+        self._counts: Counter[str] = Counter()
+        self._started: float | None = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, detail: str = "", count: int = 1) -> None:
+        with self._lock:
+            self._counts[kind] += count
+            self._last = self.now()
+            first = self._started is None
+            if first:
+                self._started = self._last
+        if first:
+            self.logger.warning("%s: %s%s", self.what, kind, f" ({detail})" if detail else "")
+
+    def tick(self) -> None:
+        with self._lock:
+            if self._started is None or self.now() - self._last < self.quiet:
+                return
+            counts, lasted = self._counts, self._last - self._started
+            self._counts, self._started = Counter(), None
+        self.logger.warning("%s: over after %.0f s: %s", self.what, lasted,
+                            ", ".join(f"{count} {kind}" for kind, count in counts.most_common()))
 
 
 def quiet_library_loggers() -> None:
