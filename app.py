@@ -216,7 +216,8 @@ def create_app(settings: Settings) -> Flask:
 
     bridge = None
     if settings.mqtt_enable:
-        bridge = MqttBridge(settings, rooms, intake, device_history=(store.latest_data, store.data_keys))
+        bridge = MqttBridge(settings, rooms, intake,
+                            device_history=(store.latest_data, store.data_keys, store.recent_devices))
         rooms.subscribe("mqtt", bridge.on_room_event, events=(Message, SystemEvent))
         # Device state, availability and Home Assistant discovery: after `mqtt`, on a queue of its own.
         rooms.subscribe("devices", bridge.devices, events=(Message, SystemEvent))

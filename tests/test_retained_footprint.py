@@ -192,3 +192,18 @@ def test_new_devices_get_retained_topics_at_a_bounded_rate(monkeypatch):
     table.reading("s19", {"t": 19})  # a later minute: it gets its topics with its next message
     assert "chatroom/devices/s19/state" in table.retained()
     assert devices_module.NEW_DEVICES_PER_MINUTE >= 60  # a house full of new devices is not held back
+
+
+def test_after_a_restart_the_device_table_comes_back_from_history(make_app, broker, tmp_path):
+    """The bounds and the retention cover devices heard before a restart too."""
+    database = str(tmp_path / "kept.db")
+    first = make_app(DATABASE_PATH=database)
+    with MqttProbe(broker.port) as device:
+        for name in ("old-1", "old-2"):
+            device.publish(f"{first.prefix}/messages/in", {"client_id": name, "message": "x", "data": {"t": 1}})
+    first.drain()
+    wait_for(lambda: first.status()["mqtt_status"]["devices"]["tracked"] == 2, what="two devices tracked")
+    first.stop()
+    second = make_app(DATABASE_PATH=database, MQTT_TOPIC_PREFIX=first.prefix)
+    assert second.status()["mqtt_status"]["devices"]["tracked"] == 2
+    assert second.components.bridge.devices.expire(time.time() + 1) == 2
