@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 60.0      # seconds of silence before a connection is closed (> Engine.IO's 25 s ping)
 MAX_CONNECTIONS = 10_000   # green threads: one per open connection
+# Connections the kernel completes before we accept them. A burst of strangers' connects
+# overflowing it drops the next SYN, /healthz's too, and its retry waits a whole second
+# (capped by net.core.somaxconn, 4096 on current kernels).
+BACKLOG = 4096
 
 
 class ConnectionGate:
@@ -190,7 +194,7 @@ def serve_wsgi(wsgi_app: Callable, host: str, port: int, gate: ConnectionGate) -
     import eventlet.wsgi
 
     raise_open_files_limit(gate.size)
-    listener = eventlet.listen((host, port), family=address_family(host, port), backlog=1024)
+    listener = eventlet.listen((host, port), family=address_family(host, port), backlog=BACKLOG)
     # Accepted sockets inherit TCP_NODELAY: without it, small Socket.IO frames
     # wait on the browser's delayed ACK and fan-out latency climbs to seconds
     # at 1 000 msg/s (docs/PERFORMANCE.md).

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import requests
 import socketio
 import websocket
@@ -99,12 +100,13 @@ def half_sent(port: int, source: str, count: int) -> list[socket.socket]:
     return socks
 
 
-def guarded(broker, tmp_path, server_for, **caps):
-    return server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet", API_TOKEN=TOKEN, **caps), wait_connected=False)
+def guarded(broker, tmp_path, server_for, async_mode="eventlet", **caps):
+    return server_for(app_env(broker, tmp_path, ASYNC_MODE=async_mode, API_TOKEN=TOKEN, **caps), wait_connected=False)
 
 
-def test_sessions_from_one_address_are_capped_before_the_token(broker, tmp_path, server_for):
-    server = guarded(broker, tmp_path, server_for, MAX_WEB_SESSIONS_PER_ADDRESS=5, MAX_WEB_SESSIONS=20)
+@pytest.mark.parametrize("async_mode", ["eventlet", "threading"])
+def test_sessions_from_one_address_are_capped_before_the_token(broker, tmp_path, server_for, async_mode):
+    server = guarded(broker, tmp_path, server_for, async_mode, MAX_WEB_SESSIONS_PER_ADDRESS=5, MAX_WEB_SESSIONS=20)
     for _ in range(5):
         open_session(server, source="127.0.0.2")
     status, body = polling(server, source="127.0.0.2")
@@ -148,8 +150,9 @@ def test_a_full_server_evicts_the_oldest_unconnected_session_never_a_connected_o
             client.disconnect()
 
 
-def test_a_session_without_a_socketio_connect_is_dropped_a_member_stays(broker, tmp_path, server_for):
-    server = guarded(broker, tmp_path, server_for)
+@pytest.mark.parametrize("async_mode", ["eventlet", "threading"])
+def test_a_session_without_a_socketio_connect_is_dropped_a_member_stays(broker, tmp_path, server_for, async_mode):
+    server = guarded(broker, tmp_path, server_for, async_mode)
     alice = member(server)
     try:
         sid = open_session(server, source="127.0.0.2")
