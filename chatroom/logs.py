@@ -3,7 +3,8 @@
 Engine.IO and python-socketio add a handler of their own to their loggers (so
 every line came out twice) and log a full traceback for every packet they
 cannot decode. Here their records go through the root handler only, and a
-malformed packet becomes one warning line, at most a few per minute.
+malformed packet becomes one warning line, at most a few per minute. A flood of
+refusals (sessions, connections) is two lines: when it starts and when it is over.
 """
 from __future__ import annotations
 

@@ -106,9 +106,7 @@ class WebSessions:
                 refusal, kind = None, "evicted"
                 if len(self._pending) + len(self._connected) >= self.max_sessions:
                     victim, record = self._pending.popitem(last=False)
-                    self._per_address[record.address] -= 1
-                    if not self._per_address[record.address]:
-                        del self._per_address[record.address]
+                    self._release(record.address)
                 self._pending[eio_sid] = _Session(address, self.clock())
                 self._per_address[address] += 1
             if refusal is not None or victim is not None:
@@ -124,9 +122,7 @@ class WebSessions:
         with self._lock:
             record = self._pending.pop(eio_sid, None) or self._connected.pop(eio_sid, None)
             if record is not None:
-                self._per_address[record.address] -= 1
-                if not self._per_address[record.address]:
-                    del self._per_address[record.address]
+                self._release(record.address)
 
     def sweep(self) -> int:
         """Close the sessions that did not connect to "/" in time; forget those Engine.IO lost."""
@@ -139,9 +135,7 @@ class WebSessions:
                     break
                 overdue.append(eio_sid)
                 del self._pending[eio_sid]
-                self._per_address[record.address] -= 1
-                if not self._per_address[record.address]:
-                    del self._per_address[record.address]
+                self._release(record.address)
             lost = [eio_sid for eio_sid in self._connected if eio_sid not in self.eio.sockets]
         for eio_sid in lost:  # closed without a disconnect event: never expected, never a leak
             self.forget(eio_sid)
@@ -174,6 +168,11 @@ class WebSessions:
         with self._lock:
             return {"sessions": len(self._pending) + len(self._connected), "unconnected": len(self._pending),
                     **self.counts}
+
+    def _release(self, address: str) -> None:  # with the lock held
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
 
     def _is_connected(self, eio_sid: str) -> bool:
         sid = self.server.manager.sid_from_eio_sid(eio_sid, "/")

@@ -306,3 +306,24 @@ def test_malformed_socketio_packets_cost_a_few_warning_lines_and_no_traceback(br
     assert "Traceback" not in log, log[-3000:]
     warnings = [line for line in log.splitlines() if " WARNING " in line]
     assert len(warnings) <= 40, "\n".join(warnings[:60])
+
+
+def test_a_flood_of_refusals_is_two_log_lines_with_the_counts(caplog):
+    import logging
+
+    from chatroom.logs import FloodEpisode
+
+    clock = [0.0]
+    episode = FloodEpisode(logging.getLogger("test.flood"), "caps", quiet=10.0, now=lambda: clock[0])
+    caplog.set_level(logging.WARNING, logger="test.flood")
+    for second in range(30):
+        clock[0] = float(second)
+        for _ in range(1000):
+            episode.record("refused address", "'127.0.0.2'")
+        episode.record("evicted")
+        episode.tick()
+    clock[0] = 40.0
+    episode.tick()
+    episode.tick()
+    assert [record.getMessage() for record in caplog.records] == [
+        "caps: refused address ('127.0.0.2')", "caps: over after 29 s: 30000 refused address, 30 evicted"]
