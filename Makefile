@@ -55,9 +55,14 @@ bench: $(VENV)/.installed-dev system-test-deps
 	$(PY) -m bench.relay_bench
 	$(PY) -m bench.fanout_bench
 
-# What a stranger can cost: RSS and page bytes for 2 000 client_ids, /healthz under idle connections.
+# What a stranger can cost (docs/SECURITY.md): RSS and page bytes for 2 000 client_ids, a polling
+# flood and 10 100 trickling sockets against /healthz, a discovery flood, a lock-out attempt and
+# the retained footprint of fresh device ids. HOSTILE_ROOT=<another checkout> measures that one.
+HOSTILE_ROOT ?= .
 bench-hostile: $(VENV)/.installed-dev system-test-deps
 	$(PY) -m bench.hostile_load
+	$(PY) -m bench.hostile_web --root $(HOSTILE_ROOT)
+	$(PY) -m bench.hostile_mqtt --root $(HOSTILE_ROOT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache data
