@@ -34,14 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from support import Mosquitto, ServerProcess  # noqa: E402
 
+from bench.hostile_load import rss_mb  # noqa: E402
+
 DISCOVERY = "homeassistant"
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Setup:

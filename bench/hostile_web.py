@@ -36,16 +36,12 @@ from typing import Any
 
 import requests
 
+from bench.hostile_load import rss_mb
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_TIMEOUT = 5.0
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class HealthProbe:
