@@ -80,7 +80,9 @@ def main() -> int:
     bridge = app.extensions["chatroom"].bridge
     # The parts of MqttBridge.start() that are not the network.
     client = _AckingClient(bridge)
-    bridge._client, bridge._connected, bridge._running = client, True, True
+    bridge._client, bridge._running = client, True
+    bridge.outbox.attach(client)
+    bridge.outbox.connected(after_drain=lambda: None)
     threading.Thread(target=bridge._run_flusher, daemon=True).start()
 
     warm_up = 2000

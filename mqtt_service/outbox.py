@@ -61,7 +61,10 @@ class Outbox:
         # Publications handed to paho and not yet acknowledged. A plain lock: never re-entered.
         self._acks = threading.Condition(threading.Lock())
         self._unacked = 0
-        self._qos0_mids: set[int] = set()  # paho forgets unsent QoS 0 packets on a reconnect
+        # mid -> qos of what paho holds unacknowledged: on a reconnect paho forgets its unsent
+        # QoS 0 packets (no ack will come for them). An ack may come before publish() returns.
+        self._pending: dict[int, int] = {}
+        self._acked_early: set[int] = set()
         self._hold_until = 0.0
         self._stopped = False
         # Every publication's topic is checked; a room's few topics are checked once (bounded).
@@ -120,8 +123,10 @@ class Outbox:
                 self._after_drain = after_drain
         with self._acks:
             # Unsent QoS 0 packets were forgotten by paho's reconnect: no ack will come.
-            self._unacked -= len(self._qos0_mids)
-            self._qos0_mids.clear()
+            for mid in [mid for mid, qos in self._pending.items() if qos == 0]:
+                del self._pending[mid]
+                self._unacked -= 1
+            self._acked_early.clear()
             self._hold_until = time.monotonic() + RESEND_WAIT_SECONDS
             self._acks.notify_all()
         if not waiting:
@@ -137,7 +142,8 @@ class Outbox:
     def acknowledged(self, mid: int) -> None:
         """paho's on_publish (runs under paho's message lock: only the ack condition here)."""
         with self._acks:
-            self._qos0_mids.discard(mid)
+            if self._pending.pop(mid, None) is None:
+                self._acked_early.add(mid)  # before _send registered it
             self._unacked -= 1
             self._acks.notify_all()
 
@@ -174,16 +180,18 @@ class Outbox:
         with self._acks:
             self._unacked += 1
         info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            if item.qos == 0:
-                with self._acks:
-                    self._qos0_mids.add(info.mid)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+                # paho holds QoS>0 messages and sends them on reconnect (an ack will come)
+                info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and item.qos > 0):
+            with self._acks:
+                if info.mid in self._acked_early:
+                    self._acked_early.discard(info.mid)
+                else:
+                    self._pending[info.mid] = item.qos
             if self._paho_refused:
                 self._paho_refused = False
                 log.info("MQTT publications accepted by paho again")
             return True
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and item.qos > 0:
-            return True  # paho holds QoS>0 messages and sends them on reconnect (an ack will come)
         with self._acks:
             self._unacked -= 1
         if not self._paho_refused:
