@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -39,6 +40,7 @@ from .inbound import Inbound
 from .outbox import Outbox, Outgoing
 from .reannounce import Reannouncer
 from .stats import BridgeStats
+from .subscriptions import SubscriptionMemory, stale_filters
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class MqttBridge:
         self._stopping = threading.Event()
         self._ever_connected = False
         self._subscriptions: list[str] = []
+        self.subscription_memory = SubscriptionMemory(os.path.dirname(os.path.abspath(settings.database_path)))
 
         # Group commit: inbound (mid, qos) handled into the open batch, to PUBACK once committed.
         self.group_commit = rooms.group_commit
@@ -212,8 +215,11 @@ class MqttBridge:
     def on_connect(self, client, userdata, connect_flags, reason_code, properties):
         if reason_code.is_failure:
             text = f"broker refused the connection: {reason_code}"
+            if self.stats.last_error != text:  # one line per state change, not one per retry
+                log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL); "
+                          "retrying with backoff", text)
             self.stats.error(text)
-            log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL)", text)
+            self.stats.add("connections_refused")
             return
         first_time = not self._ever_connected
         self._ever_connected = True
@@ -223,6 +229,7 @@ class MqttBridge:
                                                         self.settings.mqtt_device_topics_only)
         if self.settings.ha_discovery:
             self._subscriptions.append(self.ha_status_topic)  # Home Assistant's restarts
+        self._drop_stale_subscriptions(client)
         # Subscribing on every connect renews the subscriptions if the session was lost.
         client.subscribe([(topic, self.qos) for topic in self._subscriptions])
         self.watch.opened()
@@ -234,6 +241,19 @@ class MqttBridge:
                  connect_flags.session_present, self.outbox.size)
         online_text = "MQTT service connected" if first_time else "MQTT bridge is back online"
         self.outbox.connected(after_drain=lambda: self._announce_online(online_text))
+
+    def _drop_stale_subscriptions(self, client) -> None:
+        """The persistent session keeps another configuration's filters: drop them first."""
+        client_id = self.settings.mqtt_client_id
+        previous = self.subscription_memory.previous(client_id)
+        stale = stale_filters(self.topics, self._subscriptions, self.settings.mqtt_shared_group, previous)
+        if stale:
+            client.unsubscribe(stale)
+        changed = [f for f in previous if f not in self._subscriptions]
+        if changed:
+            log.info("MQTT: %d subscriptions of an earlier configuration dropped (%s)", len(changed),
+                     ", ".join(changed[:6]))
+        self.subscription_memory.remember(client_id, self._subscriptions)
 
     def _announce_online(self, text: str) -> None:
         """After (re)connecting and sending the backlog: so these neither jump the queue

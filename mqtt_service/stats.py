@@ -15,6 +15,7 @@ COUNTERS = (
     "messages_duplicate",  # repeated (client_id, message_id) within the window
     "messages_dropped",    # outbox overflow while the broker was unreachable
     "reconnect_count",     # successful connections after the first
+    "connections_refused", # connection attempts the broker refused (bad login, not authorised)
     "handler_errors",      # exceptions caught in our paho callbacks
     "errors_suppressed",   # rejections not logged or answered on P/errors (throttled per sender)
 )

@@ -107,6 +107,11 @@ def test_wrong_password_is_a_clear_503_not_a_crash(auth_broker, tmp_path, caplog
         assert "Not authorized" in body["mqtt_status"]["last_error"] or "authori" in body["error"].lower()
         assert any("MQTT_USERNAME" in record.getMessage() for record in caplog.records)
         assert app.http.post("/api/messages", json={"username": "u", "message": "x"}).status_code == 201
+        # Retried with backoff, said once (issue 22: one line per retry before).
+        wait_for(lambda: app.status()["mqtt_status"]["connections_refused"] >= 3, timeout=60,
+                 what="three refused attempts")
+        refusals = [r for r in caplog.records if "refused the connection" in r.getMessage()]
+        assert len(refusals) == 1, [r.getMessage() for r in refusals]
     finally:
         app.stop()
 
