@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import socket
+from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
@@ -19,6 +20,11 @@ ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Room names that would collide with the default room's topic segments.
 RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "errors", "devices"})
 DEFAULT_ROOM = "lobby"
+
+# Relative paths in the configuration are taken from the project directory (where app.py
+# and .env are), never from wherever the server was started: run from `/`, `data/chat.db`
+# must not become `/data/chat.db` (issue 22).
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 ASYNC_MODES = ("eventlet", "threading")
 # One MQTT topic level, and a Redis key part: no separators, wildcards or spaces.
@@ -64,7 +70,7 @@ class Settings:
     max_devices: int = 500
     device_retention_days: int = 30
 
-    database_path: str = "data/chat.db"
+    database_path: str = str(PROJECT_DIR / "data" / "chat.db")
     history_limit: int = 50
     max_message_chars: int = 2000
     max_room_members: int = 1000
@@ -142,7 +148,7 @@ class Settings:
             mqtt_username=reader.get("MQTT_USERNAME", "", str),
             mqtt_password=reader.get("MQTT_PASSWORD", "", str),
             mqtt_tls=reader.get("MQTT_TLS", "false", _bool),
-            mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", str),
+            mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", _project_path),
             # The port is in the default: two servers on one host must not share a session.
             mqtt_client_id=reader.get("MQTT_CLIENT_ID", "", str)
             or f"chatroom-bridge-{socket.gethostname()}-{port}",
@@ -155,7 +161,7 @@ class Settings:
             max_device_keys=reader.get("MAX_DEVICE_KEYS", "32", _int_at_least(1)),
             max_devices=reader.get("MAX_DEVICES", "500", _int_at_least(1)),
             device_retention_days=reader.get("DEVICE_RETENTION_DAYS", "30", _int_at_least(0)),
-            database_path=reader.get("DATABASE_PATH", "data/chat.db", _non_empty),
+            database_path=reader.get("DATABASE_PATH", "data/chat.db", _project_path),
             history_limit=reader.get("HISTORY_LIMIT", "50", _int_at_least(0)),
             max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", _int_at_least(1)),
             max_room_members=reader.get("MAX_ROOM_MEMBERS", "1000", _int_at_least(1)),
@@ -229,6 +235,13 @@ def _non_empty(raw: str) -> str:
     if not raw:
         raise ValueError("must not be empty")
     return raw
+
+
+def _project_path(raw: str) -> str:
+    """A file path; a relative one is taken from the project directory. `:memory:` stays."""
+    if not raw or raw == ":memory:" or os.path.isabs(raw):
+        return raw
+    return str(PROJECT_DIR / raw)
 
 
 def _int(raw: str) -> int:

@@ -1,4 +1,6 @@
 """Settings from the environment: defaults, parsing, one clear error per bad value."""
+import os
+
 import pytest
 
 from chatroom.config import ConfigError, Settings
@@ -125,3 +127,42 @@ def test_a_missing_ca_file_is_one_clear_problem(tmp_path):
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"MQTT_TLS": "true", "MQTT_CA_CERTS": str(tmp_path / "nope.pem")})
     assert info.value.problems == [f"MQTT_CA_CERTS: no readable file at {str(tmp_path / 'nope.pem')!r}"]
+
+
+def test_relative_paths_are_taken_from_the_project_directory(tmp_path):
+    """Issue 22: `.env` is read beside app.py, so its relative paths mean the same place:
+    run from `/`, DATABASE_PATH=data/chat.db must not become /data/chat.db."""
+    from chatroom.config import PROJECT_DIR
+
+    assert Settings.from_env({}).database_path == str(PROJECT_DIR / "data" / "chat.db")
+    assert Settings.from_env({"DATABASE_PATH": "data/other.db"}).database_path == str(PROJECT_DIR / "data/other.db")
+    assert Settings.from_env({"DATABASE_PATH": str(tmp_path / "a.db")}).database_path == str(tmp_path / "a.db")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    relative_ca = os.path.relpath(ca, PROJECT_DIR)
+    assert Settings.from_env({"MQTT_TLS": "true", "MQTT_CA_CERTS": relative_ca}).mqtt_ca_certs == str(
+        PROJECT_DIR / relative_ca)
+
+
+def test_a_server_started_from_elsewhere_keeps_its_history_in_the_project(tmp_path):
+    """`python /path/to/app.py` from another directory (as a service manager might)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from chatroom.config import PROJECT_DIR
+    from support import free_port, wait_for
+
+    name = f"data/from-elsewhere-{uuid.uuid4().hex[:8]}.db"
+    port = free_port()
+    env = {**os.environ, "DATABASE_PATH": name, "PORT": str(port), "MQTT_ENABLE": "false", "ASYNC_MODE": "threading"}
+    proc = subprocess.Popen([sys.executable, str(PROJECT_DIR / "app.py")], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (PROJECT_DIR / name).exists() or proc.poll() is not None, what="the history file")
+        assert (PROJECT_DIR / name).exists() and not (tmp_path / name).exists()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        for suffix in ("", "-wal", "-shm"):
+            (PROJECT_DIR / f"{name}{suffix}").unlink(missing_ok=True)
