@@ -74,6 +74,31 @@ class FloodEpisode:
                             ", ".join(f"{count} {kind}" for kind, count in counts.most_common()))
 
 
+class ThrottledErrorStream:
+    """`wsgi.errors` for eventlet's server: it writes there directly, once per closed websocket
+    ("socket shutdown error") with the client's Host header in the line and no newline, out of
+    reach of logging. Here each write is one log line, cut short, at most a few a minute."""
+
+    def __init__(self, logger: logging.Logger, throttle: Throttle | None = None):
+        self.logger = logger
+        self.throttle = throttle or Throttle(count=10, seconds=60.0, max_keys=1)
+
+    def write(self, text: str) -> int:
+        line = " ".join(str(text).split())
+        allowed, held_back = self.throttle.allow("wsgi.errors")
+        if line and allowed:
+            self.logger.warning("web server: %r%s", line[:200],
+                                f" ({held_back} more were not logged)" if held_back else "")
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
 def quiet_library_loggers() -> None:
     """One handler (the root's) for the Socket.IO libraries, and no tracebacks for bad packets."""
     for name in LIBRARY_LOGGERS:

@@ -50,6 +50,8 @@ def _json_body() -> dict:
         raw = request.get_data(cache=False) if request.content_length is not None else _chunked_body()
     except RequestEntityTooLarge:
         raise ValidationError("too_large", f"body is larger than {MAX_BODY_BYTES} bytes") from None
+    except (ValueError, OSError):  # malformed chunks, or a body that did not arrive in time
+        raise ValidationError("invalid_json", "the request body is malformed or incomplete") from None
     return parse_json_object(raw, MAX_BODY_BYTES)
 
 

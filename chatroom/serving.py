@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from flask import Flask
 from flask_socketio import SocketIO
 
 from .config import Settings
-from .logs import FloodEpisode
+from .logs import FloodEpisode, ThrottledErrorStream
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,46 @@ class _Refused:
         callback(self, *args)
 
 
+def _closes_instead(*args: Any) -> None:
+    """eventlet reads and discards a body the application left unread, to reuse the
+    connection: a stranger trickling a body of a gigabyte held it for ever (every byte renews
+    the socket timeout). An OSError here makes eventlet close the connection instead."""
+    raise OSError("request body left unread: the connection is closed, not drained")
+
+
+def _within(deadline: float, read: Callable[..., Any]) -> Callable[..., Any]:
+    """`read` of the request body, bounded by a total deadline however the bytes trickle."""
+    from eventlet import Timeout
+
+    def bounded(*args: Any) -> Any:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("request body not received within HEADER_TIMEOUT")
+        with Timeout(remaining, socket.timeout("request body not received within HEADER_TIMEOUT")):
+            return read(*args)
+    return bounded
+
+
 def deadline_protocol(gate: ConnectionGate) -> type:
-    """An eventlet HttpProtocol whose request line + headers have a total deadline."""
+    """An eventlet HttpProtocol whose request line + headers have a total deadline, and
+    whose body too (HEADER_TIMEOUT more once the headers are in; our bodies are <= 64 KiB)."""
     from eventlet import Timeout, getcurrent
     from eventlet.wsgi import HttpProtocol
 
+    errors = ThrottledErrorStream(log)
+
     class DeadlineProtocol(HttpProtocol):
         _deadline: Any = None
+
+        def get_environ(self) -> dict:
+            environ = super().get_environ()
+            body = environ["eventlet.input"]
+            deadline = time.monotonic() + gate.header_timeout
+            for name in ("read", "readline", "readlines"):
+                setattr(body, name, _within(deadline, getattr(body, name)))
+            body.discard = _closes_instead
+            environ["wsgi.errors"] = errors
+            return environ
 
         def handle_one_request(self) -> None:
             expired = socket.timeout("no complete request headers within HEADER_TIMEOUT")

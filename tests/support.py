@@ -314,8 +314,12 @@ class ServerProcess:
         self.proc = None
         return code
 
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path and self.log_path.exists() else ""
+    def logs(self, whole: bool = False) -> str:
+        """The server's log: its last 4 000 characters, or all of it."""
+        if not (self.log_path and self.log_path.exists()):
+            return ""
+        text = self.log_path.read_text(errors="replace")
+        return text if whole else text[-4000:]
 
 
 def unique_prefix() -> str:

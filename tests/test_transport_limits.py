@@ -327,3 +327,84 @@ def test_a_flood_of_refusals_is_two_log_lines_with_the_counts(caplog):
     episode.tick()
     assert [record.getMessage() for record in caplog.records] == [
         "caps: refused address ('127.0.0.2')", "caps: over after 29 s: 30000 refused address, 30 evicted"]
+
+
+def trickled_body(server, head: bytes, source: str = "127.0.0.2") -> tuple[bytes, bool]:
+    """Send `head` (a request with a big Content-Length and one byte of body), then one body
+    byte at a time: (what the server answered, whether it closed the connection)."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(head + b"x")
+    sock.settimeout(0.5)
+    answer = bytearray()
+
+    def closed() -> bool:
+        try:
+            chunk = sock.recv(4096)
+            if chunk == b"":
+                return True
+            answer.extend(chunk)
+        except socket.timeout:
+            pass
+        except OSError:
+            return True
+        try:
+            sock.sendall(b"x")  # each byte renewed eventlet's socket timeout
+        except OSError:
+            return True
+        return False
+
+    try:
+        finished = wait_for(closed, timeout=40, what="the server to close a trickled body")
+        return bytes(answer), finished
+    finally:
+        sock.close()
+
+
+def test_a_trickled_body_the_server_does_not_read_is_not_drained(broker, tmp_path, server_for):
+    """Review of issue 21: `POST /healthz` with a 1 GB Content-Length, then a byte every few
+    seconds: the 401/405 went out, then eventlet read on to drain the body, for ever, and ~42
+    addresses of such connections refused everyone. The connection is closed instead."""
+    server = guarded(broker, tmp_path, server_for, HEADER_TIMEOUT=2)
+    answer, closed = trickled_body(server, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+    assert closed and answer.startswith(b"HTTP/1.1 405")
+    assert requests.get(server.url + "/healthz", timeout=TIMEOUT).status_code == 200
+
+
+def test_a_trickled_body_the_server_reads_has_a_deadline(broker, tmp_path, server_for):
+    """A body that the route reads (16 KiB at most) must arrive within HEADER_TIMEOUT too."""
+    server = guarded(broker, tmp_path, server_for, HEADER_TIMEOUT=2)
+    head = (b"POST /api/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 16000\r\n\r\n")
+    answer, closed = trickled_body(server, head)
+    assert closed and answer.startswith(b"HTTP/1.1 400"), answer[:200]  # a JSON error, then closed
+    assert "Traceback" not in server.logs(whole=True)
+
+
+def test_a_malformed_chunked_body_is_400_not_500(broker, tmp_path, server_for):
+    server = guarded(broker, tmp_path, server_for)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /api/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n0\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert "Traceback" not in server.logs(whole=True)
+
+
+def test_closed_websockets_with_long_host_headers_cost_a_few_log_lines(broker, tmp_path, server_for):
+    """eventlet writes a line to wsgi.errors when a websocket closes badly, with the Host header
+    in it and no newline: 300 such closes were 2.4 MB of log. Now a few throttled lines."""
+    server = guarded(broker, tmp_path, server_for)
+    before = len(server.logs(whole=True))
+    request = (f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {'h' * 8000}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(request)
+            sock.recv(4096)  # the 101
+    assert requests.get(server.url + "/healthz", timeout=TIMEOUT).status_code == 200
+    wait_for(lambda: metric(server, "chatroom_engineio_sessions") == 0, what="the sessions gone")
+    grown = len(server.logs(whole=True)) - before
+    assert grown < 20_000, server.logs()[-2000:]
