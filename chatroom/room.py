@@ -318,20 +318,21 @@ class Rooms:
         self._evict(room, min(devices, key=lambda pair: pair[0])[1], "to make room")
 
     def _free_a_room(self) -> None:
-        """A full room table: the room of devices only that was heard from longest ago is
-        emptied (its devices leave), or the join is room_full. Rooms with a person stay."""
-        quietest: tuple[float, str, dict[MemberKey, User]] | None = None
-        for room in self.presence.rooms():
-            members = self.presence.members(room)
-            if members and all(user.source == self.device_source for user in members.values()):
-                heard = max(user.last_seen for user in members.values())
-                if quietest is None or heard < quietest[0]:
-                    quietest = (heard, room, members)
-        if quietest is None:
+        """A full room table: a room of devices only is emptied (its devices leave), or the
+        join is room_full. Rooms with a person stay. The room with the fewest devices goes
+        first (a stranger's one-device rooms before a real room of sensors), then the one
+        heard from longest ago. One read of every member (one pipeline with Redis)."""
+        rooms: dict[str, dict[MemberKey, User]] = {}
+        for key, user in self.presence.all_members():
+            rooms.setdefault(user.room, {})[key] = user
+        candidates = [(len(members), max(user.last_seen for user in members.values()), room)
+                      for room, members in rooms.items()
+                      if all(user.source == self.device_source for user in members.values())]
+        if not candidates:
             raise ValidationError("room_full", f"this server has {self.max_rooms} rooms in use; "
                                                "join one of them or try later")
-        _, room, members = quietest
-        for key in members:
+        _, _, room = min(candidates)
+        for key in rooms[room]:
             self._evict(room, key, "to free a room")
 
     def _evict(self, room: str, key: MemberKey, why: str) -> None:

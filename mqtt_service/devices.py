@@ -232,10 +232,13 @@ class DeviceTopics:
         at most once a minute and paced (on a thread of its own: this is paho's thread)."""
         if not self.ha_enabled or payload.strip().lower() != b"online":
             return
+        self.reannouncer.start(self._every_announcement, self._send)
+
+    def _every_announcement(self) -> list[Announcement | None]:
         with self._lock:
             announcements = [self._entity(client_id, device, key)
                              for client_id, device in self._devices.items() for key in device.announced]
-        self.reannouncer.start([self.discovery.bridge(), *announcements], self._send)
+        return [self.discovery.bridge(), *announcements]
 
     # --- helpers --------------------------------------------------------------------
 

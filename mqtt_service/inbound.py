@@ -67,23 +67,41 @@ class Inbound:
         """Payload -> Submission -> intake; a refusal -> one reply on P/errors.
         Raises Unavailable (not the message's fault): the bridge holds and retries it."""
         obj: dict | None = None
-        device_id: str | None = None
+        parsed = None
         try:
             parsed = self.topics.parse(topic)
             if parsed is None:
                 raise ValidationError("bad_field", "not an inbound topic of a valid room")
-            device_id = parsed.client_id
             # On a device topic the topic says everything: an empty payload (a bare will) is {}.
-            obj = {} if device_id is not None and not payload.strip() else parse_json_object(payload)
-            self._dispatch(parsed.kind, self._submission(parsed.room, obj, device_id))
+            obj = {} if parsed.client_id is not None and not payload.strip() else parse_json_object(payload)
+            self._dispatch(parsed.kind, self._submission(parsed.room, obj, parsed.client_id))
         except Unavailable:
             raise
         except ValidationError as exc:
-            if exc.client_id is None and not isinstance(exc, ClaimRefused):
-                exc.client_id = device_id if device_id is not None else client_id_of(
-                    obj if obj is not None else _object_or_empty(payload))
-            claimed = (obj if obj is not None else {}).get("client_id") if device_id is None else None
+            claimed = self._address(exc, parsed, obj, payload)
             self.reject(topic, exc, _sender_key(exc, claimed, topic))
+
+    def _address(self, exc: ValidationError, parsed, obj: dict | None, payload: bytes) -> object:
+        """Whom the reply names (exc.client_id: a valid id, or None) and the claimed id it
+        was refused for. As PROTOCOL 2 says, the payload's valid client_id — except an id
+        proven on its device topic (a claim of it is somebody else, whose reply must not
+        look to the real device's client like an error of its own) and an invalid topic
+        level."""
+        if isinstance(exc, ClaimRefused):
+            exc.client_id = None
+            return None
+        if parsed is not None and parsed.client_id is not None:  # a device topic names its sender
+            if exc.client_id is None:
+                exc.client_id = self._plain_id(parsed.client_id)
+            return parsed.client_id
+        if obj is None:
+            obj = _object_or_empty(payload)
+        if exc.client_id is None:
+            exc.client_id = client_id_of(obj)
+        if exc.client_id in self.intake.proven_ids:
+            exc.client_id = None  # a topic that is not inbound still must not reach a proven id
+            return None
+        return obj.get("client_id")
 
     def _submission(self, room: str, obj: dict, device_id: str | None) -> Submission:
         claimed = obj.get("client_id")

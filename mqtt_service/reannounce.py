@@ -28,8 +28,10 @@ class Reannouncer:
         self._ignored = 0  # births ignored since the last re-announcement (one log line for all)
         self.done = threading.Event()  # set when a re-announcement ends (tests wait on it)
 
-    def start(self, items: Sequence[Item], send: Callable[[Item], None]) -> bool:
-        """Send `items` on a thread of its own, unless one ran less than a minute ago."""
+    def start(self, build: Callable[[], Sequence[Item]], send: Callable[[Item], None]) -> bool:
+        """Build the items and send them on a thread of its own, unless one ran less than a
+        minute ago. Building waits for that thread: an ignored birth costs nothing, and the
+        paho thread that received it never builds thousands of configs."""
         with self._lock:
             now = self.clock()
             if self._running or now - self._last_start < MIN_INTERVAL:
@@ -40,12 +42,13 @@ class Reannouncer:
                 return False
             self._running, self._last_start, self._ignored = True, now, 0
             self.done.clear()
-        threading.Thread(target=self._run, args=(list(items), send), name="ha-reannounce", daemon=True).start()
+        threading.Thread(target=self._run, args=(build, send), name="ha-reannounce", daemon=True).start()
         return True
 
-    def _run(self, items: list, send: Callable) -> None:
+    def _run(self, build: Callable[[], Sequence[Item]], send: Callable) -> None:
         sent = 0
         try:
+            items = list(build())
             for start in range(0, len(items), CHUNK):
                 if not self.wait_for_room(time.monotonic() + ROOM_TIMEOUT):
                     log.warning("Home Assistant re-announcement stopped after %d of %d entities: "

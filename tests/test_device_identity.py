@@ -103,3 +103,34 @@ def test_device_topics_only_hears_nothing_on_the_shared_topics(make_app, probe_f
     wait_for(lambda: app.status()["mqtt_status"]["messages_received"] >= 1, what="the proven message counted")
     assert app.status()["mqtt_status"]["messages_received"] == 1
     assert [m.json()["content"] for m in probe.on(f"{app.prefix}/messages/out")] == ["proven"]
+
+
+def test_a_reply_never_names_a_proven_device_for_someone_elses_publication(make_app, probe_for):
+    """Review of issue 21: `P/errors/messages/in/mallory` with a proven device's client_id in the
+    payload got an error addressed to that device (whose shipped client exits on it)."""
+    app = make_app()
+    probe = probe_for(app.prefix)
+    probe.publish(f"{app.prefix}/messages/in/esp32-kitchen", {"message": "proven"})
+    probe.wait(f"{app.prefix}/messages/out")
+    for topic in (f"{app.prefix}/errors/messages/in/mallory", f"{app.prefix}/system/users/leave",
+                  f"{app.prefix}/a.b/messages/in"):
+        probe.publish(topic, {"client_id": "esp32-kitchen", "message": "x"})
+    errors = [e.json() for e in probe.wait(f"{app.prefix}/errors", count=3)]
+    assert [(e["code"], e["client_id"]) for e in errors] == [("bad_field", None)] * 3
+
+
+def test_an_invalid_id_on_a_device_topic_is_neither_echoed_nor_kept_whole(make_app, probe_for, caplog):
+    """Review of issue 21: a 60 KB topic level was the reply's client_id, a key of the reply
+    throttle (RSS to 1 GB) and part of every log line."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="mqtt_service.bridge")
+    app = make_app()
+    probe = probe_for(app.prefix)
+    probe.publish(f"{app.prefix}/messages/in/{'x' * 60000}", {"message": "hi"})
+    probe.publish(f"{app.prefix}/messages/in/", {"message": "hi"})
+    errors = [e.json() for e in probe.wait(f"{app.prefix}/errors", count=2)]
+    assert [(e["code"], e["client_id"]) for e in errors] == [("bad_field", None)] * 2
+    assert all(len(r.getMessage()) < 2000 for r in caplog.records)
+    keys = app.components.bridge.inbound._reply_throttle._windows
+    assert all(len(str(key)) < 200 for key in keys)

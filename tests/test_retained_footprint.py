@@ -207,3 +207,20 @@ def test_after_a_restart_the_device_table_comes_back_from_history(make_app, brok
     second = make_app(DATABASE_PATH=database, MQTT_TOPIC_PREFIX=first.prefix)
     assert second.status()["mqtt_status"]["devices"]["tracked"] == 2
     assert second.components.bridge.devices.expire(time.time() + 1) == 2
+
+
+def test_an_ignored_birth_builds_nothing():
+    """Review of issue 21: each birth rebuilt every config on paho's thread before the
+    once-a-minute check (200 births delayed a device's message by 12 s)."""
+    from mqtt_service.reannounce import Reannouncer
+
+    built, sent = [], []
+    reannouncer = Reannouncer(lambda deadline: True, clock=lambda: 0.0)
+
+    def build():
+        built.append(1)
+        return ["a", "b"]
+    for _ in range(200):
+        reannouncer.start(build, sent.append)
+    assert reannouncer.done.wait(10)
+    assert built == [1] and sent == ["a", "b"]

@@ -360,3 +360,18 @@ def test_a_full_room_table_frees_the_quietest_room_of_devices_only(tmp_path):
         small.join("r11", ("web", "s4"), "Di", "web")
     assert info.value.code == "room_full"
     small.close()
+
+
+def test_the_room_freed_first_is_the_one_with_the_fewest_devices(tmp_path):
+    """Review of issue 21: one stranger's join emptied a real room of 15 sensors that had been
+    quiet a little longer than the stranger's one-device rooms."""
+    clock = [0.0]
+    small = Rooms(MessageStore(":memory:"), max_rooms=3, clock=lambda: clock[0])
+    for number in range(5):
+        small.join("garage", ("mqtt", f"g{number}"), f"g{number}", "mqtt", client_id=f"g{number}")
+    clock[0] += 1
+    small.join("s1", ("mqtt", "s1"), "s1", "mqtt", client_id="s1")
+    small.join("s2", ("mqtt", "s2"), "s2", "mqtt", client_id="s2")
+    small.join("s3", ("mqtt", "s3"), "s3", "mqtt", client_id="s3")
+    assert sorted(small.rooms_with_members()) == ["garage", "s2", "s3"]
+    small.close()
