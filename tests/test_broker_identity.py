@@ -286,5 +286,11 @@ def test_acl_example_binds_device_logins_and_keeps_the_legacy_topics_commented_o
     assert "user chatroom-bridge" in active and "topic readwrite chatroom/#" in active
     assert "topic write homeassistant/#" in active and "topic read homeassistant/status" in active
     assert "user homeassistant" in active
+    # Home Assistant reads the relay's connectivity: one instance's, and each of a cluster's
+    # (discovery points it at chatroom/bridge/<INSTANCE_ID>/state).
+    home_assistant = active[active.index("user homeassistant"):active.index("user chatroom-bridge")]
+    assert {"topic read chatroom/bridge/state", "topic read chatroom/bridge/+/state"} <= set(home_assistant)
+    # A further cluster instance's login: a commented-out copy of the bridge's lines.
+    assert "#user chatroom-bridge-2" in lines and "user chatroom-bridge-2" not in active
     conf = [line.strip() for line in DEVICES_CONF.read_text().splitlines()]
     assert {"allow_anonymous false", "use_username_as_clientid true"} <= set(conf)
