@@ -31,8 +31,8 @@ INSTANCES ?= 2
 cluster: $(VENV)/.installed
 	$(PY) -m tools.cluster --instances $(INSTANCES)
 
-# Tests start their own mosquitto and redis-server, drive Debian's chromium, build sketches with g++
-# and run the Node.js client: all must be installed.
+# Tests start their own mosquitto, redis-server and nginx (the docs' proxy blocks), drive Debian's
+# chromium, build sketches with g++ and run the Node.js client: all must be installed.
 system-test-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
@@ -40,6 +40,7 @@ system-test-deps:
 	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	  else echo "Missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; fi; \
