@@ -595,20 +595,25 @@
     }
   });
   // A refused connection (wrong or missing token) asks for the token, then retries.
+  // The join form waits behind the prompt: joining cannot work before the token does.
+  function askForToken(asking) {
+    $("token-form").hidden = !asking;
+    $("join-form").hidden = asking || joined !== null;
+  }
   socket.on("connect_error", (error) => {
     if (!error || error.message !== "unauthorized") return;
     setConnection("token needed", false);
-    $("token-form").hidden = false;
+    askForToken(true);
     $("token").focus();
   });
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     localStorage.setItem(TOKEN_KEY, $("token").value.trim());
     $("token").value = "";
-    $("token-form").hidden = true;
+    askForToken(false);
     socket.connect();
   });
-  if (tokenRequired && !localStorage.getItem(TOKEN_KEY)) $("token-form").hidden = false;
+  if (tokenRequired && !localStorage.getItem(TOKEN_KEY)) askForToken(true);
 
   socket.on("disconnect", () => {
     setConnection("reconnecting…", false);
