@@ -39,8 +39,12 @@ def name_key(name: str) -> str:
 
 
 def reserved_key(name: str) -> str:
-    """The key a name is compared with the reserved names by: name_key, with I/l/|/1 alike."""
-    return name_key(name).translate(_ONE_VERTICAL_STROKE)
+    """The key a name is compared with the reserved names by: without accents and other
+    combining marks, spaces and punctuation (`A.I`, `A I`, `ȦI`, `Ǎl`), then name_key with
+    I/l/|/1 alike. Stricter than name equality: only the reserved names are compared so."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    bare = "".join(char for char in decomposed if unicodedata.category(char)[0] not in "MZP")
+    return name_key(bare or name).translate(_ONE_VERTICAL_STROKE)
 
 
 class NameRules:
@@ -69,7 +73,7 @@ class NameRules:
         key = name_key(name)
         if not key.strip():
             raise ValidationError("bad_name", "username must have a visible character")
-        if key.translate(_ONE_VERTICAL_STROKE) in self._reserved:
+        if reserved_key(name) in self._reserved:
             raise ValidationError("bad_name", f"username {name!r} is reserved")
         return name
 

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 DEVICE_SOURCE = "mqtt"
 # New devices given retained topics per minute, all senders together. One message of a new
-# device costs up to MAX_DEVICE_KEYS + 2 retained publications (and as many to clear the one
-# it pushes out): strangers inventing ids must not turn a flood into a flood of those. A
+# device costs up to MAX_DEVICE_KEYS + 2 retained publications (and up to twice as many to
+# clear the one it pushes out): strangers inventing ids must not turn a flood into a flood of those. A
 # device beyond it still chats; its topics come with its next message after the minute.
 NEW_DEVICES_PER_MINUTE = 120
 MAX_KEYS_CLEARED = 256  # keys of a device's history cleared at most (older versions allowed 64 in memory)
@@ -93,19 +93,22 @@ class DeviceTopics:
             self._presence(event)
 
     def _device(self, client_id: str, name: str, room: str, evicted: list) -> _Device | None:
-        """The device's entry, made the most recently heard; a new one may push the
-        longest-silent device out (into `evicted`, to be cleared by the caller). None: a new
-        device beyond this minute's budget."""
+        """The device's entry, made the most recently heard. A new one may push out the
+        longest-silent device that is not present (into `evicted`, cleared by the caller); a
+        present device is never pushed out (its entities would vanish while it is there). None:
+        a new device beyond this minute's budget, or with every tracked device present."""
         device = self._devices.pop(client_id, None)
         if device is None:
+            absent = None
+            if len(self._devices) >= self.max_devices:
+                absent = next((other for other, known in self._devices.items() if not known.rooms), None)
+                if absent is None:
+                    return self._defer("all the tracked devices are present (MAX_DEVICES)")
             admitted, _ = self._admissions.allow("new devices")
             if not admitted:
-                self.deferred += 1
-                if not self._deferring:  # one line when it starts, one when it ends
-                    self._deferring = True
-                    log.warning("new devices arrive faster than %d a minute: their retained topics wait "
-                                "for their next message", NEW_DEVICES_PER_MINUTE)
-                return None
+                return self._defer(f"new devices arrive faster than {NEW_DEVICES_PER_MINUTE} a minute")
+            if absent is not None:
+                evicted.append((absent, self._devices.pop(absent)))
             if self._deferring:
                 self._deferring = False
                 log.info("new devices get their retained topics again (%d messages deferred so far)",
@@ -114,9 +117,14 @@ class DeviceTopics:
         self._devices[client_id] = device
         device.last_seen = self.clock()
         self._forgotten.discard(client_id)
-        while len(self._devices) > self.max_devices:
-            evicted.append(self._devices.popitem(last=False))
         return device
+
+    def _defer(self, why: str) -> None:
+        self.deferred += 1
+        if not self._deferring:  # one line when it starts, one when it ends
+            self._deferring = True
+            log.warning("%s: new devices' retained topics wait for their next message", why)
+        return None
 
     def _reading(self, message: Message) -> None:
         evicted: list = []
@@ -198,21 +206,28 @@ class DeviceTopics:
                 return []
         if device is None and not self.known_keys(client_id) and not self.history(client_id)[1]:
             return None
-        topics = self._clear([(client_id, device)])
+        topics = self._clear([(client_id, device)], thorough=True)
         log.info("device %r forgotten: %d retained topics cleared", client_id, len(topics))
         return topics
 
-    def _clear(self, devices: list[tuple[str, _Device | None]]) -> list[str]:
-        """Empty retained messages on every topic of these devices (called without the lock)."""
+    def _clear(self, devices: list[tuple[str, _Device | None]], thorough: bool = False) -> list[str]:
+        """Empty retained messages on every topic of these devices (called without the lock).
+
+        A pushed-out or expired device costs at most 2 + 2 x max_keys publications: its
+        announced configs, or for one recalled after a restart (announced by an earlier run)
+        its first max_keys keys in history, both kinds. `thorough` (forget, an operator's
+        call) clears every key history holds, up to MAX_KEYS_CLEARED."""
         topics: list[str] = []
         for client_id, device in devices:
             own = [self.discovery.state_topic(client_id), self.discovery.availability_topic(client_id)]
             announced = dict(device.announced) if device else {}
             own += [topic for topic in announced.values() if topic]
-            for key in sorted(set(self.known_keys(client_id)[:MAX_KEYS_CLEARED]) - set(announced)):
-                # The kind of a key seen only in history is not known: clear both.
-                own += [self.discovery.config_topic("sensor", client_id, key),
-                        self.discovery.config_topic("binary_sensor", client_id, key)]
+            if thorough or device is None or not device.loaded:
+                limit = MAX_KEYS_CLEARED if thorough else self.max_keys
+                for key in sorted(set(self.known_keys(client_id)[:limit]) - set(announced)):
+                    # The kind of a key seen only in history is not known: clear both.
+                    own += [self.discovery.config_topic("sensor", client_id, key),
+                            self.discovery.config_topic("binary_sensor", client_id, key)]
             for topic in own:
                 self.publish(topic, b"", True)  # an empty retained message deletes the retained one
             self._forgotten.add(client_id)

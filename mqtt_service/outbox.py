@@ -179,7 +179,14 @@ class Outbox:
         self.watch.sent(item.topic)
         with self._acks:
             self._unacked += 1
-        info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
+        try:
+            info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
+        except Exception:  # paho refused it loudly: counted unacknowledged for ever otherwise
+            with self._acks:
+                self._unacked -= 1
+            self.stats.add("handler_errors")
+            log.exception("MQTT publish on %r raised; the publication is dropped", item.topic[:200])
+            return True  # not kept: it would raise again on every try
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                 # paho holds QoS>0 messages and sends them on reconnect (an ack will come)
                 info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and item.qos > 0):

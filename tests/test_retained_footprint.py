@@ -224,3 +224,32 @@ def test_an_ignored_birth_builds_nothing():
         reannouncer.start(build, sent.append)
     assert reannouncer.done.wait(10)
     assert built == [1] and sent == ["a", "b"]
+
+
+def test_a_present_device_is_never_pushed_out():
+    """Review of issue 21: strangers' new ids cleared a present thermostat's entities (its
+    heartbeat joins are silent, so they never refreshed its place). Now only devices that
+    are not present give way; with every tracked device present a newcomer waits."""
+    table = Table(max_devices=2)
+    table.presence("join", "thermostat")
+    table.reading("thermostat", {"t": 21})
+    table.now[0] += 1
+    table.reading("s1", {"t": 1})          # not present (it never joined): may give way later
+    table.now[0] += 1
+    table.reading("s2", {"t": 2})          # pushes out s1, not the quieter thermostat
+    held = table.retained()
+    assert "chatroom/devices/thermostat/state" in held and "chatroom/devices/s1/state" not in held
+    table.presence("join", "s2")
+    table.reading("s3", {"t": 3})          # both tracked devices are present: s3 waits
+    assert "chatroom/devices/s3/state" not in table.retained() and table.devices.deferred == 1
+
+
+def test_pushing_out_a_recalled_device_costs_at_most_two_per_key_it_may_hold():
+    """Review of issue 21: clearing one device whose history held 256 junk keys was 482 empty
+    publications. A pushed-out device costs at most 2 + 2 x MAX_DEVICE_KEYS."""
+    table = Table(max_devices=1, max_keys=8)
+    table.devices.known_keys = lambda client_id: [f"k{n}" for n in range(256)]
+    table.devices.recall([("junk", "2026-12-01T00:00:00.000+00:00")])
+    table.reading("fresh", {"t": 1})
+    cleared = [t for t, p in table.published if not p]
+    assert len(cleared) == 2 + 2 * 8

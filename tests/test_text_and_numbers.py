@@ -156,7 +156,9 @@ def test_numeric_message_ids_are_kept_as_text(intake_app):
 # --- reserved names ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["AI", "ai", "Al", "AL", "A|", "A\u01c0", "A\u04c0", "A1", "\u0391\u0399",
-                                  "ＡＩ", "system", "sysTem"])
+                                  "ＡＩ", "system", "sysTem",
+                                  # review of issue 21: marks, spaces and punctuation between the letters
+                                  "A\u0307I", "\u01cdl", "A\u01c0\u0301", "A.I", "A I", "A-I", "sys tem"])
 def test_look_alikes_of_the_assistants_name_are_reserved(make_app, name):
     app = make_app()
     intake = app.components.intake
