@@ -299,7 +299,12 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per request from the threading-mode dev server is noise next to our own events.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    load_dotenv(ENV_FILE, override=False)  # the real environment wins over .env
+    try:
+        load_dotenv(ENV_FILE, override=False)  # the real environment wins over .env
+    except OSError as exc:  # a .env the service user may not read: one line, not a traceback
+        log.error("cannot read %s: %s (its owner must be the user the server runs as; "
+                  "docs/DEPLOYMENT.md)", ENV_FILE, exc.strerror or exc)
+        return 2
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:

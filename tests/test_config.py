@@ -166,3 +166,12 @@ def test_a_server_started_from_elsewhere_keeps_its_history_in_the_project(tmp_pa
         proc.wait(15)
         for suffix in ("", "-wal", "-shm"):
             (PROJECT_DIR / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def test_an_unreadable_env_file_is_one_line_and_exit_2(tmp_path, monkeypatch, caplog):
+    """Issue 22: a .env the service user cannot read was a PermissionError traceback."""
+    import app as server
+
+    monkeypatch.setattr(server, "ENV_FILE", str(tmp_path))  # a directory: reading it fails like a 600 file
+    assert server.main() == 2
+    assert any("cannot read" in record.getMessage() for record in caplog.records)
