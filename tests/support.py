@@ -140,6 +140,15 @@ class Mosquitto:
         self.start()
 
 
+def password_file(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file for `users` (user -> password), made with mosquitto_passwd."""
+    path.write_text("")
+    for user, password in users.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(path), user, password], check=True, timeout=30)
+    path.chmod(0o600)
+    return path
+
+
 class RedisServer:
     """A redis-server on a free port that keeps nothing on disk (several-instance tests)."""
 

@@ -19,7 +19,7 @@ import pytest
 
 from arduino_build import build_sketch
 from devices import DeviceProcess
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, wait_for
+from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, password_file, wait_for
 from test_clients import CLIENTS, SCRIPTS, node_modules  # noqa: F401  (node_modules: a fixture)
 from tools.ensure_broker import shipped_conf
 
@@ -47,11 +47,7 @@ class DevicesBroker(Mosquitto):
 
 @pytest.fixture
 def devices_broker(tmp_path):
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    for user, password in PASSWORDS.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True, timeout=30)
-    passwords.chmod(0o600)
+    passwords = password_file(tmp_path / "passwd", PASSWORDS)
     acl = tmp_path / "acl"
     acl.write_text(ACL_EXAMPLE.read_text() + "\n# test only: sees the inbound topics\n"
                    "user spy\ntopic read chatroom/#\n")

@@ -2,23 +2,15 @@
 import datetime
 import ipaddress
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import RunningApp, app_env
-from support import ROOT, Mosquitto, MqttProbe, wait_for
+from support import ROOT, Mosquitto, MqttProbe, password_file, wait_for
 
 ACL_EXAMPLE = ROOT / "clients" / "mosquitto" / "acl.example"
 
-
-def password_file(path: Path, users: dict[str, str]) -> Path:
-    path.write_text("")
-    for user, password in users.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(path), user, password], check=True)
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

@@ -34,7 +34,9 @@ from playwright.sync_api import expect
 
 from browser_support import open_chat, send
 from conftest import app_env
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, free_port, stop_process, wait_for, wait_listening
+from support import (
+    ROOT, TIMEOUT, Mosquitto, MqttProbe, free_port, password_file, stop_process, wait_for, wait_listening,
+)
 from tools.ensure_broker import shipped_conf
 
 DOCS = ROOT / "docs"
@@ -468,11 +470,7 @@ def test_acl_example_lets_two_instances_log_in_and_home_assistant_read_each_ones
     instances with a login each relay a device's message through the shared subscription,
     and Home Assistant's login reads the connectivity topic discovery gives it for each
     instance (chatroom/bridge/<INSTANCE_ID>/state) as online."""
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    for user, password in CLUSTER_PASSWORDS.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True, timeout=30)
-    passwords.chmod(0o600)
+    passwords = password_file(tmp_path / "passwd", CLUSTER_PASSWORDS)
     acl = tmp_path / "acl"
     acl.write_text(cluster_acl())
     broker = LoginBroker(tmp_path / "broker", passwords, acl).start()
