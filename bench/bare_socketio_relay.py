@@ -31,7 +31,7 @@ from flask_socketio import SocketIO, join_room  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
+from mqtt_service.callbacks import set_tcp_nodelay  # noqa: E402
 
 
 def main() -> int:

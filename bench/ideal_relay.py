@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
+from mqtt_service.callbacks import set_tcp_nodelay  # noqa: E402
 
 
 def main() -> int:

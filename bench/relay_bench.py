@@ -42,7 +42,7 @@ from support import Mosquitto, RedisServer, ServerProcess, free_port, stop_proce
 from bench import nodered  # noqa: E402
 from bench.ws_receivers import receiver_process  # noqa: E402
 
-from mqtt_service.bridge import set_tcp_nodelay  # noqa: E402
+from mqtt_service.callbacks import set_tcp_nodelay  # noqa: E402
 
 
 class OutCollector:

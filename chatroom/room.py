@@ -6,10 +6,8 @@ name rules, `leave`, `post`, `announce`) and keeps members' liveness. Every
 transport that wants output subscribes a listener. Rooms without members are
 forgotten. Stdlib only: no Flask, Socket.IO or paho.
 
-Each listener has its own queue and worker thread, fed in `seq` order while the
-room lock is held, so a slow listener (the assistant, a broker that is down)
-never delays the others, and every listener sees events in the order they
-happened.
+Each listener has its own queue and thread (chatroom/listeners.py), fed in `seq`
+order while the room lock is held.
 
 Group commit (`batch`, `flush`): a thread that relays a burst (the MQTT bridge)
 posts inside `with rooms.batch():`. Its messages go into one open store
@@ -21,118 +19,22 @@ and the one event order hold for everyone.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Hashable, Protocol
+from typing import Callable
 
+from .batch import ThreadBatch
+from .fair_shares import longest_silent_device, room_to_free
+from .listeners import ListenerWorker
 from .messages import USER_MESSAGE, Message, SystemEvent, User, ValidationError
 from .presence import LocalPresence, MemberKey, Presence, Unavailable
+from .room_types import (  # noqa: F401  (re-exported: the room's vocabulary, imported from here)
+    JOINED, RECLAIMED, REFUSE, RENAMED, SUFFIX, UNCHANGED, History, JoinResult, Listener, PresenceChanged,
+    RoomEvent,
+)
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class PresenceChanged:
-    """The member list of `room` changed. It carries no list: a listener that
-    wants one asks `Rooms.users(room)` when it sends it, so a burst of N joins
-    does not build N lists of up to N members (O(N²))."""
-
-    room: str
-
-
-RoomEvent = Message | SystemEvent | PresenceChanged
-
-# What to do when a joining member asks for a name another present member holds.
-REFUSE = "refuse"   # a person chooses another name (name_taken)
-SUFFIX = "suffix"   # a device is shown as "<name> (2)": fleets of identical sensors get through
-
-# What a join did.
-JOINED, RENAMED, UNCHANGED, RECLAIMED = "joined", "renamed", "unchanged", "reclaimed"
-
-
-@dataclass(frozen=True)
-class JoinResult:
-    user: User
-    outcome: str
-    replaced: Hashable | None = None  # the old connection key of a reclaimed entry
-Listener = Callable[[RoomEvent], None]
-
-
-class History(Protocol):
-    def append(self, message: Message) -> None: ...
-    # Only with group_commit (a store one process writes alone: SQLite).
-    def append_to_batch(self, message: Message) -> None: ...
-    def commit_batch(self) -> None: ...
-    def append_next(self, room: str, build: Callable[[int], Message]) -> Message: ...
-    def last_seq(self, room: str) -> int: ...
-    def has_message(self, message_id: str) -> bool: ...
-    def recent(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]: ...
-
-
-class _ListenerWorker:
-    """Delivers events to one listener, in order, on its own thread."""
-
-    def __init__(self, name: str, callback: Listener, on_failure: Callable[[], None],
-                 events: tuple[type, ...] = ()):
-        self.name = name
-        self.callback = callback
-        self.events = events  # empty: every event
-        self.on_failure = on_failure
-        self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name=f"room-listener-{name}", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):  # a drain() marker
-                item.set()
-                continue
-            # A flushed batch comes as one list: one wake-up of this thread for all of it.
-            for event in item if isinstance(item, list) else (item,):
-                try:
-                    self.callback(event)
-                except Exception:
-                    self.on_failure()
-                    log.exception("listener %s failed on %s", self.name, type(event).__name__)
-
-    def wants(self, event: RoomEvent) -> bool:
-        return not self.events or isinstance(event, self.events)
-
-    def drain(self, timeout: float) -> bool:
-        marker = threading.Event()
-        self.queue.put(marker)
-        return marker.wait(timeout)
-
-    def stop(self, timeout: float) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout)
-
-
-class _ThreadBatch:
-    """`with rooms.batch():` for the calling thread. A class rather than a generator
-    context manager: the bridge enters one per MQTT message."""
-
-    __slots__ = ("rooms", "ident")
-
-    def __init__(self, rooms: "Rooms"):
-        self.rooms = rooms
-        self.ident: int | None = None
-
-    def __enter__(self) -> None:
-        if self.rooms.group_commit:
-            self.ident = threading.get_ident()
-            self.rooms._batching.add(self.ident)
-
-    def __exit__(self, *exc_info) -> bool:
-        if self.ident is not None:
-            self.rooms._batching.discard(self.ident)
-        return False
-
 
 class Rooms:
     """All rooms of this server. Thread-safe.
@@ -162,7 +64,7 @@ class Rooms:
         # Not re-entrant (cheaper under eventlet): methods that take it call only the
         # unlocked helpers (_join, _flush, _publish), never each other.
         self._lock = threading.Lock()
-        self._workers: list[_ListenerWorker] = []
+        self._workers: list[ListenerWorker] = []
         self._posted: Counter[str] = Counter()
         self.listener_failures = 0
         self.group_commit = group_commit
@@ -179,7 +81,7 @@ class Rooms:
         """Call `listener(event)` for every room event (or only those of the types in
         `events`), on a thread of its own."""
         with self._lock:
-            self._workers.append(_ListenerWorker(name, listener, self._count_failure, events))
+            self._workers.append(ListenerWorker(name, listener, self._count_failure, events))
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until every listener has handled every event published so far."""
@@ -214,11 +116,11 @@ class Rooms:
     def _in_batch(self) -> bool:
         return bool(self._batching) and threading.get_ident() in self._batching
 
-    def batch(self) -> "_ThreadBatch":
+    def batch(self) -> "ThreadBatch":
         """Posts and events of this thread join the open batch until `flush` (called by
         anyone) commits it and publishes its events. Never holds the lock across the
         block: other threads post in between (flushing the batch first)."""
-        return _ThreadBatch(self)
+        return ThreadBatch(self)
 
     @property
     def pending_events(self) -> int:
@@ -312,34 +214,27 @@ class Rooms:
 
     def _make_way_in(self, room: str, members: dict[MemberKey, User]) -> None:
         """A full room: its longest-silent device leaves, or the join is room_full."""
-        devices = [(user.last_seen, key) for key, user in members.items() if user.source == self.device_source]
-        if not devices:
+        key = longest_silent_device(members, self.device_source)
+        if key is None:
             raise ValidationError("room_full", f"{room} has {self.max_members} members; try later")
-        self._evict(room, min(devices, key=lambda pair: pair[0])[1], "to make room")
+        self._evict(room, key, "to make room")
 
     def _free_a_room(self) -> None:
         """A full room table: a room of devices only is emptied (its devices leave), or the
-        join is room_full. Rooms with a person stay. The room with the fewest devices goes
-        first (a stranger's one-device rooms before a real room of sensors), then the one
-        heard from longest ago. One read of every member (one pipeline with Redis)."""
-        rooms: dict[str, dict[MemberKey, User]] = {}
-        for key, user in self.presence.all_members():
-            rooms.setdefault(user.room, {})[key] = user
-        candidates = [(len(members), max(user.last_seen for user in members.values()), room)
-                      for room, members in rooms.items()
-                      if all(user.source == self.device_source for user in members.values())]
-        if not candidates:
+        join is room_full. One read of every member (one pipeline with Redis)."""
+        found = room_to_free(self.presence.all_members(), self.device_source)
+        if found is None:
             raise ValidationError("room_full", f"this server has {self.max_rooms} rooms in use; "
                                                "join one of them or try later")
-        _, _, room = min(candidates)
-        for key in rooms[room]:
+        room, keys = found
+        for key in keys:
             self._evict(room, key, "to free a room")
 
     def _evict(self, room: str, key: MemberKey, why: str) -> None:
         user = self._remove(room, key)
         if user is not None:  # one line per device would be one per stranger's id: debug only
             self.evictions += 1
-            log.debug("device %r left %r %s (it was the longest silent)", user.client_id, room, why)
+            log.debug("device %r left %r %s", user.client_id, room, why)
 
     def _remove(self, room: str, key: MemberKey) -> User | None:
         # Called with the lock held. Only the caller that removed it announces the leave.

@@ -15,10 +15,8 @@ burst; a broker that redelivers an unacknowledged message finds it stored.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -33,6 +31,8 @@ from chatroom.messages import Message, SystemEvent, dumps
 from chatroom.presence import Unavailable
 from chatroom.room import Rooms
 
+from .callbacks import guarded as _guarded
+from .callbacks import set_tcp_nodelay
 from .connection_watch import ConnectionWatch
 from .devices import DeviceTopics
 from .ha_discovery import Discovery
@@ -54,26 +54,6 @@ STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the
 # their PUBACK (a broker that keeps the socket busy never lets the flusher run).
 MAX_BATCH = 256
 DEVICE_RETENTION_CHECK = 3600.0  # seconds between two looks for devices silent DEVICE_RETENTION_DAYS
-
-
-def set_tcp_nodelay(sock) -> None:
-    """Turn Nagle off on a paho socket (plain or TLS); a no-op for others (websockets)."""
-    raw = getattr(sock, "_sock", sock)  # TLS sockets are socket subclasses already
-    if isinstance(raw, socket.socket) and raw.family in (socket.AF_INET, socket.AF_INET6):
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _guarded(callback):
-    """Catch-all for paho callbacks: an escaped exception would kill the network loop."""
-
-    @functools.wraps(callback)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return callback(self, *args, **kwargs)
-        except Exception:
-            self.stats.add("handler_errors")
-            log.exception("MQTT %s handler failed", callback.__name__)
-    return wrapper
 
 
 class MqttBridge:

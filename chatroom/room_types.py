@@ -1,0 +1,46 @@
+"""The room's vocabulary: its events, what a join did, and the history store it needs.
+Stdlib only (docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Hashable, Protocol
+
+from .messages import Message, SystemEvent, User
+
+
+@dataclass(frozen=True)
+class PresenceChanged:
+    """The member list of `room` changed. It carries no list: a listener that
+    wants one asks `Rooms.users(room)` when it sends it, so a burst of N joins
+    does not build N lists of up to N members (O(N²))."""
+
+    room: str
+
+
+RoomEvent = Message | SystemEvent | PresenceChanged
+
+# What to do when a joining member asks for a name another present member holds.
+REFUSE = "refuse"   # a person chooses another name (name_taken)
+SUFFIX = "suffix"   # a device is shown as "<name> (2)": fleets of identical sensors get through
+
+# What a join did.
+JOINED, RENAMED, UNCHANGED, RECLAIMED = "joined", "renamed", "unchanged", "reclaimed"
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    user: User
+    outcome: str
+    replaced: Hashable | None = None  # the old connection key of a reclaimed entry
+Listener = Callable[[RoomEvent], None]
+
+
+class History(Protocol):
+    def append(self, message: Message) -> None: ...
+    # Only with group_commit (a store one process writes alone: SQLite).
+    def append_to_batch(self, message: Message) -> None: ...
+    def commit_batch(self) -> None: ...
+    def append_next(self, room: str, build: Callable[[int], Message]) -> Message: ...
+    def last_seq(self, room: str) -> int: ...
+    def has_message(self, message_id: str) -> bool: ...
+    def recent(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]: ...
