@@ -25,7 +25,7 @@ if __name__ == "__main__":
     if _early_async_mode() == "eventlet":
         import warnings
 
-        # eventlet announces its maintenance mode on import; the choice is deliberate (DESIGN.md).
+        # eventlet announces its maintenance mode on import; the choice is deliberate (docs/ARCHITECTURE.md).
         warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
         import eventlet
 

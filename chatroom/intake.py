@@ -1,4 +1,4 @@
-"""The one way into a room, for every transport (DESIGN.md).
+"""The one way into a room, for every transport (docs/ARCHITECTURE.md).
 
 A transport turns its input into a `Submission` and calls `post`, `join` or
 `leave`; it turns the answer (an `Accepted`, or a `ValidationError` with the

@@ -1,4 +1,4 @@
-"""Where the room state that several instances must share lives (DESIGN.md).
+"""Where the room state that several instances must share lives (docs/ARCHITECTURE.md).
 
 Members of every room, their liveness, and each room's `seq`: `LocalPresence`
 keeps them in this process (one instance, the default); `RedisPresence`

@@ -1,4 +1,4 @@
-"""Room state shared by several instances, in Redis (PROTOCOL 8, DESIGN.md).
+"""Room state shared by several instances, in Redis (PROTOCOL 8, docs/ARCHITECTURE.md).
 
 The same interfaces as the in-process defaults: `RedisPresence` (members and
 their liveness; `seq` is numbered by the shared history store) for chatroom/presence.py's `Presence`, `RedisLocks` for the
