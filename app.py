@@ -48,24 +48,24 @@ from flask import Flask
 from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatroom.access import Access
-from chatroom.assistant import Assistant, OpenAIBackend
+from chatroom.web.access import Access
+from chatroom.assistant.listener import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
-from chatroom.events import (
+from chatroom.web.socketio_events import (
     ChatNamespace, OneOrderRedisManager, SocketIOPublisher, internal_error_ack, origin_checker,
 )
-from chatroom.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
-from chatroom.intake import DEDUP_SECONDS, Intake
-from chatroom.limits import DedupWindow, RateLimiter
-from chatroom.logs import quiet_library_loggers
-from chatroom.messages import Message, SystemEvent, utc_timestamp
-from chatroom.metrics import ChatMetrics
-from chatroom.names import NameRules, name_key
-from chatroom.room import Rooms
-from chatroom.routes import MAX_BODY_BYTES, create_chat_blueprint
-from chatroom.serving import ConnectionGate, address_family, connection_gate, serve
-from chatroom.sessions import EventGuard, WebSessions
-from chatroom.store import MessageStore, open_history
+from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
+from chatroom.core.intake import DEDUP_SECONDS, Intake
+from chatroom.core.limits import DedupWindow, RateLimiter
+from chatroom.ops.logs import quiet_library_loggers
+from chatroom.core.model import Message, SystemEvent, utc_timestamp
+from chatroom.ops.metrics import ChatMetrics
+from chatroom.core.names import NameRules, name_key
+from chatroom.core.room import Rooms
+from chatroom.web.routes import MAX_BODY_BYTES, create_chat_blueprint
+from chatroom.web.serving import ConnectionGate, address_family, connection_gate, serve
+from chatroom.web.sessions import EventGuard, WebSessions
+from chatroom.storage.sqlite import MessageStore, open_history
 from mqtt_service.bridge import MqttBridge
 from mqtt_service.routes import create_status_blueprint
 from mqtt_service.stats import COUNTERS
@@ -149,7 +149,7 @@ def create_app(settings: Settings) -> Flask:
 
     shared = None
     if settings.several_instances:
-        from chatroom.redis_state import SharedState  # redis is needed only then
+        from chatroom.storage.redis_state import SharedState  # redis is needed only then
 
         # Keys and the Socket.IO channel carry the topic prefix: deployments may share a Redis.
         key_prefix = f"chatroom:{settings.mqtt_topic_prefix}:"

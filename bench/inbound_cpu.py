@@ -30,7 +30,8 @@ from paho.mqtt.enums import MQTTErrorCode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import app as server  # noqa: E402
-from chatroom.config import DEFAULT_ROOM, Settings  # noqa: E402
+from chatroom.core.validation import DEFAULT_ROOM
+from chatroom.config import Settings
 
 BURST = 100
 

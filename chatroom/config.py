@@ -14,13 +14,6 @@ from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
-# Used with fullmatch() only: `$` would let a trailing newline through, and a
-# newline in a topic makes the broker drop the bridge's connection (PROTOCOL 9).
-ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
-# Room names that would collide with the default room's topic segments.
-RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "errors", "devices"})
-DEFAULT_ROOM = "lobby"
-
 # Relative paths in the configuration are taken from the project directory (where app.py
 # and .env are), never from wherever the server was started: run from `/`, `data/chat.db`
 # must not become `/data/chat.db` (issue 22).

@@ -23,25 +23,26 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chatroom.config import DEFAULT_ROOM, Settings
-from chatroom.housekeeping import Periodic
-from chatroom.intake import Intake
-from chatroom.limits import Throttle
-from chatroom.messages import Message, SystemEvent, dumps
-from chatroom.presence import Unavailable
-from chatroom.room import Rooms
+from chatroom.core.validation import DEFAULT_ROOM
+from chatroom.config import Settings
+from chatroom.ops.housekeeping import Periodic
+from chatroom.core.intake import Intake
+from chatroom.core.limits import Throttle
+from chatroom.core.model import Message, SystemEvent, dumps
+from chatroom.core.errors import Unavailable
+from chatroom.core.room import Rooms
 
-from .callbacks import guarded as _guarded
-from .callbacks import set_tcp_nodelay
-from .connection_watch import ConnectionWatch
-from .devices import DeviceTopics
-from .ha_discovery import Discovery
-from .inbound import Inbound
-from .outbox import Outbox, Outgoing
-from .reannounce import Reannouncer
-from .stats import BridgeStats
-from .subscriptions import SubscriptionMemory, stale_filters
-from .topics import Topics
+from mqtt_service.callbacks import guarded as _guarded
+from mqtt_service.callbacks import set_tcp_nodelay
+from mqtt_service.connection_watch import ConnectionWatch
+from mqtt_service.homeassistant.device_topics import DeviceTopics
+from mqtt_service.homeassistant.discovery import Discovery
+from mqtt_service.inbound import Inbound
+from mqtt_service.outbox import Outbox, Outgoing
+from mqtt_service.homeassistant.reannounce import Reannouncer
+from mqtt_service.stats import BridgeStats
+from mqtt_service.subscriptions import SubscriptionMemory, stale_filters
+from mqtt_service.topics import Topics
 
 log = logging.getLogger(__name__)
 

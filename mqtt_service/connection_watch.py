@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .stats import BridgeStats
+from mqtt_service.stats import BridgeStats
 
 log = logging.getLogger("mqtt_service.bridge")
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 from typing import Callable, Hashable
 
-from chatroom.intake import DUPLICATE, MQTT, ClaimRefused, Intake, Submission
-from chatroom.limits import Throttle
-from chatroom.messages import (
-    ValidationError, client_id_of, dumps, optional, parse_json_object, utc_timestamp,
-)
-from chatroom.presence import Unavailable
+from chatroom.core.submission import DUPLICATE, MQTT, Submission
+from chatroom.core.errors import ClaimRefused
+from chatroom.core.intake import Intake
+from chatroom.core.limits import Throttle
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import client_id_of, optional, parse_json_object
+from chatroom.core.model import dumps, utc_timestamp
+from chatroom.core.errors import Unavailable
 
-from .stats import BridgeStats
-from .topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics
+from mqtt_service.stats import BridgeStats
+from mqtt_service.topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics
 
 log = logging.getLogger("mqtt_service.bridge")
 

@@ -20,9 +20,9 @@ from typing import Callable
 
 from paho.mqtt.enums import MQTTErrorCode
 
-from .connection_watch import ConnectionWatch
-from .stats import BridgeStats
-from .topics import topic_name_problem
+from mqtt_service.connection_watch import ConnectionWatch
+from mqtt_service.stats import BridgeStats
+from mqtt_service.topics import topic_name_problem
 
 log = logging.getLogger("mqtt_service.bridge")
 

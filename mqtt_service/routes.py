@@ -6,13 +6,14 @@ from typing import Callable
 
 from flask import Blueprint, jsonify, request
 
-from chatroom.intake import HTTP, Submission
-from chatroom.messages import utc_timestamp, validate_client_id
-from chatroom.presence import Unavailable
-from chatroom.routes import error_response
-from chatroom.room import Rooms
+from chatroom.core.submission import HTTP, Submission
+from chatroom.core.model import utc_timestamp
+from chatroom.core.validation import validate_client_id
+from chatroom.core.errors import Unavailable
+from chatroom.web.routes import error_response
+from chatroom.core.room import Rooms
 
-from .bridge import MqttBridge
+from mqtt_service.bridge import MqttBridge
 
 
 def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms, assistant_status: Callable[[], dict],

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 
-from chatroom.messages import utc_timestamp
+from chatroom.core.model import utc_timestamp
 
 COUNTERS = (
     "messages_received",   # arrived on a subscribed topic, valid or not

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from .topics import Topics
+from mqtt_service.topics import Topics
 
 log = logging.getLogger("mqtt_service.bridge")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from chatroom.config import DEFAULT_ROOM, RESERVED_ROOM_NAMES, ROOM_NAME
+from chatroom.core.validation import DEFAULT_ROOM, is_room_name
 
 MESSAGES_IN = "messages/in"
 USERS_JOIN = "users/join"
@@ -106,7 +106,7 @@ class Topics:
             return InboundTopic(DEFAULT_ROOM, *found)
         room, _, rest = rest.partition("/")
         found = _kind_and_sender(rest)
-        if found is not None and ROOM_NAME.fullmatch(room) and room not in RESERVED_ROOM_NAMES:
+        if found is not None and is_room_name(room):
             return InboundTopic(room, *found)
         return None
 

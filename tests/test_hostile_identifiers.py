@@ -11,7 +11,8 @@ import socketio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatroom.messages import ValidationError, validate_message_id, validate_room
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import validate_message_id, validate_room
 from conftest import app_env
 from mqtt_service.outbox import Outgoing
 from mqtt_service.topics import Topics, topic_name_problem

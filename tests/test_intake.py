@@ -5,13 +5,16 @@ rejected input leaves no trace.
 """
 import pytest
 
-from chatroom.housekeeping import DeviceTimeout
-from chatroom.intake import DUPLICATE, HTTP, MQTT, POSTED, WEB, Intake, Submission
-from chatroom.limits import DedupWindow, RateLimiter
-from chatroom.messages import Message, SystemEvent, ValidationError
-from chatroom.names import NameRules, name_key
-from chatroom.room import RECLAIMED, UNCHANGED, PresenceChanged, Rooms
-from chatroom.store import MessageStore
+from chatroom.ops.housekeeping import DeviceTimeout
+from chatroom.core.submission import DUPLICATE, HTTP, MQTT, POSTED, WEB, Submission
+from chatroom.core.intake import Intake
+from chatroom.core.limits import DedupWindow, RateLimiter
+from chatroom.core.model import Message, SystemEvent
+from chatroom.core.errors import ValidationError
+from chatroom.core.names import NameRules, name_key
+from chatroom.core.room_types import RECLAIMED, UNCHANGED, PresenceChanged
+from chatroom.core.room import Rooms
+from chatroom.storage.sqlite import MessageStore
 
 
 class Clock:

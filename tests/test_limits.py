@@ -1,5 +1,5 @@
 """Rate limiter and dedup window, on a fake clock."""
-from chatroom.limits import DedupWindow, RateLimiter
+from chatroom.core.limits import DedupWindow, RateLimiter
 
 
 def spend(limiter, sender) -> bool:

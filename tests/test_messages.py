@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from chatroom.messages import Message, ValidationError, parse_json_object, utc_timestamp, validate_data, validate_room
+from chatroom.core.model import Message, utc_timestamp
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import parse_json_object, validate_data, validate_room
 
 
 def code_of(call):
@@ -75,7 +77,7 @@ def test_message_ids_are_random_uuid4s():
     """PROTOCOL: the server's message_id is a uuid4 (canonical lower-case text)."""
     import uuid
 
-    from chatroom.messages import new_message_id
+    from chatroom.core.model import new_message_id
 
     ids = {new_message_id() for _ in range(2000)}
     assert len(ids) == 2000

@@ -8,9 +8,9 @@ import uuid
 from support import MqttProbe, wait_for
 from test_home_assistant import retained_now
 
-from chatroom.messages import Message, SystemEvent
-from mqtt_service.devices import DeviceTopics
-from mqtt_service.ha_discovery import Discovery
+from chatroom.core.model import Message, SystemEvent
+from mqtt_service.homeassistant.device_topics import DeviceTopics
+from mqtt_service.homeassistant.discovery import Discovery
 
 
 class Table:
@@ -177,8 +177,8 @@ def test_forget_is_rate_limited_and_unknown_devices_are_404(make_app, broker):
 def test_new_devices_get_retained_topics_at_a_bounded_rate(monkeypatch):
     """A flood of invented ids: beyond NEW_DEVICES_PER_MINUTE a new device's message still
     chats but leaves nothing retained until a later minute (one log line, counted)."""
-    from chatroom.limits import Throttle
-    from mqtt_service import devices as devices_module
+    from chatroom.core.limits import Throttle
+    from mqtt_service.homeassistant import device_topics as devices_module
 
     clock = [0.0]
     table = Table()
@@ -212,7 +212,7 @@ def test_after_a_restart_the_device_table_comes_back_from_history(make_app, brok
 def test_an_ignored_birth_builds_nothing():
     """Review of issue 21: each birth rebuilt every config on paho's thread before the
     once-a-minute check (200 births delayed a device's message by 12 s)."""
-    from mqtt_service.reannounce import Reannouncer
+    from mqtt_service.homeassistant.reannounce import Reannouncer
 
     built, sent = [], []
     reannouncer = Reannouncer(lambda deadline: True, clock=lambda: 0.0)

@@ -3,9 +3,11 @@ import threading
 
 import pytest
 
-from chatroom.messages import Message, SystemEvent, ValidationError
-from chatroom.room import RENAMED, SUFFIX, UNCHANGED, PresenceChanged, Rooms
-from chatroom.store import MessageStore
+from chatroom.core.model import Message, SystemEvent
+from chatroom.core.errors import ValidationError
+from chatroom.core.room_types import RENAMED, SUFFIX, UNCHANGED, PresenceChanged
+from chatroom.core.room import Rooms
+from chatroom.storage.sqlite import MessageStore
 
 
 @pytest.fixture

@@ -11,14 +11,16 @@ import pytest
 
 from support import wait_for
 
-from chatroom.housekeeping import InstanceWatch
-from chatroom.intake import DUPLICATE, MQTT, WEB, Intake, Submission
-from chatroom.limits import RateLimiter
-from chatroom.messages import Message, SystemEvent, ValidationError
-from chatroom.names import NameRules, name_key
-from chatroom.redis_state import SharedState
-from chatroom.room import Rooms
-from chatroom.store import MessageStore
+from chatroom.ops.housekeeping import InstanceWatch
+from chatroom.core.submission import DUPLICATE, MQTT, WEB, Submission
+from chatroom.core.intake import Intake
+from chatroom.core.limits import RateLimiter
+from chatroom.core.model import Message, SystemEvent
+from chatroom.core.errors import ValidationError
+from chatroom.core.names import NameRules, name_key
+from chatroom.storage.redis_state import SharedState
+from chatroom.core.room import Rooms
+from chatroom.storage.sqlite import MessageStore
 
 
 class Instance:

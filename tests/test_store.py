@@ -2,8 +2,8 @@
 give the same answers."""
 import pytest
 
-from chatroom.messages import Message
-from chatroom.store import open_history
+from chatroom.core.model import Message
+from chatroom.storage.sqlite import open_history
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -36,8 +36,8 @@ def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(stor
     """HISTORY_RETENTION_DAYS bounds the disk; seq still continues from the room's newest message."""
     from datetime import datetime, timedelta, timezone
 
-    from chatroom.housekeeping import HistoryRetention
-    from chatroom.messages import utc_timestamp
+    from chatroom.ops.housekeeping import HistoryRetention
+    from chatroom.core.model import utc_timestamp
 
     now = datetime(2026, 12, 2, tzinfo=timezone.utc)
     for seq, age_days in enumerate([40, 35, 31, 2], start=1):
@@ -81,7 +81,7 @@ def test_append_next_numbers_a_room_without_gaps_across_writers(store):
     """Several instances: each takes the room's next seq in the transaction that stores."""
     import threading
 
-    from chatroom.store import open_history
+    from chatroom.storage.sqlite import open_history
 
     other = open_history(store.url, "") if hasattr(store, "url") else open_history("", store.path)
     try:
@@ -125,7 +125,7 @@ def _database_before_12_04(path: str, messages: list[Message] = ()) -> None:
 
 def test_a_database_with_the_old_unique_message_id_is_rebuilt_once_keeping_its_rows(tmp_path):
     """Before 2026-12-04 message_id was UNIQUE (an index of random uuids on every insert)."""
-    from chatroom.store import MessageStore
+    from chatroom.storage.sqlite import MessageStore
 
     path = str(tmp_path / "old.db")
     messages = [Message(username="d", content=f"m{seq}", room=room, source="mqtt", seq=seq, client_id="esp",
@@ -147,7 +147,7 @@ def test_instances_starting_together_on_an_old_database_rebuild_it_once(tmp_path
     write lock: the second asks again under the lock and leaves the rebuilt table alone."""
     import logging
 
-    from chatroom.store import MessageStore
+    from chatroom.storage.sqlite import MessageStore
 
     path = str(tmp_path / "old.db")
     _database_before_12_04(path)
@@ -161,7 +161,7 @@ def test_instances_starting_together_on_an_old_database_rebuild_it_once(tmp_path
 
     real = MessageStore._has_unique_message_id
     monkeypatch.setattr(MessageStore, "_has_unique_message_id", stale_then_real)
-    with caplog.at_level(logging.INFO, logger="chatroom.store"):
+    with caplog.at_level(logging.INFO, logger="chatroom.storage.sqlite"):
         second = MessageStore(path)
     assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
     assert list(second._db.execute("SELECT rowid, seq FROM messages")) == rowids
@@ -171,7 +171,7 @@ def test_instances_starting_together_on_an_old_database_rebuild_it_once(tmp_path
 
 
 def _open_store_at_the_barrier(path, barrier, results):
-    from chatroom.store import MessageStore
+    from chatroom.storage.sqlite import MessageStore
 
     barrier.wait()
     try:
@@ -214,7 +214,7 @@ def test_wal_checkpoints_run_on_their_own_thread_not_in_commits(tmp_path):
     import os
     import threading
 
-    from chatroom.store import MessageStore
+    from chatroom.storage.sqlite import MessageStore
     from support import wait_for
 
     path = str(tmp_path / "c.db")

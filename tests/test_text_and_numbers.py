@@ -15,8 +15,9 @@ import logging
 import pytest
 import requests
 
-from chatroom.intake import MQTT, WEB, Submission
-from chatroom.messages import ValidationError, parse_json_object
+from chatroom.core.submission import MQTT, WEB, Submission
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import parse_json_object
 from conftest import app_env
 from support import TIMEOUT, Web
 
@@ -137,7 +138,7 @@ def test_data_integers_stay_within_javascripts_safe_range(intake_app, value, cod
 
 
 def test_the_bound_is_javascripts_max_safe_integer():
-    from chatroom import messages
+    from chatroom.core import validation as messages
 
     assert getattr(messages, "MAX_SAFE_INTEGER", None) == MAX_SAFE_INTEGER == 9007199254740991
 

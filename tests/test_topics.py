@@ -59,7 +59,7 @@ def test_subscriptions_are_inbound_only():
 
 def test_several_instances_each_have_a_bridge_state_and_one_relay_device():
     """PROTOCOL 8 (docs/SCALING.md): one instance's will must not say the relay is down."""
-    from mqtt_service.ha_discovery import Discovery
+    from mqtt_service.homeassistant.discovery import Discovery
 
     assert T.bridge_state("i0") == "chatroom/bridge/i0/state"
     shared = Discovery("chatroom", "homeassistant", "relay", instance_id="i0")

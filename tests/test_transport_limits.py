@@ -242,7 +242,7 @@ import eventlet
 eventlet.monkey_patch()
 import sys
 sys.path.insert(0, sys.argv[2])
-from chatroom.serving import ConnectionGate, serve_wsgi
+from chatroom.web.serving import ConnectionGate, serve_wsgi
 
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
@@ -311,7 +311,7 @@ def test_malformed_socketio_packets_cost_a_few_warning_lines_and_no_traceback(br
 def test_a_flood_of_refusals_is_two_log_lines_with_the_counts(caplog):
     import logging
 
-    from chatroom.logs import FloodEpisode
+    from chatroom.ops.logs import FloodEpisode
 
     clock = [0.0]
     episode = FloodEpisode(logging.getLogger("test.flood"), "caps", quiet=10.0, now=lambda: clock[0])

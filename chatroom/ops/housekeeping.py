@@ -10,9 +10,9 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from .messages import User, utc_timestamp
-from .presence import Unavailable
-from .room import Rooms
+from chatroom.core.model import User, utc_timestamp
+from chatroom.core.errors import Unavailable
+from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,14 @@ import math
 from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
-from .access import Access, add_security_headers
-from .config import DEFAULT_ROOM, Settings
-from .intake import HTTP, Intake, Submission
-from .messages import ValidationError, optional, parse_json_object, validate_room
-from .room import Rooms
+from chatroom.web.access import Access, add_security_headers
+from chatroom.core.validation import DEFAULT_ROOM
+from chatroom.config import Settings
+from chatroom.core.submission import HTTP, Submission
+from chatroom.core.intake import Intake
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import optional, parse_json_object, validate_room
+from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Members of every room, their liveness, and each room's `seq`: `LocalPresence`
 keeps them in this process (one instance, the default); `RedisPresence`
-(chatroom/redis_state.py) keeps members in Redis so that every instance sees the
+(chatroom/storage/redis_state.py) keeps members in Redis so that every instance sees the
 same ones, and answers `next_seq` with None: then the shared history store
 numbers each message in the transaction that stores it (gap-free across
 instances, even when one dies mid-message). `Rooms` holds the rules (names,
@@ -14,39 +14,10 @@ presence hands out copies, not the stored object.
 from __future__ import annotations
 
 import threading
-from typing import Callable, ContextManager, Hashable, Protocol
+from typing import Callable, ContextManager
 
-from .messages import User, ValidationError
-
-MemberKey = Hashable  # ("web", sid), ("mqtt", client_id): unique per connection/device
-
-
-class Unavailable(ValidationError):
-    """A service the rooms depend on (Redis, PostgreSQL) does not answer.
-
-    Not the input's fault: web and HTTP callers get `unavailable` (HTTP 503) and may
-    retry; the MQTT bridge holds the message and retries it until the service is back.
-    """
-
-    def __init__(self, service: str, detail: object = ""):
-        super().__init__("unavailable", f"{service} is unavailable; try again shortly")
-        self.service = service
-        self.detail = str(detail)[:200]
-
-
-class Presence(Protocol):
-    def member(self, room: str, key: MemberKey) -> User | None: ...
-    def members(self, room: str) -> dict[MemberKey, User]: ...
-    def put(self, room: str, key: MemberKey, user: User) -> None: ...
-    def remove(self, room: str, key: MemberKey) -> User | None: ...
-    def touch(self, room: str, key: MemberKey, when: float) -> None: ...
-    def touch_present(self, room: str, key: MemberKey, requested: str | None, when: float) -> User | None: ...
-    def count_message(self, room: str, key: MemberKey) -> None: ...
-    def rooms(self) -> list[str]: ...
-    def room_count(self) -> int: ...
-    def all_members(self, source: str | None = None) -> list[tuple[MemberKey, User]]: ...
-    def next_seq(self, room: str, stored_last: Callable[[], int]) -> int | None: ...
-
+from chatroom.core.model import User
+from chatroom.core.ports import MemberKey
 
 class LocalPresence:
     """Presence in this process. The caller (Rooms) serialises changes; the small
@@ -123,10 +94,6 @@ class LocalPresence:
             if room in self._members:
                 self._seq[room] = seq
             return seq
-
-
-class RoomLocks(Protocol):
-    def hold(self, room: str) -> ContextManager: ...
 
 
 class LocalLocks:

@@ -20,7 +20,7 @@ import time
 from types import ModuleType
 from typing import Callable
 
-from .messages import Message
+from chatroom.core.model import Message
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class MessageStore:
 def open_history(database_url: str, database_path: str, checkpoint_threads: ModuleType | None = None):
     """The history store: PostgreSQL when DATABASE_URL is set (several instances), else SQLite."""
     if database_url:
-        from .pg_store import PostgresStore  # psycopg is needed only then
+        from chatroom.storage.postgres import PostgresStore  # psycopg is needed only then
 
         return PostgresStore(database_url)
     return MessageStore(database_path, checkpoint_threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Hashable, Iterable
 
-from .messages import User
+from chatroom.core.model import User
 
 
 def longest_silent_device(members: dict[Hashable, User], device_source: str) -> Hashable | None:

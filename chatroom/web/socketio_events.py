@@ -12,13 +12,17 @@ import socketio as python_socketio
 from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, join_room, leave_room
 
-from .assistant import AssistantDelta
-from .access import Access
-from .config import Settings
-from .intake import WEB, Intake, Submission
-from .messages import Message, SystemEvent, ValidationError, optional
-from .presence import Unavailable
-from .room import PresenceChanged, Rooms
+from chatroom.assistant.listener import AssistantDelta
+from chatroom.web.access import Access
+from chatroom.config import Settings
+from chatroom.core.submission import WEB, Submission
+from chatroom.core.intake import Intake
+from chatroom.core.model import Message, SystemEvent
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import optional
+from chatroom.core.errors import Unavailable
+from chatroom.core.room_types import PresenceChanged
+from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
-from .config import Settings
-from .messages import AI_RESPONSE, Message
-from .room import Rooms
+from chatroom.config import Settings
+from chatroom.core.model import AI_RESPONSE, Message
+from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """PostgreSQL history (DATABASE_URL): the SQLite store's interface, for several instances.
 
-The same table and the same answers as chatroom/store.py, through psycopg 3.
+The same table and the same answers as chatroom/storage/sqlite.py, through psycopg 3.
 One connection in autocommit mode, guarded by a lock like SQLite's; a
 connection PostgreSQL closed (a restart, a failover) is opened again once and
 the statement retried, so a database blip does not cost a message.
@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from .messages import Message
-from .presence import Unavailable
+from chatroom.core.model import Message
+from chatroom.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .room import Rooms
+    from chatroom.core.room import Rooms
 
 
 class ThreadBatch:

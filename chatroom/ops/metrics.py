@@ -11,8 +11,8 @@ from typing import Callable, Iterable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .presence import Unavailable
-from .room import Rooms
+from chatroom.core.errors import Unavailable
+from chatroom.core.room import Rooms
 
 NumberSource = Callable[[], dict[str, float]]
 

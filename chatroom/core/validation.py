@@ -1,23 +1,24 @@
-"""The room's data types and the validation every transport shares.
-
-Pure: no I/O, no Flask, no paho. Validation errors carry the PROTOCOL error
-code (`missing_field`, `too_long`, `bad_name`…) so every transport reports a
-rejection in the same words.
+"""Validation every transport shares: a payload's fields, checked the same way for
+MQTT, Socket.IO and HTTP, each refusal carrying the PROTOCOL error code
+(`missing_field`, `too_long`, `bad_name`…) so every transport reports it in the same
+words. Pure: stdlib only.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .config import DEFAULT_ROOM, RESERVED_ROOM_NAMES, ROOM_NAME
+from chatroom.core.errors import ValidationError
+from chatroom.core.model import dumps
 
-USER_MESSAGE = "user_message"
-AI_RESPONSE = "ai_response"
+# Used with fullmatch() only: `$` would let a trailing newline through, and a
+# newline in a topic makes the broker drop the bridge's connection (PROTOCOL 9).
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# Room names that would collide with the default room's topic segments.
+RESERVED_ROOM_NAMES = frozenset({"messages", "users", "system", "bridge", "errors", "devices"})
+DEFAULT_ROOM = "lobby"
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_DATA_KEYS = 32
@@ -36,160 +37,10 @@ MAX_SAFE_INTEGER = 2**53 - 1
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def utc_timestamp(now: datetime | None = None) -> str:
-    """ISO 8601 UTC with milliseconds and a `+00:00` offset, as PROTOCOL asks."""
-    moment = datetime.now(timezone.utc) if now is None else now.astimezone(timezone.utc)
-    return moment.isoformat(timespec="milliseconds")
+def is_room_name(room: str) -> bool:
+    """The one room-name rule (PROTOCOL 2): topics and payloads both use it."""
+    return bool(ROOM_NAME.fullmatch(room)) and room not in RESERVED_ROOM_NAMES
 
-
-def dumps(obj: Any) -> str:
-    """Compact UTF-8 JSON (3 bytes per CJK character, not a 6-byte escape)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-class ValidationError(ValueError):
-    """Bad input from any transport; `code` is the PROTOCOL error code."""
-
-    def __init__(self, code: str, message: str, client_id: str | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.client_id = client_id
-        self.retry_after = retry_after  # rate_limited: seconds until the sender may try again
-
-
-def new_message_id() -> str:
-    """A random UUID version 4 (PROTOCOL), made without uuid.UUID: every message needs one,
-    and the class's checks cost more than the random bytes (2.6 -> 1.1 µs)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-@dataclass
-class Message:
-    """One chat message of a room: the single format for every transport."""
-
-    username: str
-    content: str
-    room: str
-    source: str
-    seq: int = 0
-    type: str = USER_MESSAGE
-    timestamp: str = field(default_factory=utc_timestamp)
-    message_id: str = field(default_factory=new_message_id)
-    client_id: str | None = None
-    client_message_id: str | None = None
-    data: dict | None = None
-    reply_to: str | None = None
-    # A device's units for its data keys ({"temperature": "°F"}): for Home Assistant
-    # discovery only, not part of the message format.
-    units: dict | None = field(default=None, compare=False, repr=False)
-    # The JSON text, made once: the store, MQTT and the benchmarked hot path all need it.
-    _json: str | None = field(default=None, init=False, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        return {
-            "type": self.type,
-            "username": self.username,
-            "content": self.content,
-            "room": self.room,
-            "timestamp": self.timestamp,
-            "message_id": self.message_id,
-            "seq": self.seq,
-            "source": self.source,
-            "client_id": self.client_id,
-            "client_message_id": self.client_message_id,
-            "data": self.data,
-            "reply_to": self.reply_to,
-        }
-
-    def to_json(self) -> str:
-        """The message as JSON; computed on first use, so set every field before calling it."""
-        if self._json is None:
-            self._json = dumps(self.to_dict())
-        return self._json
-
-    def to_compact_json(self) -> str:
-        """The original project's shape: five fields, no spaces (fits PubSubClient's 256 bytes)."""
-        return dumps({"type": self.type, "username": self.username, "content": self.content,
-                      "timestamp": self.timestamp, "message_id": self.message_id})
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "Message":
-        return cls(
-            type=raw["type"],
-            username=raw["username"],
-            content=raw["content"],
-            room=raw["room"],
-            timestamp=raw["timestamp"],
-            message_id=raw["message_id"],
-            seq=raw["seq"],
-            source=raw["source"],
-            client_id=raw.get("client_id"),
-            client_message_id=raw.get("client_message_id"),
-            data=raw.get("data"),
-            reply_to=raw.get("reply_to"),
-        )
-
-
-@dataclass
-class SystemEvent:
-    """Something that happened in a room that is not a chat message."""
-
-    event: str
-    message: str
-    room: str
-    username: str | None = None
-    timestamp: str = field(default_factory=utc_timestamp)
-    previous: str | None = None  # a rename's old name
-    client_id: str | None = field(default=None, repr=False)  # a device's, for listeners; not sent
-
-    def to_dict(self) -> dict:
-        body = {
-            "type": "system_message",
-            "event": self.event,
-            "message": self.message,
-            "username": self.username,
-            "room": self.room,
-            "timestamp": self.timestamp,
-        }
-        if self.previous is not None:
-            body["previous"] = self.previous
-        return body
-
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
-
-@dataclass
-class User:
-    """A present member of a room, as listed by /api/users and `user_list`."""
-
-    username: str
-    source: str
-    room: str
-    client_id: str | None = None  # a device's; never a web page's (that one stays private)
-    join_time: str = field(default_factory=utc_timestamp)
-    message_count: int = 0
-    private_id: str | None = field(default=None, repr=False)  # the page's stable client_id
-    requested: str | None = None  # the name asked for; `username` may be "<requested> (2)"
-    name_key: str = field(default="", repr=False)  # names.name_key(username), made once
-    last_seen: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "username": self.username,
-            "source": self.source,
-            "client_id": self.client_id,
-            "join_time": self.join_time,
-        }
-
-
-# --- validation -------------------------------------------------------------
 
 def has_lone_surrogate(text: str) -> bool:
     """True when `text` holds an unpaired surrogate (not valid Unicode text)."""
@@ -223,7 +74,7 @@ def _holds_lone_surrogate(obj: Any) -> bool:
 def validate_room(room: Any) -> str:
     if room is None or room == "":
         return DEFAULT_ROOM
-    if not isinstance(room, str) or not ROOM_NAME.fullmatch(room) or room in RESERVED_ROOM_NAMES:
+    if not isinstance(room, str) or not is_room_name(room):
         raise ValidationError(
             "bad_field", "room must be 1-32 letters, digits, '_' or '-' and not a reserved word"
         )

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import socketio as python_socketio
 
-from .limits import Throttle
-from .logs import FloodEpisode
+from chatroom.core.limits import Throttle
+from chatroom.ops.logs import FloodEpisode
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable, Sequence, TypeVar
 
-log = logging.getLogger("mqtt_service.devices")
+log = logging.getLogger("mqtt_service.homeassistant.device_topics")
 
 MIN_INTERVAL = 60.0  # seconds between two re-announcements
 CHUNK = 100          # configs handed to the outbox before waiting for it to have room again

@@ -1,7 +1,7 @@
 """Room state shared by several instances, in Redis (PROTOCOL 8, docs/ARCHITECTURE.md).
 
 The same interfaces as the in-process defaults: `RedisPresence` (members and
-their liveness; `seq` is numbered by the shared history store) for chatroom/presence.py's `Presence`, `RedisLocks` for the
+their liveness; `seq` is numbered by the shared history store) for chatroom/core/presence.py's `Presence`, `RedisLocks` for the
 intake's per-room decisions, `RedisDedup` for the dedup window, and
 `InstanceRegistry`, which tells which instances are alive so that the web
 members of a dead one can be made to leave.
@@ -28,8 +28,9 @@ from typing import Callable, Hashable, Iterator
 
 import redis
 
-from .messages import User
-from .presence import MemberKey, Unavailable
+from chatroom.core.model import User
+from chatroom.core.ports import MemberKey
+from chatroom.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any, Callable
 from flask import Flask
 from flask_socketio import SocketIO
 
-from .config import Settings
-from .logs import FloodEpisode, ThrottledErrorStream
+from chatroom.config import Settings
+from chatroom.ops.logs import FloodEpisode, ThrottledErrorStream
 
 log = logging.getLogger(__name__)
 

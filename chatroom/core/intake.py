@@ -13,67 +13,28 @@ broker, no Flask and no Socket.IO, so they are tested on their own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Hashable, Iterable
+from typing import Hashable, Iterable
 
-from .limits import DedupWindow, RateLimiter, RecentSet
-from .messages import (
-    Message, User, ValidationError, dedup_text, new_message_id, validate_client_id, validate_data,
-    validate_message_id, validate_room, validate_text, validate_units,
+from chatroom.core.limits import DedupWindow, RateLimiter, RecentSet
+from chatroom.core.model import new_message_id
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import (
+    dedup_text, validate_client_id, validate_data, validate_message_id, validate_room, validate_text,
+    validate_units,
 )
-from .names import NameRules
-from .presence import LocalLocks, RoomLocks
-from .room import REFUSE, SUFFIX, UNCHANGED, JoinResult, Rooms
+from chatroom.core.names import NameRules
+from chatroom.core.errors import ClaimRefused
+from chatroom.core.submission import (
+    DUPLICATE, HTTP, LEFT, MQTT, NOT_PRESENT, POSTED, WEB, Accepted, Submission,
+)
+from chatroom.core.presence import LocalLocks
+from chatroom.core.ports import RoomLocks
+from chatroom.core.room_types import REFUSE, SUFFIX, UNCHANGED, JoinResult
+from chatroom.core.room import Rooms
 
 
-WEB, MQTT, HTTP = "web", "mqtt", "http"
 DEDUP_SECONDS = 600.0
 PROVEN_IDS = 100_000
-
-# Outcomes besides a room's JoinResult outcomes (joined, renamed, unchanged, reclaimed).
-POSTED, DUPLICATE, LEFT, NOT_PRESENT = "posted", "duplicate", "left", "not_present"
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One input from any transport, as raw values: the intake validates them.
-
-    `connection` is the transport's handle of a web member (its Socket.IO sid);
-    `client_id` is a device's id or the page's stable id; `address` is the
-    remote address of an HTTP caller (its rate-limit key).
-    """
-
-    source: str
-    room: Any = None
-    username: Any = None
-    text: Any = None
-    data: Any = None
-    client_id: Any = None
-    message_id: Any = None
-    connection: Hashable | None = None
-    address: str | None = None
-    units: Any = None
-    # The broker vouched for `client_id`: it came from the device's own topic (PROTOCOL 10).
-    proven: bool = False
-
-
-class ClaimRefused(ValidationError):
-    """A shared-topic claim of a client_id that has spoken on its own device topic. The
-    reply names nobody: it must not look to the real device like an error of its own."""
-
-    def __init__(self, client_id: str):
-        super().__init__("bad_field", f"client_id {client_id!r} publishes on its own device topic; "
-                                      "claims of it on the shared topics are refused")
-
-
-@dataclass(frozen=True)
-class Accepted:
-    outcome: str
-    room: str
-    user: User | None = None
-    message: Message | None = None
-    message_id: str | None = None       # the server's id of the message (the original one for a duplicate)
-    replaced: Hashable | None = None    # a reclaimed web entry's old connection key
 
 
 class Intake:

@@ -1,12 +1,12 @@
 """Rooms: presence, seq numbers, history hand-off and the listener bus.
 
-The heart of the relay. Input reaches it through the intake (chatroom/intake.py),
+The heart of the relay. Input reaches it through the intake (chatroom/core/intake.py),
 which decides what is accepted; the room does it atomically (`join` with its
 name rules, `leave`, `post`, `announce`) and keeps members' liveness. Every
 transport that wants output subscribes a listener. Rooms without members are
 forgotten. Stdlib only: no Flask, Socket.IO or paho.
 
-Each listener has its own queue and thread (chatroom/listeners.py), fed in `seq`
+Each listener has its own queue and thread (chatroom/core/listeners.py), fed in `seq`
 order while the room lock is held.
 
 Group commit (`batch`, `flush`): a thread that relays a burst (the MQTT bridge)
@@ -24,12 +24,15 @@ import time
 from collections import Counter
 from typing import Callable
 
-from .batch import ThreadBatch
-from .fair_shares import longest_silent_device, room_to_free
-from .listeners import ListenerWorker
-from .messages import USER_MESSAGE, Message, SystemEvent, User, ValidationError
-from .presence import LocalPresence, MemberKey, Presence, Unavailable
-from .room_types import (  # noqa: F401  (re-exported: the room's vocabulary, imported from here)
+from chatroom.core.batch import ThreadBatch
+from chatroom.core.fair_shares import longest_silent_device, room_to_free
+from chatroom.core.listeners import ListenerWorker
+from chatroom.core.model import USER_MESSAGE, Message, SystemEvent, User
+from chatroom.core.errors import ValidationError
+from chatroom.core.presence import LocalPresence
+from chatroom.core.ports import MemberKey, Presence
+from chatroom.core.errors import Unavailable
+from chatroom.core.room_types import (
     JOINED, RECLAIMED, REFUSE, RENAMED, SUFFIX, UNCHANGED, History, JoinResult, Listener, PresenceChanged,
     RoomEvent,
 )

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .topics import Topics
+from mqtt_service.topics import Topics
 
 ORIGIN = {"name": "chatroom relay"}
 

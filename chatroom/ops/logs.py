@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from .limits import Throttle
+from chatroom.core.limits import Throttle
 
 LIBRARY_LOGGERS = ("engineio.server", "socketio.server")
 # What a packet that is not Socket.IO raises while being decoded: a client's mistake, not ours.

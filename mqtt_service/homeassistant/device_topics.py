@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
-from chatroom.limits import RecentSet, Throttle
-from chatroom.messages import Message, SystemEvent, dumps
+from chatroom.core.limits import RecentSet, Throttle
+from chatroom.core.model import Message, SystemEvent, dumps
 
-from .ha_discovery import Announcement, Discovery
-from .reannounce import Reannouncer
+from mqtt_service.homeassistant.discovery import Announcement, Discovery
+from mqtt_service.homeassistant.reannounce import Reannouncer
 
 log = logging.getLogger(__name__)
 

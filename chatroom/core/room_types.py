@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable, Protocol
 
-from .messages import Message, SystemEvent, User
+from chatroom.core.model import Message, SystemEvent, User
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from disarm import skeleton_key
 
-from .messages import ValidationError, has_lone_surrogate
+from chatroom.core.errors import ValidationError
+from chatroom.core.validation import has_lone_surrogate
 
 SYSTEM_NAME = "system"
 MAX_USERNAME_CHARS = 32

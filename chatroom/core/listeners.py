@@ -10,9 +10,9 @@ import queue
 import threading
 from typing import Callable
 
-from .room_types import Listener, RoomEvent
+from chatroom.core.room_types import Listener, RoomEvent
 
-log = logging.getLogger("chatroom.room")
+log = logging.getLogger("chatroom.core.room")
 
 
 class ListenerWorker:

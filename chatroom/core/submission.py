@@ -1,0 +1,47 @@
+"""What a transport hands the intake (a `Submission`) and what it gets back (an
+`Accepted`). Stdlib only (docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from chatroom.core.model import Message, User
+
+
+WEB, MQTT, HTTP = "web", "mqtt", "http"
+
+# Outcomes besides a room's JoinResult outcomes (joined, renamed, unchanged, reclaimed).
+POSTED, DUPLICATE, LEFT, NOT_PRESENT = "posted", "duplicate", "left", "not_present"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One input from any transport, as raw values: the intake validates them.
+
+    `connection` is the transport's handle of a web member (its Socket.IO sid);
+    `client_id` is a device's id or the page's stable id; `address` is the
+    remote address of an HTTP caller (its rate-limit key).
+    """
+
+    source: str
+    room: Any = None
+    username: Any = None
+    text: Any = None
+    data: Any = None
+    client_id: Any = None
+    message_id: Any = None
+    connection: Hashable | None = None
+    address: str | None = None
+    units: Any = None
+    # The broker vouched for `client_id`: it came from the device's own topic (PROTOCOL 10).
+    proven: bool = False
+
+
+@dataclass(frozen=True)
+class Accepted:
+    outcome: str
+    room: str
+    user: User | None = None
+    message: Message | None = None
+    message_id: str | None = None       # the server's id of the message (the original one for a duplicate)
+    replaced: Hashable | None = None    # a reclaimed web entry's old connection key
