@@ -28,7 +28,7 @@ from chatroom.config import Settings
 from chatroom.ops.housekeeping import Periodic
 from chatroom.core.intake import Intake
 from chatroom.core.limits import Throttle
-from chatroom.core.model import Message, SystemEvent, dumps
+from chatroom.core.model import Message, Source, SystemEvent, dumps
 from chatroom.core.errors import Unavailable
 from chatroom.core.room import Rooms
 
@@ -356,7 +356,7 @@ class MqttBridge:
     def status(self) -> dict:
         settings = self.settings
         try:
-            members = self.rooms.members(source="mqtt")
+            members = self.rooms.members(source=Source.MQTT)
         except Unavailable:  # Redis away: the counters still answer; the members are unknown
             members = None
         # The count is exact; the list is capped so strangers cannot make monitoring's answer huge.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Hashable
 
-from chatroom.core.submission import DUPLICATE, MQTT, Submission
+from chatroom.core.submission import Submission, Outcome, Source
 from chatroom.core.errors import ClaimRefused
 from chatroom.core.intake import Intake
 from chatroom.core.limits import Throttle
@@ -110,7 +110,7 @@ class Inbound:
         if device_id is not None and claimed is not None and claimed != device_id:
             raise ValidationError("bad_field", "client_id differs from the device topic's sender",
                                   self._plain_id(device_id))
-        return Submission(MQTT, room=room, client_id=device_id if device_id is not None else claimed,
+        return Submission(Source.MQTT, room=room, client_id=device_id if device_id is not None else claimed,
                           username=optional(obj, "username"), text=obj.get("message"),
                           data=optional(obj, "data"), message_id=optional(obj, "message_id"),
                           units=optional(obj, "units"), proven=device_id is not None)
@@ -122,7 +122,7 @@ class Inbound:
 
     def _dispatch(self, kind: str, submission: Submission) -> None:
         if kind == MESSAGES_IN:
-            if self.intake.post(submission).outcome == DUPLICATE:
+            if self.intake.post(submission).outcome == Outcome.DUPLICATE:
                 self.stats.add("messages_duplicate")
         elif kind == USERS_JOIN:
             self.intake.join(submission)

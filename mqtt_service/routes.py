@@ -6,7 +6,7 @@ from typing import Callable
 
 from flask import Blueprint, jsonify, request
 
-from chatroom.core.submission import HTTP, Submission
+from chatroom.core.submission import Submission, Source
 from chatroom.core.model import utc_timestamp
 from chatroom.core.validation import validate_client_id
 from chatroom.core.errors import Unavailable
@@ -52,7 +52,7 @@ def create_status_blueprint(bridge: MqttBridge | None, rooms: Rooms, assistant_s
         client_id = validate_client_id(client_id)  # a ValidationError is a JSON 400 (chatroom.routes)
         if bridge is None:
             return error_response(503, "the MQTT bridge is off (MQTT_ENABLE=false)", "bridge_off")
-        bridge.intake.spend(Submission(HTTP, address=request.remote_addr))
+        bridge.intake.spend(Submission(Source.HTTP, address=request.remote_addr))
         cleared = bridge.devices.forget(client_id)
         if cleared is None:
             return error_response(404, f"no device {client_id!r} is known", "unknown_device")

@@ -5,7 +5,7 @@ import pytest
 
 from chatroom.core.model import Message, SystemEvent
 from chatroom.core.errors import ValidationError
-from chatroom.core.room_types import RENAMED, SUFFIX, UNCHANGED, PresenceChanged
+from chatroom.core.room_types import PresenceChanged, NameClash, Outcome
 from chatroom.core.room import Rooms
 from chatroom.storage.sqlite import MessageStore
 
@@ -73,11 +73,11 @@ def test_names_are_unique_per_room_ignoring_case(rooms):
 def test_a_device_with_a_held_name_is_shown_with_a_number(rooms):
     """SUFFIX: the first free `<name> (n)`; the device keeps it while it repeats its join."""
     rooms.join("lobby", ("web", "s1"), "Kitchen", "web")
-    second = rooms.join("lobby", ("mqtt", "a"), "Kitchen", "mqtt", client_id="a", on_clash=SUFFIX)
-    third = rooms.join("lobby", ("mqtt", "b"), "kitchen", "mqtt", client_id="b", on_clash=SUFFIX)
+    second = rooms.join("lobby", ("mqtt", "a"), "Kitchen", "mqtt", client_id="a", on_clash=NameClash.SUFFIX)
+    third = rooms.join("lobby", ("mqtt", "b"), "kitchen", "mqtt", client_id="b", on_clash=NameClash.SUFFIX)
     assert (second.user.username, third.user.username) == ("Kitchen (2)", "kitchen (3)")
-    again = rooms.join("lobby", ("mqtt", "a"), "Kitchen", "mqtt", client_id="a", on_clash=SUFFIX)
-    assert again.outcome == UNCHANGED and again.user.username == "Kitchen (2)"
+    again = rooms.join("lobby", ("mqtt", "a"), "Kitchen", "mqtt", client_id="a", on_clash=NameClash.SUFFIX)
+    assert again.outcome == Outcome.UNCHANGED and again.user.username == "Kitchen (2)"
 
 
 def test_rooms_are_bounded_in_members(tmp_path):
@@ -89,7 +89,7 @@ def test_rooms_are_bounded_in_members(tmp_path):
     with pytest.raises(ValidationError) as info:
         small.join("lobby", ("web", "3"), "c", "web")
     assert info.value.code == "room_full"
-    assert small.join("lobby", ("web", "2"), "bee", "web").outcome == RENAMED
+    assert small.join("lobby", ("web", "2"), "bee", "web").outcome == Outcome.RENAMED
     small.close()
 
 

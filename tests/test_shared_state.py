@@ -12,7 +12,7 @@ import pytest
 from support import wait_for
 
 from chatroom.ops.housekeeping import InstanceWatch
-from chatroom.core.submission import DUPLICATE, MQTT, WEB, Submission
+from chatroom.core.submission import Submission, Outcome, Source
 from chatroom.core.intake import Intake
 from chatroom.core.limits import RateLimiter
 from chatroom.core.model import Message, SystemEvent
@@ -61,12 +61,12 @@ def pair(redis_server, tmp_path):
 
 def test_a_name_held_on_one_instance_is_refused_on_the_other(pair):
     a, b = pair
-    a.intake.join(Submission(WEB, room="lobby", username="Ana", connection="sid-a"))
+    a.intake.join(Submission(Source.WEB, room="lobby", username="Ana", connection="sid-a"))
     with pytest.raises(ValidationError) as refused:
-        b.intake.join(Submission(WEB, room="lobby", username="ANA", connection="sid-b"))
+        b.intake.join(Submission(Source.WEB, room="lobby", username="ANA", connection="sid-b"))
     assert refused.value.code == "name_taken"
     # A device asking for it is shown with a suffix, whichever instance hears it.
-    device = b.intake.join(Submission(MQTT, room="lobby", username="Ana", client_id="esp-1"))
+    device = b.intake.join(Submission(Source.MQTT, room="lobby", username="Ana", client_id="esp-1"))
     assert device.user.username == "Ana (2)"
     assert sorted(u["username"] for u in a.rooms.users("lobby")) == ["Ana", "Ana (2)"]
     assert a.rooms.users("lobby") == b.rooms.users("lobby")
@@ -81,7 +81,7 @@ def test_seq_is_gap_free_and_a_device_joins_once_across_instances(pair, with_ids
 
     def send(instance: Instance, start: int) -> None:
         for number in range(start, count, 2):
-            instance.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text=f"m{number}",
+            instance.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text=f"m{number}",
                                             message_id=f"id-{number}" if with_ids else None))
 
     threads = [threading.Thread(target=send, args=(a, 0)), threading.Thread(target=send, args=(b, 1))]
@@ -95,25 +95,25 @@ def test_seq_is_gap_free_and_a_device_joins_once_across_instances(pair, with_ids
     stored = a.store.recent("lobby", 1000)
     assert [m.seq for m in stored] == list(range(1, count + 1))
     assert Counter(m.content for m in stored) == Counter(f"m{n}" for n in range(count))
-    member = a.rooms.member("lobby", (MQTT, "esp-1"))
+    member = a.rooms.member("lobby", (Source.MQTT, "esp-1"))
     assert member.message_count == count
     # A new name still goes through the lock: renamed once, wherever it arrives.
-    b.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", username="Kitchen", text="renamed"))
+    b.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", username="Kitchen", text="renamed"))
     assert [e.username for e in a.system("rename") + b.system("rename")] == ["Kitchen"]
 
 
 def test_a_retry_through_the_other_instance_is_a_duplicate(pair):
     a, b = pair
-    first = a.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text="t=21", message_id="r-1"))
-    again = b.intake.post(Submission(MQTT, room="lobby", client_id="esp-1", text="t=21", message_id="r-1"))
-    assert again.outcome == DUPLICATE and again.message_id == first.message_id
+    first = a.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text="t=21", message_id="r-1"))
+    again = b.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text="t=21", message_id="r-1"))
+    assert again.outcome == Outcome.DUPLICATE and again.message_id == first.message_id
     assert len(a.store.recent("lobby", 10)) == 1
 
 
 def test_a_member_leaves_once_when_both_instances_remove_it(pair):
     a, b = pair
-    a.intake.join(Submission(MQTT, room="lobby", username="Kitchen", client_id="esp-1"))
-    gone = [a.rooms.leave("lobby", (MQTT, "esp-1")), b.rooms.leave("lobby", (MQTT, "esp-1"))]
+    a.intake.join(Submission(Source.MQTT, room="lobby", username="Kitchen", client_id="esp-1"))
+    gone = [a.rooms.leave("lobby", (Source.MQTT, "esp-1")), b.rooms.leave("lobby", (Source.MQTT, "esp-1"))]
     assert sum(user is not None for user in gone) == 1
     assert len(a.system("leave")) + len(b.system("leave")) == 1
     assert a.rooms.rooms_with_members() == []  # an empty room is forgotten
@@ -121,7 +121,7 @@ def test_a_member_leaves_once_when_both_instances_remove_it(pair):
 
 def test_silent_devices_expire_on_wall_clock_whichever_instance_checks(pair):
     a, b = pair
-    a.intake.join(Submission(MQTT, room="lobby", username="Kitchen", client_id="esp-1"))
+    a.intake.join(Submission(Source.MQTT, room="lobby", username="Kitchen", client_id="esp-1"))
     assert [u.client_id for u in b.rooms.expire_silent("mqtt", time.time() + 1)] == ["esp-1"]
     assert a.rooms.members() == []
 
@@ -131,8 +131,8 @@ def test_web_members_of_a_dead_instance_leave_within_the_ttl(pair):
     a, b = pair
     a.watch.start()
     b.watch.start()
-    a.intake.join(Submission(WEB, room="lobby", username="Ana", connection="sid-a"))
-    b.intake.join(Submission(WEB, room="lobby", username="Bo", connection="sid-b"))
+    a.intake.join(Submission(Source.WEB, room="lobby", username="Ana", connection="sid-a"))
+    b.intake.join(Submission(Source.WEB, room="lobby", username="Bo", connection="sid-b"))
     a.watch._stop.set()  # a's thread stops beating, as if the process died: no clean-up runs
     wait_for(lambda: [u["username"] for u in b.rooms.users("lobby")] == ["Bo"], timeout=30,
              what="Ana's entry to go when a's heartbeat expired")
@@ -143,7 +143,7 @@ def test_web_members_of_a_dead_instance_leave_within_the_ttl(pair):
 
 def test_a_restarted_instance_drops_the_web_members_of_its_previous_life(pair, redis_server, tmp_path):
     a, b = pair
-    a.intake.join(Submission(WEB, room="lobby", username="Ana", connection="sid-old"))
+    a.intake.join(Submission(Source.WEB, room="lobby", username="Ana", connection="sid-old"))
     again = Instance(redis_server.url, a.shared.presence.prefix, str(tmp_path / "shared.db"), "a")
     try:
         again.watch.start()

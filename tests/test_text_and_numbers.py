@@ -15,7 +15,7 @@ import logging
 import pytest
 import requests
 
-from chatroom.core.submission import MQTT, WEB, Submission
+from chatroom.core.submission import Submission, Source
 from chatroom.core.errors import ValidationError
 from chatroom.core.validation import parse_json_object
 from conftest import app_env
@@ -79,12 +79,12 @@ def intake_app(make_app):
     """An app from create_app, with one web member `Alice` (connection `sid-a`) in the lobby."""
     app = make_app()
     intake = app.components.intake
-    intake.join(Submission(WEB, username="Alice", connection="sid-a"))
+    intake.join(Submission(Source.WEB, username="Alice", connection="sid-a"))
     return app
 
 
 def web_post(**fields) -> Submission:
-    return Submission(WEB, room="lobby", connection="sid-a", **{"text": "hi", **fields})
+    return Submission(Source.WEB, room="lobby", connection="sid-a", **{"text": "hi", **fields})
 
 
 @pytest.mark.parametrize("fields", [
@@ -103,14 +103,14 @@ def test_a_lone_surrogate_in_a_web_field_is_bad_field(intake_app, fields):
 
 def test_a_lone_surrogate_in_a_room_is_bad_field(intake_app):
     intake = intake_app.components.intake
-    assert code_of(lambda: intake.join(Submission(WEB, username="Bob", room="r" + LONE, connection="s"))) == "bad_field"
+    assert code_of(lambda: intake.join(Submission(Source.WEB, username="Bob", room="r" + LONE, connection="s"))) == "bad_field"
 
 
 @pytest.mark.parametrize("name", [LONE_LOW + "x", "Bob" + LONE, LONE])
 def test_a_lone_surrogate_in_a_name_is_bad_name_and_joins_nobody(intake_app, name):
     components = intake_app.components
-    assert code_of(lambda: components.intake.join(Submission(WEB, username=name, connection="sid-b"))) == "bad_name"
-    assert code_of(lambda: components.intake.post(Submission(MQTT, client_id="dev-1", username=name,
+    assert code_of(lambda: components.intake.join(Submission(Source.WEB, username=name, connection="sid-b"))) == "bad_name"
+    assert code_of(lambda: components.intake.post(Submission(Source.MQTT, client_id="dev-1", username=name,
                                                              text="hi"))) == "bad_name"
     assert [user["username"] for user in components.rooms.users("lobby")] == ["Alice"]
 
@@ -119,7 +119,7 @@ def test_a_surrogate_pair_is_text_like_any_other(intake_app):
     intake = intake_app.components.intake
     accepted = intake.post(web_post(text="smile " + PAIR, data={"mood": PAIR}))
     assert accepted.message.content == "smile " + PAIR and accepted.message.data == {"mood": PAIR}
-    assert intake.join(Submission(WEB, username="Bob " + PAIR, connection="sid-b")).user.username == "Bob " + PAIR
+    assert intake.join(Submission(Source.WEB, username="Bob " + PAIR, connection="sid-b")).user.username == "Bob " + PAIR
 
 
 @pytest.mark.parametrize("value, code", [
@@ -146,11 +146,11 @@ def test_the_bound_is_javascripts_max_safe_integer():
 def test_numeric_message_ids_are_kept_as_text(intake_app):
     """A device's numeric message_id beyond 2^53 is not a number we send: it comes back as text."""
     intake = intake_app.components.intake
-    accepted = intake.post(Submission(MQTT, client_id="dev-1", text="hi", message_id=2**64))
+    accepted = intake.post(Submission(Source.MQTT, client_id="dev-1", text="hi", message_id=2**64))
     assert accepted.message.client_message_id == "18446744073709551616"
     assert json.loads(accepted.message.to_json())["client_message_id"] == "18446744073709551616"
     # Longer than a message_id may be: refused, not carried.
-    assert code_of(lambda: intake.post(Submission(MQTT, client_id="dev-1", text="hi",
+    assert code_of(lambda: intake.post(Submission(Source.MQTT, client_id="dev-1", text="hi",
                                                   message_id=NINE_HUNDRED_DIGITS))) == "bad_field"
 
 
@@ -163,8 +163,8 @@ def test_numeric_message_ids_are_kept_as_text(intake_app):
 def test_look_alikes_of_the_assistants_name_are_reserved(make_app, name):
     app = make_app()
     intake = app.components.intake
-    assert code_of(lambda: intake.join(Submission(WEB, username=name, connection="sid-x"))) == "bad_name"
-    assert code_of(lambda: intake.post(Submission(MQTT, client_id="dev-1", username=name, text="hi"))) == "bad_name"
+    assert code_of(lambda: intake.join(Submission(Source.WEB, username=name, connection="sid-x"))) == "bad_name"
+    assert code_of(lambda: intake.post(Submission(Source.MQTT, client_id="dev-1", username=name, text="hi"))) == "bad_name"
     response = app.http.post("/api/messages", json={"username": name, "message": "hi"})
     assert response.status_code == 400 and response.get_json()["code"] == "bad_name"
 
@@ -172,7 +172,7 @@ def test_look_alikes_of_the_assistants_name_are_reserved(make_app, name):
 @pytest.mark.parametrize("name", ["Alice", "Ali", "Bill", "Lily", "A2", "Al Green"])
 def test_names_that_only_share_letters_with_the_assistants_stay_valid(make_app, name):
     app = make_app()
-    accepted = app.components.intake.join(Submission(WEB, username=name, connection="sid-x"))
+    accepted = app.components.intake.join(Submission(Source.WEB, username=name, connection="sid-x"))
     assert accepted.user.username == name
 
 
@@ -181,18 +181,18 @@ def test_folding_follows_ai_name(make_app):
     app = make_app(AI_NAME="Bill")
     intake = app.components.intake
     for name in ("Bill", "BiII", "B1ll", "bi|l", "B\u0131ll"):
-        assert code_of(lambda: intake.join(Submission(WEB, username=name, connection="sid-x"))) == "bad_name", name
+        assert code_of(lambda: intake.join(Submission(Source.WEB, username=name, connection="sid-x"))) == "bad_name", name
     for sid, name in enumerate(("AI", "Al", "Alice")):
-        assert intake.join(Submission(WEB, username=name, connection=f"sid-{sid}")).user.username == name
+        assert intake.join(Submission(Source.WEB, username=name, connection=f"sid-{sid}")).user.username == name
 
 
 def test_ordinary_names_keep_their_equality(make_app):
     """The fold is for reserved names only: "All" and "Ail" are two people's names."""
     app = make_app()
     intake = app.components.intake
-    intake.join(Submission(WEB, username="All", connection="sid-1"))
-    assert intake.join(Submission(WEB, username="Ail", connection="sid-2")).user.username == "Ail"
-    assert code_of(lambda: intake.join(Submission(WEB, username="ALL", connection="sid-3"))) == "name_taken"
+    intake.join(Submission(Source.WEB, username="All", connection="sid-1"))
+    assert intake.join(Submission(Source.WEB, username="Ail", connection="sid-2")).user.username == "Ail"
+    assert code_of(lambda: intake.join(Submission(Source.WEB, username="ALL", connection="sid-3"))) == "name_taken"
 
 
 # --- end to end: a real server process (eventlet), real mosquitto, paho and python-socketio ---

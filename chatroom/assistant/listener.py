@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
 from chatroom.config import Settings
-from chatroom.core.model import AI_RESPONSE, Message
+from chatroom.core.model import AI_RESPONSE, Message, Source
 from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Assistant:
 
     def wants(self, message: Message) -> bool:
         """Is this a message the assistant should answer?"""
-        if message.type != "user_message" or message.source == "ai":
+        if message.type != "user_message" or message.source == Source.AI:
             return False  # never answer itself
         if self.mode == "all":
             return True
@@ -220,7 +220,7 @@ class Assistant:
                 text = "".join(pieces).strip()
                 if not text:
                     raise AssistantError("the assistant gave an empty answer")
-                self.rooms.post(message.room, self.name, text[: self.settings.max_message_chars], "ai",
+                self.rooms.post(message.room, self.name, text[: self.settings.max_message_chars], Source.AI,
                                 type=AI_RESPONSE, reply_to=message.message_id, message_id=reply_id)
                 with self._lock:
                     self.stats.answered += 1

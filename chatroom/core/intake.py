@@ -24,12 +24,11 @@ from chatroom.core.validation import (
 )
 from chatroom.core.names import NameRules
 from chatroom.core.errors import ClaimRefused
-from chatroom.core.submission import (
-    DUPLICATE, HTTP, LEFT, MQTT, NOT_PRESENT, POSTED, WEB, Accepted, Submission,
-)
+from chatroom.core.model import Source
+from chatroom.core.submission import Accepted, Submission
 from chatroom.core.presence import LocalLocks
 from chatroom.core.ports import RoomLocks
-from chatroom.core.room_types import REFUSE, SUFFIX, UNCHANGED, JoinResult
+from chatroom.core.room_types import JoinResult, NameClash, Outcome
 from chatroom.core.room import Rooms
 
 
@@ -65,7 +64,7 @@ class Intake:
         try:
             return self._post(sub, client_id)
         except ValidationError as exc:
-            exc.client_id = exc.client_id or (client_id if sub.source == MQTT else None)
+            exc.client_id = exc.client_id or (client_id if sub.source == Source.MQTT else None)
             raise
 
     def _post(self, sub: Submission, client_id: str | None) -> Accepted:
@@ -74,7 +73,7 @@ class Intake:
         data = validate_data(sub.data)
         units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
-        if self.locks.shared and sub.source == MQTT and message_id is None:
+        if self.locks.shared and sub.source == Source.MQTT and message_id is None:
             accepted = self._post_as_present_device(sub, room, client_id, text, data, units)
             if accepted is not None:
                 return accepted
@@ -88,13 +87,13 @@ class Intake:
                 # Remembered but not stored: whoever took it died before storing (the
                 # room's lock is ours now), so this retry is the message's only copy.
                 if original is not None and self.rooms.history.has_message(original):
-                    return Accepted(DUPLICATE, room, message_id=original)
+                    return Accepted(Outcome.DUPLICATE, room, message_id=original)
             user = None
-            if sub.source == MQTT:
-                user = self.rooms.join(room, member_key, name, MQTT, client_id=client_id,
+            if sub.source == Source.MQTT:
+                user = self.rooms.join(room, member_key, name, Source.MQTT, client_id=client_id,
                                        on_clash=on_clash).user
                 name = user.username
-            elif sub.source == WEB:
+            elif sub.source == Source.WEB:
                 user = self.rooms.member(room, member_key)
                 name = user.username
             self._take(buckets)
@@ -105,10 +104,10 @@ class Intake:
                 server_id = new_message_id()
                 self.dedup.remember(dedup_key, server_id)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
-                                      client_id=client_id if sub.source == MQTT else None,
+                                      client_id=client_id if sub.source == Source.MQTT else None,
                                       data=data, client_message_id=message_id, units=units,
                                       message_id=server_id)
-        return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)
+        return Accepted(Outcome.POSTED, room, user=user, message=message, message_id=message.message_id)
 
     def _post_as_present_device(self, sub: Submission, room: str, client_id: str, text: str,
                                 data, units) -> Accepted | None:
@@ -119,35 +118,35 @@ class Intake:
         name = self.names.display_name(sub.username) if sub.username is not None else None
         buckets = self._buckets(sub, client_id)
         self._check_rate(buckets, client_id)
-        user = self.rooms.touch_present(room, (MQTT, client_id), name)
+        user = self.rooms.touch_present(room, (Source.MQTT, client_id), name)
         if user is None:
             return None
         self._take(buckets)
-        message = self.rooms.post(room, user.username, text, MQTT, client_id=client_id, data=data,
+        message = self.rooms.post(room, user.username, text, Source.MQTT, client_id=client_id, data=data,
                                   units=units)
-        return Accepted(POSTED, room, user=user, message=message, message_id=message.message_id)
+        return Accepted(Outcome.POSTED, room, user=user, message=message, message_id=message.message_id)
 
     def _author(self, sub: Submission, room: str, client_id: str | None):
         """(member key, name asked for, what to do on a name clash) of a message's author."""
-        if sub.source == MQTT:
-            key = (MQTT, client_id)
+        if sub.source == Source.MQTT:
+            key = (Source.MQTT, client_id)
             if sub.username is not None:
-                return key, self.names.display_name(sub.username), SUFFIX
+                return key, self.names.display_name(sub.username), NameClash.SUFFIX
             current = self.rooms.member(room, key)
             name = current.requested if current else self.names.device_name(client_id, None)
-            return key, name, SUFFIX
-        if sub.source == WEB:
-            key = (WEB, sub.connection)
+            return key, name, NameClash.SUFFIX
+        if sub.source == Source.WEB:
+            key = (Source.WEB, sub.connection)
             if self.rooms.member(room, key) is None:
                 raise ValidationError("not_joined", "join a room first")
-            return key, None, REFUSE
+            return key, None, NameClash.REFUSE
         if sub.username is None:
             raise ValidationError("missing_field", "username is required")
         name = self.names.display_name(sub.username)
         if self.rooms.holds_name(room, name):
             raise ValidationError("name_taken", f"the name {name!r} is held by a member of {room}; "
                                                 "choose another")
-        return None, name, REFUSE
+        return None, name, NameClash.REFUSE
 
     def recall(self, stored: Iterable[tuple[str, str, str, str]]) -> int:
         """After a restart, remember the device messages stored within the dedup window:
@@ -161,7 +160,7 @@ class Intake:
         for room, client_id, text, server_id in stored:
             forms = (text, int(text)) if text.isdigit() and str(int(text)) == text else (text,)
             for raw in forms:
-                self.dedup.remember(self._dedup_key(Submission(MQTT, message_id=raw), room, client_id), server_id)
+                self.dedup.remember(self._dedup_key(Submission(Source.MQTT, message_id=raw), room, client_id), server_id)
             count += 1
         return count
 
@@ -176,10 +175,10 @@ class Intake:
         client_id = self._client_id(sub)
         try:
             room = validate_room(sub.room)
-            if sub.source == MQTT:
-                name, key, on_clash = self.names.device_name(client_id, sub.username), (MQTT, client_id), SUFFIX
+            if sub.source == Source.MQTT:
+                name, key, on_clash = self.names.device_name(client_id, sub.username), (Source.MQTT, client_id), NameClash.SUFFIX
             else:
-                name, key, on_clash = self.names.display_name(sub.username), (WEB, sub.connection), REFUSE
+                name, key, on_clash = self.names.display_name(sub.username), (Source.WEB, sub.connection), NameClash.REFUSE
             with self.locks.hold(room):
                 current = self.rooms.member(room, key)
                 changes = current is None or current.requested != name
@@ -188,14 +187,14 @@ class Intake:
                     self._check_rate(buckets, client_id)
                 result: JoinResult = self.rooms.join(
                     room, key, name, sub.source, on_clash=on_clash,
-                    client_id=client_id if sub.source == MQTT else None,
-                    private_id=client_id if sub.source == WEB else None)
-                if result.outcome != UNCHANGED:
+                    client_id=client_id if sub.source == Source.MQTT else None,
+                    private_id=client_id if sub.source == Source.WEB else None)
+                if result.outcome != Outcome.UNCHANGED:
                     self._take(buckets)
                 if switch_from is not None and switch_from != room:
                     self.rooms.leave(switch_from, key)
         except ValidationError as exc:
-            exc.client_id = exc.client_id or (client_id if sub.source == MQTT else None)
+            exc.client_id = exc.client_id or (client_id if sub.source == Source.MQTT else None)
             raise
         return Accepted(result.outcome, room, user=result.user, replaced=result.replaced)
 
@@ -204,14 +203,14 @@ class Intake:
         it spends a token when it has one: join/leave floods are limited."""
         client_id = self._client_id(sub)
         room = validate_room(sub.room)
-        key = (MQTT, client_id) if sub.source == MQTT else (WEB, sub.connection)
+        key = (Source.MQTT, client_id) if sub.source == Source.MQTT else (Source.WEB, sub.connection)
         with self.locks.hold(room):
             user = self.rooms.leave(room, key)
-            if user is not None and sub.source == MQTT:
+            if user is not None and sub.source == Source.MQTT:
                 buckets = self._buckets(sub, client_id)
                 if all(limiter.wait_time(key) == 0 for limiter, key in buckets):
                     self._take(buckets)
-        return Accepted(LEFT if user else NOT_PRESENT, room, user=user)
+        return Accepted(Outcome.LEFT if user else Outcome.NOT_PRESENT, room, user=user)
 
     def spend(self, sub: Submission) -> None:
         """An HTTP action that posts nothing but costs publications (forgetting a device)
@@ -225,7 +224,7 @@ class Intake:
     def _client_id(self, sub: Submission) -> str | None:
         """A device must name itself; a page may (its stable id, optional). A device id
         proven on its own topic cannot be claimed on the shared ones."""
-        if sub.source != MQTT:
+        if sub.source != Source.MQTT:
             return validate_client_id(sub.client_id) if sub.client_id is not None else None
         client_id = validate_client_id(sub.client_id)
         if sub.proven:
@@ -236,9 +235,9 @@ class Intake:
 
     def _buckets(self, sub: Submission, client_id: str | None) -> list[tuple[RateLimiter, Hashable]]:
         """The rate-limit buckets an input spends: its sender's, and for web and HTTP its address's."""
-        if sub.source == MQTT:
-            return [(self.rate_limiter, (MQTT, client_id))]
-        own = (WEB, client_id or sub.connection) if sub.source == WEB else (HTTP, sub.address)
+        if sub.source == Source.MQTT:
+            return [(self.rate_limiter, (Source.MQTT, client_id))]
+        own = (Source.WEB, client_id or sub.connection) if sub.source == Source.WEB else (Source.HTTP, sub.address)
         buckets = [(self.rate_limiter, own)]
         if sub.address is not None:
             buckets.append((self.address_limiter, ("address", sub.address)))

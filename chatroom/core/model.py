@@ -8,8 +8,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from datetime import datetime, timezone
 from typing import Any, Mapping
+
+
+class Source(StrEnum):
+    """Where a message or member came from: the `source` field of PROTOCOL's payloads."""
+
+    WEB = "web"
+    MQTT = "mqtt"
+    HTTP = "http"
+    AI = "ai"
 
 
 USER_MESSAGE = "user_message"

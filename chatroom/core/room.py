@@ -27,15 +27,12 @@ from typing import Callable
 from chatroom.core.batch import ThreadBatch
 from chatroom.core.fair_shares import longest_silent_device, room_to_free
 from chatroom.core.listeners import ListenerWorker
-from chatroom.core.model import USER_MESSAGE, Message, SystemEvent, User
+from chatroom.core.model import Message, Source, SystemEvent, USER_MESSAGE, User
 from chatroom.core.errors import ValidationError
 from chatroom.core.presence import LocalPresence
 from chatroom.core.ports import MemberKey, Presence
 from chatroom.core.errors import Unavailable
-from chatroom.core.room_types import (
-    JOINED, RECLAIMED, REFUSE, RENAMED, SUFFIX, UNCHANGED, History, JoinResult, Listener, PresenceChanged,
-    RoomEvent,
-)
+from chatroom.core.room_types import History, JoinResult, Listener, PresenceChanged, RoomEvent, NameClash, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,7 @@ class Rooms:
     def __init__(self, history: History, name_key: Callable[[str], str] = str.casefold,
                  max_members: int = 1000, clock: Callable[[], float] = time.monotonic,
                  max_rooms: int = 1000, presence: Presence | None = None, group_commit: bool = False,
-                 device_source: str = "mqtt"):
+                 device_source: str = Source.MQTT):
         self.history = history
         # Members of this source give way, longest-silent first, when a room or the room
         # table is full (PROTOCOL 9: a stranger with many device ids cannot lock people out).
@@ -161,7 +158,7 @@ class Rooms:
 
     def join(self, room: str, key: MemberKey, name: str, source: str, *,
              client_id: str | None = None, private_id: str | None = None,
-             on_clash: str = REFUSE) -> JoinResult:
+             on_clash: str = NameClash.REFUSE) -> JoinResult:
         """Add a member, rename it, or only note it is alive. Atomic.
 
         `name` is the name asked for. When another present member holds it (the
@@ -174,7 +171,7 @@ class Rooms:
             if current is not None and current.requested == name:
                 current.last_seen = self.clock()
                 self.presence.touch(room, key, current.last_seen)
-                return JoinResult(current, UNCHANGED)
+                return JoinResult(current, Outcome.UNCHANGED)
             return self._join(room, self.presence.members(room), key, name, source, client_id,
                               private_id, on_clash)
 
@@ -187,7 +184,7 @@ class Rooms:
             if (private_id is not None and holder.private_id == private_id
                     and holder.source == source and current is None):
                 return self._reclaim(room, holder_key, key, holder)
-            if on_clash == SUFFIX:
+            if on_clash == NameClash.SUFFIX:
                 display = self._free_variant(members, name, except_key=key)
             else:
                 raise ValidationError("name_taken", f"the name {name!r} is taken in {room}; choose another")
@@ -200,7 +197,7 @@ class Rooms:
                 self._publish(SystemEvent("rename", f"{previous} is now {display}", room, display,
                                           previous=previous, client_id=current.client_id))
                 self._publish(PresenceChanged(room))
-            return JoinResult(current, RENAMED)
+            return JoinResult(current, Outcome.RENAMED)
         if len(members) >= self.max_members:
             self._make_way_in(room, members)
         if not members and self.presence.room_count() >= self.max_rooms:
@@ -211,7 +208,7 @@ class Rooms:
         self.presence.put(room, key, user)
         self._publish(SystemEvent("join", f"{display} joined", room, display, client_id=client_id))
         self._publish(PresenceChanged(room))
-        return JoinResult(user, JOINED)
+        return JoinResult(user, Outcome.JOINED)
 
     # --- fair shares: the longest-silent device gives way ----------------------------
 
@@ -255,7 +252,7 @@ class Rooms:
                                                 "choose another")
         user.last_seen = self.clock()
         self.presence.put(room, key, user)
-        return JoinResult(user, RECLAIMED, replaced=old_key)
+        return JoinResult(user, Outcome.RECLAIMED, replaced=old_key)
 
     @staticmethod
     def _holder(members: dict[MemberKey, User], wanted: str, except_key: MemberKey | None = None):
@@ -369,7 +366,7 @@ class Rooms:
     def summary(self) -> dict:
         return {
             "rooms": self.presence.room_count(),
-            "web_users": len(self.presence.all_members("web")),
+            "web_users": len(self.presence.all_members(Source.WEB)),
             "messages_total": self._posted_total,  # this instance's own
         }
 

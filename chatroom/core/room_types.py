@@ -3,6 +3,7 @@ Stdlib only (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Callable, Hashable, Protocol
 
 from chatroom.core.model import Message, SystemEvent, User
@@ -19,18 +20,30 @@ class PresenceChanged:
 
 RoomEvent = Message | SystemEvent | PresenceChanged
 
-# What to do when a joining member asks for a name another present member holds.
-REFUSE = "refuse"   # a person chooses another name (name_taken)
-SUFFIX = "suffix"   # a device is shown as "<name> (2)": fleets of identical sensors get through
+class NameClash(StrEnum):
+    """What to do when a joining member asks for a name another present member holds."""
 
-# What a join did.
-JOINED, RENAMED, UNCHANGED, RECLAIMED = "joined", "renamed", "unchanged", "reclaimed"
+    REFUSE = "refuse"   # a person chooses another name (name_taken)
+    SUFFIX = "suffix"   # a device is shown as "<name> (2)": fleets of identical sensors get through
+
+
+class Outcome(StrEnum):
+    """What the room or the intake did with an input."""
+
+    JOINED = "joined"
+    RENAMED = "renamed"
+    UNCHANGED = "unchanged"
+    RECLAIMED = "reclaimed"   # a page's new connection took over its old entry
+    POSTED = "posted"
+    DUPLICATE = "duplicate"   # a repeated device message_id: acknowledged, not stored again
+    LEFT = "left"
+    NOT_PRESENT = "not_present"
 
 
 @dataclass(frozen=True)
 class JoinResult:
     user: User
-    outcome: str
+    outcome: Outcome
     replaced: Hashable | None = None  # the old connection key of a reclaimed entry
 Listener = Callable[[RoomEvent], None]
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from chatroom.core.model import Message, User
-
-
-WEB, MQTT, HTTP = "web", "mqtt", "http"
-
-# Outcomes besides a room's JoinResult outcomes (joined, renamed, unchanged, reclaimed).
-POSTED, DUPLICATE, LEFT, NOT_PRESENT = "posted", "duplicate", "left", "not_present"
+from chatroom.core.model import Message, Source, User
+from chatroom.core.room_types import Outcome
 
 
 @dataclass(frozen=True)
@@ -23,7 +18,7 @@ class Submission:
     remote address of an HTTP caller (its rate-limit key).
     """
 
-    source: str
+    source: Source
     room: Any = None
     username: Any = None
     text: Any = None
@@ -39,7 +34,7 @@ class Submission:
 
 @dataclass(frozen=True)
 class Accepted:
-    outcome: str
+    outcome: Outcome
     room: str
     user: User | None = None
     message: Message | None = None

@@ -10,13 +10,13 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from chatroom.core.model import User, utc_timestamp
+from chatroom.core.model import Source, User, utc_timestamp
 from chatroom.core.errors import Unavailable
 from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)
 
-DEVICE_SOURCE = "mqtt"
+DEVICE_SOURCE = Source.MQTT
 
 
 class Periodic:

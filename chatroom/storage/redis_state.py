@@ -28,13 +28,12 @@ from typing import Callable, Hashable, Iterator
 
 import redis
 
-from chatroom.core.model import User
+from chatroom.core.model import Source, User
 from chatroom.core.ports import MemberKey
 from chatroom.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-WEB = "web"
 _USER_FIELDS = {f.name for f in fields(User)} - {"last_seen", "message_count"}
 
 # Atomic steps: a remove that only one instance wins; liveness written only for a
@@ -153,7 +152,7 @@ class RedisPresence:
     def put(self, room: str, key: MemberKey, user: User) -> None:
         field = _field(key)
         data = {name: value for name, value in asdict(user).items() if name in _USER_FIELDS}
-        if user.source == WEB:
+        if user.source == Source.WEB:
             data["instance"] = self.instance_id  # whose socket it is: its members go when it dies
         members, seen, counts = self._keys(room)
         pipe = self.redis.pipeline(transaction=True)
@@ -161,7 +160,7 @@ class RedisPresence:
         pipe.hset(seen, field, repr(user.last_seen))
         pipe.hset(counts, field, user.message_count)
         pipe.sadd(f"{self.prefix}rooms", room)
-        if user.source == WEB:
+        if user.source == Source.WEB:
             pipe.sadd(f"{self.prefix}web:{self.instance_id}", _web_entry(room, field))
         pipe.execute()
 

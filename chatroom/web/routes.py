@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unsupporte
 from chatroom.web.access import Access, add_security_headers
 from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.config import Settings
-from chatroom.core.submission import HTTP, Submission
+from chatroom.core.submission import Submission, Source
 from chatroom.core.intake import Intake
 from chatroom.core.errors import ValidationError
 from chatroom.core.validation import optional, parse_json_object, validate_room
@@ -142,7 +142,7 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
     def post_message():
         body = _json_body()
         accepted = intake.post(Submission(
-            HTTP, room=body.get("room"), username=optional(body, "username"), text=body.get("message"),
+            Source.HTTP, room=body.get("room"), username=optional(body, "username"), text=body.get("message"),
             data=optional(body, "data"), address=_address()))
         return jsonify({"success": True, "message": accepted.message.to_dict()}), 201
 

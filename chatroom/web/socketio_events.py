@@ -15,7 +15,7 @@ from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, join_roo
 from chatroom.assistant.listener import AssistantDelta
 from chatroom.web.access import Access
 from chatroom.config import Settings
-from chatroom.core.submission import WEB, Submission
+from chatroom.core.submission import Submission, Source
 from chatroom.core.intake import Intake
 from chatroom.core.model import Message, SystemEvent
 from chatroom.core.errors import ValidationError
@@ -86,7 +86,7 @@ class ChatNamespace(Namespace):
         try:
             payload = _payload(data)
             accepted = self.intake.join(
-                Submission(WEB, room=payload.get("room"), username=payload.get("username"),
+                Submission(Source.WEB, room=payload.get("room"), username=payload.get("username"),
                            client_id=optional(payload, "client_id"), connection=sid,
                            address=request.remote_addr),
                 switch_from=previous)
@@ -115,7 +115,7 @@ class ChatNamespace(Namespace):
             if room is None:
                 raise ValidationError("not_joined", "join a room first")
             accepted = self.intake.post(Submission(
-                WEB, room=room, text=payload.get("message"), data=optional(payload, "data"),
+                Source.WEB, room=room, text=payload.get("message"), data=optional(payload, "data"),
                 message_id=optional(payload, "client_message_id"), connection=sid,
                 client_id=self._page_id(room, sid), address=request.remote_addr))
         except ValidationError as exc:
@@ -149,7 +149,7 @@ class ChatNamespace(Namespace):
             return self._room_of_sid.get(sid)
 
     def _page_id(self, room: str, sid: str) -> str | None:
-        member = self.rooms.member(room, (WEB, sid))
+        member = self.rooms.member(room, (Source.WEB, sid))
         return member.private_id if member else None
 
     def _leave(self, sid: str) -> None:
@@ -158,7 +158,7 @@ class ChatNamespace(Namespace):
             return
         self._forget_socket_room(sid, room)
         try:
-            self.intake.leave(Submission(WEB, room=room, connection=sid))
+            self.intake.leave(Submission(Source.WEB, room=room, connection=sid))
         except Unavailable as exc:  # several instances: InstanceWatch removes the entry later
             log.warning("leave of %s from %s not recorded: %s", sid, room, exc.message)
 

@@ -26,14 +26,14 @@ from datetime import datetime
 from typing import Callable
 
 from chatroom.core.limits import RecentSet, Throttle
-from chatroom.core.model import Message, SystemEvent, dumps
+from chatroom.core.model import Message, Source, SystemEvent, dumps
 
 from mqtt_service.homeassistant.discovery import Announcement, Discovery
 from mqtt_service.homeassistant.reannounce import Reannouncer
 
 log = logging.getLogger(__name__)
 
-DEVICE_SOURCE = "mqtt"
+DEVICE_SOURCE = Source.MQTT
 # New devices given retained topics per minute, all senders together. One message of a new
 # device costs up to MAX_DEVICE_KEYS + 2 retained publications (and up to twice as many to
 # clear the one it pushes out): strangers inventing ids must not turn a flood into a flood of those. A
