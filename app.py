@@ -48,24 +48,28 @@ from flask import Flask
 from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatroom.web.access import Access
 from chatroom.assistant.listener import Assistant, OpenAIBackend
 from chatroom.config import ConfigError, Settings
-from chatroom.web.socketio_events import (
-    ChatNamespace, OneOrderRedisManager, SocketIOPublisher, internal_error_ack, origin_checker,
-)
-from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
 from chatroom.core.intake import DEDUP_SECONDS, Intake
 from chatroom.core.limits import DedupWindow, RateLimiter
-from chatroom.ops.logs import quiet_library_loggers
 from chatroom.core.model import Message, SystemEvent, utc_timestamp
-from chatroom.ops.metrics import ChatMetrics
 from chatroom.core.names import NameRules, name_key
 from chatroom.core.room import Rooms
+from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
+from chatroom.ops.logs import quiet_library_loggers
+from chatroom.ops.metrics import ChatMetrics
+from chatroom.storage.sqlite import MessageStore, open_history
+from chatroom.web.access import Access
 from chatroom.web.routes import MAX_BODY_BYTES, create_chat_blueprint
 from chatroom.web.serving import ConnectionGate, address_family, connection_gate, serve
 from chatroom.web.sessions import EventGuard, WebSessions
-from chatroom.storage.sqlite import MessageStore, open_history
+from chatroom.web.socketio_events import (
+    ChatNamespace,
+    OneOrderRedisManager,
+    SocketIOPublisher,
+    internal_error_ack,
+    origin_checker,
+)
 from mqtt_service.bridge import MqttBridge
 from mqtt_service.routes import create_status_blueprint
 from mqtt_service.stats import COUNTERS

@@ -28,10 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from support import Mosquitto, ServerProcess, free_port, port_open, stop_process, wait_for  # noqa: E402
-
 from bench.relay_bench import Publisher, cpu_seconds, no_collector_pauses, percentile  # noqa: E402
 from bench.ws_receivers import Receivers, receiver_process  # noqa: E402
+from support import Mosquitto, ServerProcess, free_port, port_open, stop_process, wait_for  # noqa: E402
 
 RECEIVER_PROCESSES = 4
 
@@ -68,8 +67,8 @@ class WebClients:
         got, last, delays, cpu = 0, 0.0, [], 0.0
         for parent, _ in self.pipes:
             assert parent.poll(120), "web clients did not answer"
-            g, l, d, c = parent.recv()
-            got, last, cpu = got + g, max(last, l), cpu + c
+            g, newest, d, c = parent.recv()
+            got, last, cpu = got + g, max(last, newest), cpu + c
             delays.extend(d)
         return got, last, delays, cpu
 

@@ -32,9 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from support import Mosquitto, ServerProcess  # noqa: E402
-
 from bench.hostile_load import rss_mb  # noqa: E402
+from support import Mosquitto, ServerProcess  # noqa: E402
 
 DISCOVERY = "homeassistant"
 

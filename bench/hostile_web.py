@@ -266,7 +266,8 @@ def print_table(results: dict[str, dict], args: argparse.Namespace, work: Path) 
         print(f"| {result['count']} trickling sockets, {label}, {args.trickle_seconds:.0f} s | /healthz max "
               f"{health['max_ms']:.0f} ms, median {health['median_ms']:.0f} ms ({health['failed']} of "
               f"{health['probes']} probes failed); server closed {result['closed']} (median after {median}), "
-              f"{result['still_open']} still open at the end, {result['not_connected']} never connected; RSS {result['rss_mb']:.0f} MB |")
+              f"{result['still_open']} still open at the end, {result['not_connected']} never connected; "
+              f"RSS {result['rss_mb']:.0f} MB |")
 
 
 if __name__ == "__main__":

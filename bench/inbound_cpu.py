@@ -30,8 +30,8 @@ from paho.mqtt.enums import MQTTErrorCode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import app as server  # noqa: E402
-from chatroom.core.validation import DEFAULT_ROOM
-from chatroom.config import Settings
+from chatroom.config import Settings  # noqa: E402
+from chatroom.core.validation import DEFAULT_ROOM  # noqa: E402
 
 BURST = 100
 

@@ -37,12 +37,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from support import Mosquitto, RedisServer, ServerProcess, free_port, stop_process, wait_for  # noqa: E402
-
 from bench import nodered  # noqa: E402
 from bench.ws_receivers import receiver_process  # noqa: E402
-
 from mqtt_service.callbacks import set_tcp_nodelay  # noqa: E402
+from support import Mosquitto, RedisServer, ServerProcess, free_port, stop_process, wait_for  # noqa: E402
 
 
 class OutCollector:

@@ -10,8 +10,8 @@ import os
 import re
 import secrets
 import socket
-from pathlib import Path
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable, Mapping
 
 # Relative paths in the configuration are taken from the project directory (where app.py

@@ -23,23 +23,22 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.config import Settings
-from chatroom.ops.housekeeping import Periodic
+from chatroom.core.errors import Unavailable
 from chatroom.core.intake import Intake
 from chatroom.core.limits import Throttle
 from chatroom.core.model import Message, Source, SystemEvent, dumps
-from chatroom.core.errors import Unavailable
 from chatroom.core.room import Rooms
-
+from chatroom.core.validation import DEFAULT_ROOM
+from chatroom.ops.housekeeping import Periodic
 from mqtt_service.callbacks import guarded as _guarded
 from mqtt_service.callbacks import set_tcp_nodelay
 from mqtt_service.connection_watch import ConnectionWatch
 from mqtt_service.homeassistant.device_topics import DeviceTopics
 from mqtt_service.homeassistant.discovery import Discovery
+from mqtt_service.homeassistant.reannounce import Reannouncer
 from mqtt_service.inbound import Inbound
 from mqtt_service.outbox import Outbox, Outgoing
-from mqtt_service.homeassistant.reannounce import Reannouncer
 from mqtt_service.stats import BridgeStats
 from mqtt_service.subscriptions import SubscriptionMemory, stale_filters
 from mqtt_service.topics import Topics

@@ -13,15 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Callable, Hashable
 
-from chatroom.core.submission import Submission, Outcome, Source
-from chatroom.core.errors import ClaimRefused
+from chatroom.core.errors import ClaimRefused, Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import Throttle
-from chatroom.core.errors import ValidationError
-from chatroom.core.validation import client_id_of, optional, parse_json_object
 from chatroom.core.model import dumps, utc_timestamp
-from chatroom.core.errors import Unavailable
-
+from chatroom.core.submission import Outcome, Source, Submission
+from chatroom.core.validation import client_id_of, optional, parse_json_object
 from mqtt_service.stats import BridgeStats
 from mqtt_service.topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics
 

@@ -6,13 +6,12 @@ from typing import Callable
 
 from flask import Blueprint, jsonify, request
 
-from chatroom.core.submission import Submission, Source
-from chatroom.core.model import utc_timestamp
-from chatroom.core.validation import validate_client_id
 from chatroom.core.errors import Unavailable
-from chatroom.web.routes import error_response
+from chatroom.core.model import utc_timestamp
 from chatroom.core.room import Rooms
-
+from chatroom.core.submission import Source, Submission
+from chatroom.core.validation import validate_client_id
+from chatroom.web.routes import error_response
 from mqtt_service.bridge import MqttBridge
 
 

@@ -4,8 +4,8 @@ carries the security headers; Engine.IO refuses packets over 64 KiB. Real eventl
 import pytest
 import requests
 import socketio
-
 from conftest import app_env
+
 from support import TIMEOUT, wait_for
 
 TOKEN = "s3cret-token"

@@ -3,9 +3,9 @@ import logging
 import threading
 
 import pytest
-
 from conftest import app_env
 from fake_openai import FakeOpenAI
+
 from support import MqttProbe, wait_for
 
 API_KEY = "sk-test-not-a-real-key-0123"

@@ -16,11 +16,11 @@ import subprocess
 import sys
 
 import pytest
-
 from arduino_build import build_sketch
 from devices import DeviceProcess
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, password_file, wait_for
 from test_clients import CLIENTS, SCRIPTS, node_modules  # noqa: F401  (node_modules: a fixture)
+
+from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, password_file, wait_for
 from tools.ensure_broker import shipped_conf
 
 DEVICES_CONF = SCRIPTS / "mosquitto-devices.conf"

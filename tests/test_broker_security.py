@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import RunningApp, app_env
+
 from support import ROOT, Mosquitto, MqttProbe, password_file, wait_for
 
 ACL_EXAMPLE = ROOT / "clients" / "mosquitto" / "acl.example"

@@ -1,11 +1,12 @@
 """The chat page in a real headless Chromium (Debian's, driven by Playwright)."""
 import pytest
 import requests
-from playwright.sync_api import expect
-
 from browser_support import open_chat, send
 from conftest import app_env
+from playwright.sync_api import expect
+
 from support import TIMEOUT
+
 
 @pytest.fixture
 def server(broker, tmp_path, server_for):

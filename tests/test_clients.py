@@ -9,10 +9,10 @@ import sys
 import threading
 
 import pytest
-
 from arduino_build import build_sketch
 from conftest import RunningApp, app_env
 from devices import DeviceProcess
+
 from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, stop_process, wait_for
 
 CLIENTS = ROOT / "clients"

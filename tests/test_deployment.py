@@ -30,12 +30,20 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import expect
-
 from browser_support import open_chat, send
 from conftest import app_env
+from playwright.sync_api import expect
+
 from support import (
-    ROOT, TIMEOUT, Mosquitto, MqttProbe, free_port, password_file, stop_process, wait_for, wait_listening,
+    ROOT,
+    TIMEOUT,
+    Mosquitto,
+    MqttProbe,
+    free_port,
+    password_file,
+    stop_process,
+    wait_for,
+    wait_listening,
 )
 from tools.ensure_broker import shipped_conf
 
@@ -73,7 +81,7 @@ def nginx_site(block: str, port: int, upstreams: list[int]) -> str:
         block = "server {\n    listen 80;\n" + block + "}\n"
     block, listens = re.subn(r"^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", block, flags=re.M)
     assert listens == 1, "the block should listen on 80 once"
-    for doc_address, real in zip(DOC_UPSTREAMS, upstreams):
+    for doc_address, real in zip(DOC_UPSTREAMS, upstreams, strict=False):
         block, found = re.subn(rf"{re.escape(doc_address)}(?!\d)", f"127.0.0.1:{real}", block)
         assert found, f"the block has no upstream {doc_address}"
     return block

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from arduino_build import build_sketch
 from conftest import app_env
 from devices import DeviceProcess
+
 from support import ROOT, TIMEOUT, MqttProbe
 
 ORIGINAL = ROOT / "tests" / "original"  # copies of ../shared/original (tests/original/README.md)

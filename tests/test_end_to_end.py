@@ -12,8 +12,8 @@ import sys
 import pytest
 import requests
 import socketio
-
 from conftest import app_env
+
 from support import ROOT, TIMEOUT, MqttProbe, free_port, port_open, wait_for
 
 

@@ -3,10 +3,10 @@ import json
 import uuid
 
 import pytest
+from conftest import RunningApp, app_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RunningApp, app_env
 from support import MqttProbe
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

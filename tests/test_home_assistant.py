@@ -4,8 +4,8 @@ import uuid
 
 import jinja2
 import pytest
-
 from ha_schema import validate
+
 from support import MqttProbe, wait_for
 
 READING = {"temperature": 23.5, "humidity": 41, "battery_low": False, "mode": "eco"}

@@ -8,12 +8,12 @@ connection for a malformed packet and paho re-sent it on every reconnect.
 import pytest
 import requests
 import socketio
+from conftest import app_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatroom.core.errors import ValidationError
 from chatroom.core.validation import validate_message_id, validate_room
-from conftest import app_env
 from mqtt_service.outbox import Outgoing
 from mqtt_service.topics import Topics, topic_name_problem
 from support import TIMEOUT

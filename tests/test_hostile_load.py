@@ -6,8 +6,8 @@ import logging
 import requests
 import socketio
 import websocket
-
 from conftest import app_env
+
 from support import TIMEOUT, wait_for
 
 

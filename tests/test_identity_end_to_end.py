@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 import requests
-
 from conftest import app_env
+
 from support import TIMEOUT, Web, wait_for
 
 

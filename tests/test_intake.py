@@ -5,15 +5,15 @@ rejected input leaves no trace.
 """
 import pytest
 
-from chatroom.ops.housekeeping import DeviceTimeout
-from chatroom.core.submission import Submission, Outcome, Source
+from chatroom.core.errors import ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import DedupWindow, RateLimiter
 from chatroom.core.model import Message, SystemEvent
-from chatroom.core.errors import ValidationError
 from chatroom.core.names import NameRules, name_key
-from chatroom.core.room_types import PresenceChanged
 from chatroom.core.room import Rooms
+from chatroom.core.room_types import PresenceChanged
+from chatroom.core.submission import Outcome, Source, Submission
+from chatroom.ops.housekeeping import DeviceTimeout
 from chatroom.storage.sqlite import MessageStore
 
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from chatroom.core.model import Message, utc_timestamp
 from chatroom.core.errors import ValidationError
+from chatroom.core.model import Message, utc_timestamp
 from chatroom.core.validation import parse_json_object, validate_data, validate_room
 
 

@@ -5,9 +5,8 @@ real redis-server, in-process apps sharing one history file."""
 import os
 import uuid
 
-from support import MqttProbe, wait_for
-
 from mqtt_service.subscriptions import FILE_NAME
+from support import MqttProbe, wait_for
 
 
 def send_and_count(app, broker, texts):

@@ -4,10 +4,10 @@ import re
 
 import pytest
 import requests
-from playwright.sync_api import expect
-
 from browser_support import open_chat, send
 from conftest import app_env
+from playwright.sync_api import expect
+
 from support import ROOT, TIMEOUT, MqttProbe
 
 ARTIFACTS = ROOT / "test-artifacts"

@@ -4,10 +4,10 @@ Data keys named like Object.prototype's members show the values sent; stacked co
 marks are capped and cannot paint over other messages or the Online panel; bidirectional
 overrides stay inside the text that carries them. Playwright + Debian chromium."""
 import pytest
-from playwright.sync_api import expect
-
 from browser_support import open_chat
 from conftest import app_env
+from playwright.sync_api import expect
+
 from support import MqttProbe
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}

@@ -7,8 +7,8 @@ import signal
 import threading
 
 import requests
-
 from conftest import RunningApp, app_env
+
 from support import TIMEOUT, MqttProbe, wait_for
 
 

@@ -5,12 +5,12 @@ Unit tests of the device table, then counts of what a real mosquitto retains."""
 import time
 import uuid
 
-from support import MqttProbe, wait_for
 from test_home_assistant import retained_now
 
 from chatroom.core.model import Message, SystemEvent
 from mqtt_service.homeassistant.device_topics import DeviceTopics
 from mqtt_service.homeassistant.discovery import Discovery
+from support import MqttProbe, wait_for
 
 
 class Table:

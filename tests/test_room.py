@@ -3,10 +3,10 @@ import threading
 
 import pytest
 
-from chatroom.core.model import Message, SystemEvent
 from chatroom.core.errors import ValidationError
-from chatroom.core.room_types import PresenceChanged, NameClash, Outcome
+from chatroom.core.model import Message, SystemEvent
 from chatroom.core.room import Rooms
+from chatroom.core.room_types import NameClash, Outcome, PresenceChanged
 from chatroom.storage.sqlite import MessageStore
 
 

@@ -15,9 +15,9 @@ from collections import Counter
 import paho.mqtt.client as mqtt
 import pytest
 import requests
+from conftest import app_env
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import app_env
 from support import TIMEOUT, MqttProbe, RawSocket, RedisServer, wait_for
 
 STREAM = 1000

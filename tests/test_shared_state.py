@@ -9,18 +9,17 @@ from collections import Counter
 
 import pytest
 
-from support import wait_for
-
-from chatroom.ops.housekeeping import InstanceWatch
-from chatroom.core.submission import Submission, Outcome, Source
+from chatroom.core.errors import ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import RateLimiter
 from chatroom.core.model import Message, SystemEvent
-from chatroom.core.errors import ValidationError
 from chatroom.core.names import NameRules, name_key
-from chatroom.storage.redis_state import SharedState
 from chatroom.core.room import Rooms
+from chatroom.core.submission import Outcome, Source, Submission
+from chatroom.ops.housekeeping import InstanceWatch
+from chatroom.storage.redis_state import SharedState
 from chatroom.storage.sqlite import MessageStore
+from support import wait_for
 
 
 class Instance:

@@ -36,8 +36,8 @@ def test_history_retention_deletes_old_messages_but_keeps_each_rooms_newest(stor
     """HISTORY_RETENTION_DAYS bounds the disk; seq still continues from the room's newest message."""
     from datetime import datetime, timedelta, timezone
 
-    from chatroom.ops.housekeeping import HistoryRetention
     from chatroom.core.model import utc_timestamp
+    from chatroom.ops.housekeeping import HistoryRetention
 
     now = datetime(2026, 12, 2, tzinfo=timezone.utc)
     for seq, age_days in enumerate([40, 35, 31, 2], start=1):

@@ -14,11 +14,11 @@ import logging
 
 import pytest
 import requests
-
-from chatroom.core.submission import Submission, Source
-from chatroom.core.errors import ValidationError
-from chatroom.core.validation import parse_json_object
 from conftest import app_env
+
+from chatroom.core.errors import ValidationError
+from chatroom.core.submission import Source, Submission
+from chatroom.core.validation import parse_json_object
 from support import TIMEOUT, Web
 
 LONE = "\ud800"          # a high surrogate with no low one after it

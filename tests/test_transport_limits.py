@@ -13,8 +13,8 @@ import pytest
 import requests
 import socketio
 import websocket
-
 from conftest import app_env
+
 from support import ROOT, TIMEOUT, free_port, port_open, stop_process, wait_for
 
 TOKEN = "t"
@@ -288,7 +288,7 @@ def test_malformed_socketio_packets_cost_a_few_warning_lines_and_no_traceback(br
         assert ws.recv().startswith("0")
         ws.send('40{"token":"%s"}' % TOKEN)
         assert ws.recv().startswith("40")
-        for round_ in range(50):
+        for _ in range(50):
             for packet in MALFORMED:
                 ws.send(packet)
                 if packet.startswith("451-["):

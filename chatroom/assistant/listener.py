@@ -195,7 +195,9 @@ class Assistant:
         """Drop the oldest turns until the request fits AI_CONTEXT_BYTES; the system prompt
         and the question stay (the question cut if it alone is too long)."""
         budget = self.settings.ai_context_bytes
-        size = lambda turn: len(turn["content"].encode("utf-8"))
+        def size(turn: dict) -> int:
+            return len(turn["content"].encode("utf-8"))
+
         system, history = turns[0], turns[1:]
         while len(history) > 1 and size(system) + sum(map(size, history)) > budget:
             history.pop(0)

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 from typing import Hashable, Iterable
 
+from chatroom.core.errors import ClaimRefused, ValidationError
 from chatroom.core.limits import DedupWindow, RateLimiter, RecentSet
-from chatroom.core.model import new_message_id
-from chatroom.core.errors import ValidationError
+from chatroom.core.model import Source, new_message_id
+from chatroom.core.names import NameRules
+from chatroom.core.ports import RoomLocks
+from chatroom.core.presence import LocalLocks
+from chatroom.core.room import Rooms
+from chatroom.core.room_types import JoinResult, NameClash, Outcome
+from chatroom.core.submission import Accepted, Submission
 from chatroom.core.validation import (
-    dedup_text, validate_client_id, validate_data, validate_message_id, validate_room, validate_text,
+    dedup_text,
+    validate_client_id,
+    validate_data,
+    validate_message_id,
+    validate_room,
+    validate_text,
     validate_units,
 )
-from chatroom.core.names import NameRules
-from chatroom.core.errors import ClaimRefused
-from chatroom.core.model import Source
-from chatroom.core.submission import Accepted, Submission
-from chatroom.core.presence import LocalLocks
-from chatroom.core.ports import RoomLocks
-from chatroom.core.room_types import JoinResult, NameClash, Outcome
-from chatroom.core.room import Rooms
-
 
 DEDUP_SECONDS = 600.0
 PROVEN_IDS = 100_000

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from enum import StrEnum
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any, Mapping
 
 

@@ -19,6 +19,7 @@ from typing import Callable, ContextManager
 from chatroom.core.model import User
 from chatroom.core.ports import MemberKey
 
+
 class LocalPresence:
     """Presence in this process. The caller (Rooms) serialises changes; the small
     lock only keeps readers on other threads from seeing a dict mid-change."""

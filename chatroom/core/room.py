@@ -25,14 +25,13 @@ from collections import Counter
 from typing import Callable
 
 from chatroom.core.batch import ThreadBatch
+from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.fair_shares import longest_silent_device, room_to_free
 from chatroom.core.listeners import ListenerWorker
-from chatroom.core.model import Message, Source, SystemEvent, USER_MESSAGE, User
-from chatroom.core.errors import ValidationError
-from chatroom.core.presence import LocalPresence
+from chatroom.core.model import USER_MESSAGE, Message, Source, SystemEvent, User
 from chatroom.core.ports import MemberKey, Presence
-from chatroom.core.errors import Unavailable
-from chatroom.core.room_types import History, JoinResult, Listener, PresenceChanged, RoomEvent, NameClash, Outcome
+from chatroom.core.presence import LocalPresence
+from chatroom.core.room_types import History, JoinResult, Listener, NameClash, Outcome, PresenceChanged, RoomEvent
 
 log = logging.getLogger(__name__)
 

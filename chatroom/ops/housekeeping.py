@@ -10,8 +10,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from chatroom.core.model import Source, User, utc_timestamp
 from chatroom.core.errors import Unavailable
+from chatroom.core.model import Source, User, utc_timestamp
 from chatroom.core.room import Rooms
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from chatroom.core.model import Message
 from chatroom.core.errors import Unavailable
+from chatroom.core.model import Message
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import Callable, Hashable, Iterator
 
 import redis
 
+from chatroom.core.errors import Unavailable
 from chatroom.core.model import Source, User
 from chatroom.core.ports import MemberKey
-from chatroom.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class InstanceRegistry:
         pipe = self.redis.pipeline(transaction=False)
         for instance in others:
             pipe.exists(self._alive(instance))
-        return [instance for instance, alive in zip(others, pipe.execute()) if not alive]
+        return [instance for instance, alive in zip(others, pipe.execute(), strict=True) if not alive]
 
     def web_members(self, instance: str) -> list[tuple[str, MemberKey]]:
         entries = self.redis.smembers(f"{self.prefix}web:{instance}")

@@ -7,14 +7,13 @@ import math
 from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
-from chatroom.web.access import Access, add_security_headers
-from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.config import Settings
-from chatroom.core.submission import Submission, Source
-from chatroom.core.intake import Intake
 from chatroom.core.errors import ValidationError
-from chatroom.core.validation import optional, parse_json_object, validate_room
+from chatroom.core.intake import Intake
 from chatroom.core.room import Rooms
+from chatroom.core.submission import Source, Submission
+from chatroom.core.validation import DEFAULT_ROOM, optional, parse_json_object, validate_room
+from chatroom.web.access import Access, add_security_headers
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,15 @@ from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, join_room, leave_room
 
 from chatroom.assistant.listener import AssistantDelta
-from chatroom.web.access import Access
 from chatroom.config import Settings
-from chatroom.core.submission import Submission, Source
+from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.model import Message, SystemEvent
-from chatroom.core.errors import ValidationError
-from chatroom.core.validation import optional
-from chatroom.core.errors import Unavailable
-from chatroom.core.room_types import PresenceChanged
 from chatroom.core.room import Rooms
+from chatroom.core.room_types import PresenceChanged
+from chatroom.core.submission import Source, Submission
+from chatroom.core.validation import optional
+from chatroom.web.access import Access
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from typing import Callable
 
 from chatroom.core.limits import RecentSet, Throttle
 from chatroom.core.model import Message, Source, SystemEvent, dumps
-
 from mqtt_service.homeassistant.discovery import Announcement, Discovery
 from mqtt_service.homeassistant.reannounce import Reannouncer
 
