@@ -48,7 +48,8 @@ from flask import Flask
 from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatroom.assistant.listener import Assistant, OpenAIBackend
+from chatroom.assistant.listener import Assistant
+from chatroom.assistant.openai_backend import OpenAIBackend
 from chatroom.config import ConfigError, Settings
 from chatroom.core.intake import DEDUP_SECONDS, Intake
 from chatroom.core.limits import DedupWindow, RateLimiter
@@ -59,7 +60,10 @@ from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceW
 from chatroom.ops.logs import quiet_library_loggers
 from chatroom.ops.metrics import ChatMetrics
 from chatroom.storage.sqlite import MessageStore, open_history
+from chatroom.web import access as web_access
+from chatroom.web import errors as web_errors
 from chatroom.web.access import Access
+from chatroom.web.mqtt_status import create_status_blueprint
 from chatroom.web.routes import MAX_BODY_BYTES, create_chat_blueprint
 from chatroom.web.serving import ConnectionGate, address_family, connection_gate, serve
 from chatroom.web.sessions import EventGuard, WebSessions
@@ -71,7 +75,6 @@ from chatroom.web.socketio_events import (
     origin_checker,
 )
 from mqtt_service.bridge import MqttBridge
-from mqtt_service.routes import create_status_blueprint
 from mqtt_service.stats import COUNTERS
 
 log = logging.getLogger("chatroom.app")
@@ -267,7 +270,11 @@ def create_app(settings: Settings) -> Flask:
     })
 
     app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render, access))
-    app.register_blueprint(create_status_blueprint(bridge, rooms, assistant.status, settings.instance_id,
+    web_access.install(app, access)
+    web_errors.install(app)
+    app.register_blueprint(create_status_blueprint(bridge.status if bridge else None,
+                                                   bridge.devices.forget if bridge else None,
+                                                   rooms, intake, assistant.status, settings.instance_id,
                                                    store.size_bytes))
     app.extensions["chatroom"] = Components(settings, socketio, rooms, store, namespace, bridge, assistant,
                                             intake, DeviceTimeout(rooms, settings.mqtt_user_timeout),

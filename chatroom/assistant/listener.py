@@ -4,8 +4,8 @@ It decides *when* to answer (AI_REPLY_MODE), builds the context from the room's
 history, and streams deltas into the room while the backend writes; the final
 reply is posted as one `ai_response` message. Requests run on worker threads
 (at most 2 at once, one per sender), never on the MQTT or Socket.IO thread.
-The backend (what talks to the model) is injected: `OpenAIBackend` in the app,
-anything with the same `stream()` in tests.
+The backend (what talks to the model) is injected: `OpenAIBackend`
+(chatroom/assistant/openai_backend.py) in the app, anything with the same `stream()` in tests.
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
 
+from chatroom.assistant.openai_backend import AssistantError, ChatBackend
 from chatroom.config import Settings
 from chatroom.core.model import AI_RESPONSE, Message, Source
 from chatroom.core.room import Rooms
+from chatroom.core.room_types import AssistantDelta
 
 log = logging.getLogger(__name__)
 
@@ -29,62 +30,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are {name}, the assistant of a chat room shared by people, scripts and IoT devices "
     "(their sensor readings appear as data). Answer briefly and plainly."
 )
-
-
-class AssistantError(Exception):
-    """A failure with a short reason that is safe to show in the room."""
-
-
-class ChatBackend(Protocol):
-    def stream(self, messages: list[dict]) -> Iterable[str]:
-        """Yield the reply's text pieces; raise AssistantError with a human reason."""
-
-
-@dataclass(frozen=True)
-class AssistantDelta:
-    """A piece of a reply being written (pushed to web clients, not stored or sent to MQTT)."""
-
-    room: str
-    reply_to: str
-    message_id: str
-    delta: str
-
-
-class OpenAIBackend:
-    """Any OpenAI-compatible endpoint through the openai SDK (streaming)."""
-
-    def __init__(self, settings: Settings):
-        import openai  # imported only when the assistant is on: it is slow to import
-
-        self._openai = openai
-        self.model = settings.ai_model
-        self.timeout = settings.ai_timeout
-        self.max_tokens = settings.ai_max_tokens
-        self.client = openai.OpenAI(
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url or None,
-            timeout=settings.ai_timeout,
-            max_retries=1,  # the SDK retries only transient errors (429, 5xx, connection, timeout)
-        )
-
-    def stream(self, messages: list[dict]) -> Iterator[str]:
-        openai = self._openai
-        try:
-            chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
-                                                         max_tokens=self.max_tokens)
-            for chunk in chunks:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-        except openai.APITimeoutError:
-            raise AssistantError(f"the assistant did not answer within {self.timeout:g} s") from None
-        except openai.RateLimitError:
-            raise AssistantError("the assistant's service is busy (rate limited); try again shortly") from None
-        except openai.AuthenticationError:
-            raise AssistantError("the assistant's service refused our API key") from None
-        except openai.APIStatusError as exc:
-            raise AssistantError(f"the assistant's service failed (HTTP {exc.status_code})") from None
-        except openai.APIConnectionError:
-            raise AssistantError("the assistant's service cannot be reached") from None
 
 
 @dataclass

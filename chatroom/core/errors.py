@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 
-class ValidationError(ValueError):
-    """Bad input from any transport; `code` is the PROTOCOL error code."""
+class RelayError(Exception):
+    """An input the rooms did not take; `code` is the PROTOCOL error code. Transports
+    answer every kind the same way (an ack, an HTTP status, a `P/errors` reply)."""
 
     def __init__(self, code: str, message: str, client_id: str | None = None,
                  retry_after: float | None = None):
@@ -14,7 +15,11 @@ class ValidationError(ValueError):
         self.retry_after = retry_after  # rate_limited: seconds until the sender may try again
 
 
-class Unavailable(ValidationError):
+class ValidationError(RelayError, ValueError):
+    """Bad input from any transport: the sender's to fix."""
+
+
+class Unavailable(RelayError):
     """A service the rooms depend on (Redis, PostgreSQL) does not answer.
 
     Not the input's fault: web and HTTP callers get `unavailable` (HTTP 503) and may

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Hashable, Iterable
 
-from chatroom.core.errors import ClaimRefused, ValidationError
+from chatroom.core.errors import ClaimRefused, RelayError, ValidationError
 from chatroom.core.limits import DedupWindow, RateLimiter, RecentSet
 from chatroom.core.model import Source, new_message_id
 from chatroom.core.names import NameRules
@@ -65,7 +65,7 @@ class Intake:
         client_id = self._client_id(sub)
         try:
             return self._post(sub, client_id)
-        except ValidationError as exc:
+        except RelayError as exc:
             exc.client_id = exc.client_id or (client_id if sub.source == Source.MQTT else None)
             raise
 
@@ -195,7 +195,7 @@ class Intake:
                     self._take(buckets)
                 if switch_from is not None and switch_from != room:
                     self.rooms.leave(switch_from, key)
-        except ValidationError as exc:
+        except RelayError as exc:
             exc.client_id = exc.client_id or (client_id if sub.source == Source.MQTT else None)
             raise
         return Accepted(result.outcome, room, user=result.user, replaced=result.replaced)

@@ -18,7 +18,17 @@ class PresenceChanged:
     room: str
 
 
-RoomEvent = Message | SystemEvent | PresenceChanged
+@dataclass(frozen=True)
+class AssistantDelta:
+    """A piece of a reply being written (pushed to web clients, not stored or sent to MQTT)."""
+
+    room: str
+    reply_to: str
+    message_id: str
+    delta: str
+
+
+RoomEvent = Message | SystemEvent | PresenceChanged | AssistantDelta
 
 class NameClash(StrEnum):
     """What to do when a joining member asks for a name another present member holds."""

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import hmac
 
-from flask import request
+from flask import Flask, request
+
+from chatroom.web.errors import error_response
+
+# The page, its files, liveness and the Socket.IO handshake (which checks the token in its
+# own connect handler); every other route needs the token.
+OPEN_PATHS = ("/", "/status", "/healthz")
+OPEN_PREFIXES = ("/static/", "/socket.io")
 
 # Every response: no inline or foreign code runs in the page, nothing sniffs a
 # JSON body into HTML, and no other site frames the chat.
@@ -46,3 +53,19 @@ def add_security_headers(response):
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
+
+
+def install(app: Flask, access: Access) -> None:
+    """The token guard and the response headers, for every route of the app (every
+    blueprint's): a route is protected unless it is listed open above."""
+
+    @app.before_request
+    def require_token():
+        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
+            return None
+        if not access.allows_request():
+            return error_response(401, "missing or wrong API token (Authorization: Bearer <token>)",
+                                  "unauthorized")
+        return None
+
+    app.after_request(add_security_headers)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import math
 
 from flask import Blueprint, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from chatroom.config import Settings
 from chatroom.core.errors import ValidationError
@@ -13,7 +12,7 @@ from chatroom.core.intake import Intake
 from chatroom.core.room import Rooms
 from chatroom.core.submission import Source, Submission
 from chatroom.core.validation import DEFAULT_ROOM, optional, parse_json_object, validate_room
-from chatroom.web.access import Access, add_security_headers
+from chatroom.web.access import Access
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +20,6 @@ MAX_PAGE = 500
 MAX_BODY_BYTES = 16 * 1024
 
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER; anything larger is not a seq we could have given
-
-STATUS_OF_CODE = {"rate_limited": 429, "too_large": 413, "name_taken": 409, "unavailable": 503}
-
-
-def error_response(status: int, message: str, code: str | None = None):
-    body = {"success": False, "error": message}
-    if code:
-        body["code"] = code
-    return jsonify(body), status
-
 
 def _positive_int_arg(name: str, default: int | None, maximum: int) -> int | None:
     """A query parameter that must be a whole number in 1..maximum (400 otherwise)."""
@@ -82,38 +71,12 @@ def _address() -> str | None:
 
 
 # Open without the token: the pages must load to ask for it, and health checks must work.
-OPEN_PATHS = ("/", "/status", "/healthz")
 RECENT_ROOMS = 20  # rooms listed for their recent messages, besides the rooms with members
 
 
 def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intake, metrics_text,
                           access: Access) -> Blueprint:
     bp = Blueprint("chat", __name__)
-
-    @bp.before_app_request
-    def require_token():
-        if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/socket.io")):
-            return None  # Socket.IO checks the token in its own connect handler
-        if not access.allows_request():
-            return error_response(401, "missing or wrong API token (Authorization: Bearer <token>)",
-                                  "unauthorized")
-        return None
-
-    bp.after_app_request(add_security_headers)
-
-    @bp.app_errorhandler(ValidationError)  # every blueprint's routes may raise it
-    def on_validation_error(exc: ValidationError):
-        response, status = error_response(STATUS_OF_CODE.get(exc.code, 400), exc.message, exc.code)
-        if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        return response, status
-
-    @bp.app_errorhandler(HTTPException)
-    def on_http_error(exc: HTTPException):
-        # Every API error is JSON, including 404/405 and malformed bodies.
-        if request.path.startswith(("/api/", "/mqtt/", "/healthz", "/metrics")):
-            return error_response(exc.code or 500, exc.description or exc.name)
-        return exc
 
     @bp.get("/")
     def index():

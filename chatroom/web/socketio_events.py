@@ -12,13 +12,12 @@ import socketio as python_socketio
 from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, join_room, leave_room
 
-from chatroom.assistant.listener import AssistantDelta
 from chatroom.config import Settings
-from chatroom.core.errors import Unavailable, ValidationError
+from chatroom.core.errors import RelayError, Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.model import Message, SystemEvent
 from chatroom.core.room import Rooms
-from chatroom.core.room_types import PresenceChanged
+from chatroom.core.room_types import AssistantDelta, PresenceChanged
 from chatroom.core.submission import Source, Submission
 from chatroom.core.validation import optional
 from chatroom.web.access import Access
@@ -46,7 +45,7 @@ def origin_checker(extra_origins: tuple[str, ...]):
     return is_allowed
 
 
-def _error(exc: ValidationError) -> dict:
+def _error(exc: RelayError) -> dict:
     return {"ok": False, "error": exc.message, "code": exc.code}
 
 
@@ -89,7 +88,7 @@ class ChatNamespace(Namespace):
                            client_id=optional(payload, "client_id"), connection=sid,
                            address=request.remote_addr),
                 switch_from=previous)
-        except ValidationError as exc:
+        except RelayError as exc:
             return _error(exc)
         room = accepted.room
         if previous is not None and previous != room:
@@ -117,7 +116,7 @@ class ChatNamespace(Namespace):
                 Source.WEB, room=room, text=payload.get("message"), data=optional(payload, "data"),
                 message_id=optional(payload, "client_message_id"), connection=sid,
                 client_id=self._page_id(room, sid), address=request.remote_addr))
-        except ValidationError as exc:
+        except RelayError as exc:
             return _error(exc)
         if accepted.message is None:  # a resend of what was already posted
             return {"ok": True, "message_id": accepted.message_id, "duplicate": True}
@@ -127,7 +126,7 @@ class ChatNamespace(Namespace):
         """Sent by the page to leave its room."""
         try:
             _payload(data)
-        except ValidationError as exc:
+        except RelayError as exc:
             return _error(exc)
         self._leave(request.sid)
         return {"ok": True}

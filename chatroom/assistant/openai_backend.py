@@ -1,0 +1,53 @@
+"""What talks to the model: any OpenAI-compatible endpoint through the openai SDK,
+streaming. The listener (chatroom/assistant/listener.py) sees only `ChatBackend`."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Protocol
+
+from chatroom.config import Settings
+
+
+class AssistantError(Exception):
+    """A failure with a short reason that is safe to show in the room."""
+
+
+class ChatBackend(Protocol):
+    def stream(self, messages: list[dict]) -> Iterable[str]:
+        """Yield the reply's text pieces; raise AssistantError with a human reason."""
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint through the openai SDK (streaming)."""
+
+    def __init__(self, settings: Settings):
+        import openai  # imported only when the assistant is on: it is slow to import
+
+        self._openai = openai
+        self.model = settings.ai_model
+        self.timeout = settings.ai_timeout
+        self.max_tokens = settings.ai_max_tokens
+        self.client = openai.OpenAI(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url or None,
+            timeout=settings.ai_timeout,
+            max_retries=1,  # the SDK retries only transient errors (429, 5xx, connection, timeout)
+        )
+
+    def stream(self, messages: list[dict]) -> Iterator[str]:
+        openai = self._openai
+        try:
+            chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+                                                         max_tokens=self.max_tokens)
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.APITimeoutError:
+            raise AssistantError(f"the assistant did not answer within {self.timeout:g} s") from None
+        except openai.RateLimitError:
+            raise AssistantError("the assistant's service is busy (rate limited); try again shortly") from None
+        except openai.AuthenticationError:
+            raise AssistantError("the assistant's service refused our API key") from None
+        except openai.APIStatusError as exc:
+            raise AssistantError(f"the assistant's service failed (HTTP {exc.status_code})") from None
+        except openai.APIConnectionError:
+            raise AssistantError("the assistant's service cannot be reached") from None
