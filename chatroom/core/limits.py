@@ -11,6 +11,8 @@ import time
 from collections import OrderedDict
 from typing import Callable, Hashable
 
+from cachetools import TTLCache
+
 
 class RateLimiter:
     """Token bucket per sender: `count` messages per `seconds`, bursts up to `count`."""
@@ -55,7 +57,8 @@ class RateLimiter:
 
 
 class DedupWindow:
-    """Remembers keys (with a value: the accepted message's id) for `ttl` seconds.
+    """Remembers keys (with a value: the accepted message's id) for `ttl` seconds, at most
+    `max_keys` of them (cachetools' TTLCache; the least recently used key gives way first).
 
     `get` and `remember` are separate: only what the intake accepted is
     remembered, so a corrected resend of a rejected message goes through.
@@ -64,32 +67,17 @@ class DedupWindow:
     def __init__(self, ttl: float = 600.0, now: Callable[[], float] = time.monotonic,
                  max_keys: int = 200_000):
         self.ttl = ttl
-        self.now = now
-        self.max_keys = max_keys
-        self._entries: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: TTLCache[Hashable, object] = TTLCache(maxsize=max_keys, ttl=ttl, timer=now)
+        self._lock = threading.Lock()  # TTLCache is not thread-safe
 
-    def get(self, key: Hashable):
+    def get(self, key: Hashable) -> object | None:
         """What was remembered for `key` (the accepted message's id), or None."""
         with self._lock:
-            self._expire()
-            entry = self._entries.get(key)
-            return entry[1] if entry else None
+            return self._entries.get(key)
 
     def remember(self, key: Hashable, value: object = True) -> None:
         with self._lock:
-            self._expire()
-            self._entries.pop(key, None)
-            self._entries[key] = (self.now() + self.ttl, value)
-
-    def _expire(self) -> None:
-        # Keys are kept in insertion order, so expired ones sit at the front.
-        now = self.now()
-        while self._entries:
-            expires = next(iter(self._entries.values()))[0]
-            if expires > now and len(self._entries) <= self.max_keys:
-                break
-            self._entries.popitem(last=False)
+            self._entries[key] = value
 
 
 class Throttle:
