@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import app as server  # noqa: E402
 from chatroom.config import Settings  # noqa: E402
 from chatroom.core.validation import DEFAULT_ROOM  # noqa: E402
+from chatroom.ops.startup import settle_garbage_collector  # noqa: E402
 
 BURST = 100
 
@@ -100,7 +101,7 @@ def main() -> int:
         bridge.rooms.drain(60)
 
     feed(0, warm_up)
-    server.settle_garbage_collector()  # as main() does before serving
+    settle_garbage_collector()  # as main() does before serving
     profiler = None
     if args.profile:
         import cProfile

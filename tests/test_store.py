@@ -3,7 +3,7 @@ give the same answers."""
 import pytest
 
 from chatroom.core.model import Message
-from chatroom.storage.sqlite import open_history
+from chatroom.topology import open_history
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -81,7 +81,7 @@ def test_append_next_numbers_a_room_without_gaps_across_writers(store):
     """Several instances: each takes the room's next seq in the transaction that stores."""
     import threading
 
-    from chatroom.storage.sqlite import open_history
+    from chatroom.topology import open_history
 
     other = open_history(store.url, "") if hasattr(store, "url") else open_history("", store.path)
     try:
@@ -226,3 +226,16 @@ def test_wal_checkpoints_run_on_their_own_thread_not_in_commits(tmp_path):
     wait_for(lambda: os.path.getsize(path) > empty + 400_000, what="the WAL copied into the database file")
     store.close()
     assert MessageStore(path).last_seq("lobby") == 2000
+
+
+def test_both_stores_list_recent_device_message_ids_for_the_dedup_window(store):
+    """What a restart rebuilds the in-process dedup window from: device messages that
+    carried their own message_id, at or after a moment, oldest first — the same on both."""
+    older = Message(username="d", content="old", room="lobby", source="mqtt", seq=1, client_id="esp",
+                    client_message_id="r0", message_id="server-0", timestamp="2026-01-01T00:00:00.000+00:00")
+    store.append(older)
+    for seq, (client_message_id, client_id) in enumerate([("r1", "esp"), (None, "esp"), ("r2", None)], start=2):
+        store.append(Message(username="d", content="x", room="lobby", source="mqtt", seq=seq, client_id=client_id,
+                             client_message_id=client_message_id, message_id=f"server-{seq}",
+                             timestamp="2026-06-01T00:00:00.000+00:00"))
+    assert store.device_message_ids("2026-03-01T00:00:00.000+00:00") == [("lobby", "esp", "r1", "server-2")]

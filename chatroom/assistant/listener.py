@@ -50,6 +50,16 @@ class AssistantStats:
 class Assistant:
     """Room listener; call `__call__(event)` for every room event."""
 
+    # /metrics: chatroom_assistant_<name> for each number of status().
+    METRICS = {
+        "requests": ("counter", "Assistant requests started"),
+        "failures": ("counter", "Assistant requests that ended in ai_error"),
+        "refused": ("counter", "Mentions turned away by the assistant's queue bound or per-minute budget"),
+        "waiting": ("gauge", "Assistant requests waiting for a slot"),
+        "in_flight": ("gauge", "Assistant requests running now"),
+        "average_latency_ms": ("gauge", "Average time to a complete answer, ms"),
+    }
+
     def __init__(self, settings: Settings, rooms: Rooms, backend: ChatBackend | None):
         self.settings = settings
         self.rooms = rooms
@@ -160,6 +170,8 @@ class Assistant:
                 self.stats.waiting -= 1
                 self.stats.in_flight += 1
             try:
+                if self.backend is None:  # answers are queued only when the assistant is on
+                    raise AssistantError("the assistant is off")
                 pieces = []
                 for delta in self.backend.stream(self.context_for(message)):
                     pieces.append(delta)

@@ -2,9 +2,12 @@
 streaming. The listener (chatroom/assistant/listener.py) sees only `ChatBackend`."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, cast
 
 from chatroom.config import Settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 class AssistantError(Exception):
@@ -36,7 +39,8 @@ class OpenAIBackend:
     def stream(self, messages: list[dict]) -> Iterator[str]:
         openai = self._openai
         try:
-            chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+            chunks = self.client.chat.completions.create(model=self.model, stream=True,
+                                                         messages=cast("list[ChatCompletionMessageParam]", messages),
                                                          max_tokens=self.max_tokens)
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:

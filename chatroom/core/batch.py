@@ -23,7 +23,6 @@ class ThreadBatch:
             self.ident = threading.get_ident()
             self.rooms._batching.add(self.ident)
 
-    def __exit__(self, *exc_info) -> bool:
+    def __exit__(self, *exc_info: object) -> None:
         if self.ident is not None:
             self.rooms._batching.discard(self.ident)
-        return False

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Hashable, Iterable
 
 from chatroom.core.errors import ClaimRefused, RelayError, ValidationError
-from chatroom.core.limits import DedupWindow, RateLimiter, RecentSet
+from chatroom.core.limits import RateLimiter, RecentSet
 from chatroom.core.model import Source, new_message_id
 from chatroom.core.names import NameRules
-from chatroom.core.ports import RoomLocks
+from chatroom.core.ports import Dedup, MemberKey, RoomLocks
 from chatroom.core.presence import LocalLocks
 from chatroom.core.room import Rooms
 from chatroom.core.room_types import JoinResult, NameClash, Outcome
@@ -40,7 +40,7 @@ PROVEN_IDS = 100_000
 
 class Intake:
     def __init__(self, rooms: Rooms, names: NameRules, rate_limiter: RateLimiter,
-                 dedup: DedupWindow, max_message_chars: int, address_limiter: RateLimiter | None = None,
+                 dedup: Dedup, max_message_chars: int, address_limiter: RateLimiter | None = None,
                  locks: RoomLocks | None = None):
         self.rooms = rooms
         self.names = names
@@ -75,7 +75,7 @@ class Intake:
         data = validate_data(sub.data)
         units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
-        if self.locks.shared and sub.source == Source.MQTT and message_id is None:
+        if self.locks.shared and sub.source == Source.MQTT and message_id is None and client_id is not None:
             accepted = self._post_as_present_device(sub, room, client_id, text, data, units)
             if accepted is not None:
                 return accepted
@@ -88,7 +88,7 @@ class Intake:
                 original = self.dedup.get(dedup_key)
                 # Remembered but not stored: whoever took it died before storing (the
                 # room's lock is ours now), so this retry is the message's only copy.
-                if original is not None and self.rooms.history.has_message(original):
+                if isinstance(original, str) and self.rooms.history.has_message(original):
                     return Accepted(Outcome.DUPLICATE, room, message_id=original)
             user = None
             if sub.source == Source.MQTT:
@@ -97,6 +97,8 @@ class Intake:
                 name = user.username
             elif sub.source == Source.WEB:
                 user = self.rooms.member(room, member_key)
+                if user is None:  # _author found it under this lock; a shared presence may still lose it
+                    raise ValidationError("not_joined", "join a room first")
                 name = user.username
             self._take(buckets)
             server_id = None
@@ -131,7 +133,8 @@ class Intake:
     def _author(self, sub: Submission, room: str, client_id: str | None):
         """(member key, name asked for, what to do on a name clash) of a message's author."""
         if sub.source == Source.MQTT:
-            key = (Source.MQTT, client_id)
+            assert client_id is not None  # a device always names itself (_client_id)
+            key: MemberKey = (Source.MQTT, client_id)
             if sub.username is not None:
                 return key, self.names.display_name(sub.username), NameClash.SUFFIX
             current = self.rooms.member(room, key)
@@ -177,7 +180,9 @@ class Intake:
         client_id = self._client_id(sub)
         try:
             room = validate_room(sub.room)
+            key: MemberKey
             if sub.source == Source.MQTT:
+                assert client_id is not None  # a device always names itself (_client_id)
                 name, key, on_clash = self.names.device_name(client_id, sub.username), (Source.MQTT, client_id), NameClash.SUFFIX
             else:
                 name, key, on_clash = self.names.display_name(sub.username), (Source.WEB, sub.connection), NameClash.REFUSE
@@ -239,8 +244,8 @@ class Intake:
         """The rate-limit buckets an input spends: its sender's, and for web and HTTP its address's."""
         if sub.source == Source.MQTT:
             return [(self.rate_limiter, (Source.MQTT, client_id))]
-        own = (Source.WEB, client_id or sub.connection) if sub.source == Source.WEB else (Source.HTTP, sub.address)
-        buckets = [(self.rate_limiter, own)]
+        own: Hashable = (Source.WEB, client_id or sub.connection) if sub.source == Source.WEB else (Source.HTTP, sub.address)
+        buckets: list[tuple[RateLimiter, Hashable]] = [(self.rate_limiter, own)]
         if sub.address is not None:
             buckets.append((self.address_limiter, ("address", sub.address)))
         return buckets

@@ -29,9 +29,9 @@ from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.fair_shares import longest_silent_device, room_to_free
 from chatroom.core.listeners import ListenerWorker
 from chatroom.core.model import USER_MESSAGE, Message, Source, SystemEvent, User
-from chatroom.core.ports import MemberKey, Presence
+from chatroom.core.ports import History, MemberKey, Presence
 from chatroom.core.presence import LocalPresence
-from chatroom.core.room_types import History, JoinResult, Listener, NameClash, Outcome, PresenceChanged, RoomEvent
+from chatroom.core.room_types import JoinResult, Listener, NameClash, Outcome, PresenceChanged, RoomEvent
 
 log = logging.getLogger(__name__)
 

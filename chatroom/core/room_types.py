@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable, Hashable, Protocol
+from typing import Callable
 
 from chatroom.core.model import Message, SystemEvent, User
+from chatroom.core.ports import MemberKey
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,5 @@ class Outcome(StrEnum):
 class JoinResult:
     user: User
     outcome: Outcome
-    replaced: Hashable | None = None  # the old connection key of a reclaimed entry
+    replaced: MemberKey | None = None  # the old connection key of a reclaimed entry
 Listener = Callable[[RoomEvent], None]
-
-
-class History(Protocol):
-    def append(self, message: Message) -> None: ...
-    # Only with group_commit (a store one process writes alone: SQLite).
-    def append_to_batch(self, message: Message) -> None: ...
-    def commit_batch(self) -> None: ...
-    def append_next(self, room: str, build: Callable[[int], Message]) -> Message: ...
-    def last_seq(self, room: str) -> int: ...
-    def has_message(self, message_id: str) -> bool: ...
-    def recent(self, room: str, limit: int, before_seq: int | None = None) -> list[Message]: ...

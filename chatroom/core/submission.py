@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable
 
 from chatroom.core.model import Message, Source, User
+from chatroom.core.ports import MemberKey
 from chatroom.core.room_types import Outcome
 
 
@@ -39,4 +40,4 @@ class Accepted:
     user: User | None = None
     message: Message | None = None
     message_id: str | None = None       # the server's id of the message (the original one for a duplicate)
-    replaced: Hashable | None = None    # a reclaimed web entry's old connection key
+    replaced: MemberKey | None = None    # a reclaimed web entry's old connection key

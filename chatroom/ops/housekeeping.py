@@ -125,8 +125,7 @@ class InstanceWatch(Periodic):
         for instance in self.registry.dead():
             gone = self.sweep(instance)
             log.info("instance %s stopped beating: %d web members left", instance, gone)
-        if self.connected is not None:
-            self._drop_orphans()
+        self._drop_orphans()
 
     def sweep(self, instance: str) -> int:
         gone = sum(1 for room, key in self.registry.web_members(instance) if self.rooms.leave(room, key))
@@ -134,6 +133,8 @@ class InstanceWatch(Periodic):
         return gone
 
     def _drop_orphans(self) -> None:
+        if self.connected is None:
+            return
         mine = self.registry.web_members(self.registry.instance_id)
         live = self.connected([key for _, key in mine])
         orphans = {(room, key) for room, key in mine if key not in live}

@@ -95,6 +95,13 @@ class PostgresStore:
         self._fetch(INSERT, (message.room, message.seq, message.message_id, message.client_id,
                              message.timestamp, message.to_json()), rows=False)
 
+    # A batch of one: every message is committed in its own statement (autocommit), so the
+    # group commit of one process on SQLite (Rooms(group_commit=True)) never applies here.
+    append_to_batch = append
+
+    def commit_batch(self) -> None:
+        """Nothing waits: each append was committed already."""
+
     def has_message(self, message_id: str) -> bool:
         return bool(self._fetch("SELECT 1 FROM messages WHERE message_id = %s", (message_id,)))
 
@@ -149,6 +156,17 @@ class PostgresStore:
             "SELECT client_id, MAX(timestamp) FROM (SELECT client_id, timestamp FROM messages"
             " ORDER BY position DESC LIMIT %s) AS newest WHERE client_id IS NOT NULL"
             " GROUP BY client_id ORDER BY 2 DESC LIMIT %s", (scan, limit))
+        return [tuple(row) for row in rows]
+
+    def device_message_ids(self, since: str, scan: int = 200_000) -> list[tuple[str, str, str, str]]:
+        """(room, client_id, client_message_id, message_id) of recent device messages that
+        carried their own message_id, oldest first: see MessageStore. (Several instances keep
+        the dedup window in Redis; this keeps the two stores interchangeable.)"""
+        rows = self._fetch(
+            "SELECT room, client_id, body::jsonb ->> 'client_message_id', message_id FROM"
+            " (SELECT * FROM messages ORDER BY position DESC LIMIT %s) AS newest"
+            " WHERE timestamp >= %s AND client_id IS NOT NULL"
+            " AND body::jsonb ->> 'client_message_id' IS NOT NULL ORDER BY position", (scan, since))
         return [tuple(row) for row in rows]
 
     def data_keys(self, client_id: str) -> list[str]:

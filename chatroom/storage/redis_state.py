@@ -88,6 +88,11 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes; its types allow str too)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _field(key: MemberKey) -> str:
     return json.dumps(list(key) if isinstance(key, tuple) else key, ensure_ascii=False)
 
@@ -188,7 +193,7 @@ class RedisPresence:
         self._incr_if_member(keys=[members, counts], args=[_field(key)])
 
     def rooms(self) -> list[str]:
-        return sorted(room.decode() for room in self.redis.smembers(f"{self.prefix}rooms"))
+        return sorted(_text(room) for room in self.redis.smembers(f"{self.prefix}rooms"))
 
     def room_count(self) -> int:
         return self.redis.scard(f"{self.prefix}rooms")
@@ -262,7 +267,7 @@ class RedisDedup:
 
     def get(self, key: Hashable):
         value = self.redis.get(self._name(key))
-        return value.decode() if value is not None else None
+        return _text(value) if value is not None else None
 
     def remember(self, key: Hashable, value: object = True) -> None:
         self.redis.set(self._name(key), str(value), ex=self.ttl)
@@ -293,7 +298,7 @@ class InstanceRegistry:
         return bool(self.redis.exists(self._alive(self.instance_id)))
 
     def dead(self) -> list[str]:
-        others = [raw.decode() for raw in self.redis.smembers(f"{self.prefix}instances")]
+        others = [_text(raw) for raw in self.redis.smembers(f"{self.prefix}instances")]
         others = [instance for instance in others if instance != self.instance_id]
         if not others:
             return []
@@ -304,7 +309,7 @@ class InstanceRegistry:
 
     def web_members(self, instance: str) -> list[tuple[str, MemberKey]]:
         entries = self.redis.smembers(f"{self.prefix}web:{instance}")
-        return [(room, _key(field)) for room, _, field in (entry.decode().partition("\t") for entry in entries)]
+        return [(room, _key(field)) for room, _, field in (_text(entry).partition("\t") for entry in entries)]
 
     def forget(self, instance: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -343,13 +343,3 @@ class MessageStore:
         with self._lock:
             self._db.close()
         log.info("history store closed (%s)", self.path)
-
-
-
-def open_history(database_url: str, database_path: str, checkpoint_threads: ModuleType | None = None):
-    """The history store: PostgreSQL when DATABASE_URL is set (several instances), else SQLite."""
-    if database_url:
-        from chatroom.storage.postgres import PostgresStore  # psycopg is needed only then
-
-        return PostgresStore(database_url)
-    return MessageStore(database_path, checkpoint_threads)

@@ -2,7 +2,7 @@
 POST /api/devices/<client_id>/forget (clear a device's retained topics).
 
 HTTP is the web side's, the bridge the MQTT side's: this module sees the bridge only as
-the two functions app.py hands it (`bridge_status`, `forget_device`), so neither side
+the two functions app.py hands it (`bridge_status`, `forget`), so neither side
 imports the other (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from chatroom.web.errors import error_response
 
 
 def create_status_blueprint(bridge_status: Callable[[], dict] | None,
-                            forget_device: Callable[[str], int | None] | None,
+                            forget: Callable[[str], list[str] | None] | None,
                             rooms: Rooms, intake: Intake, assistant_status: Callable[[], dict],
                             instance_id: str = "", database_bytes: Callable[[], int] | None = None) -> Blueprint:
-    """`bridge_status` and `forget_device` are None with MQTT_ENABLE=false."""
+    """`bridge_status` and `forget` are None with MQTT_ENABLE=false."""
     bp = Blueprint("mqtt_status", __name__)
 
     @bp.get("/mqtt/status")
@@ -56,10 +56,10 @@ def create_status_blueprint(bridge_status: Callable[[], dict] | None,
         Rate-limited like a message (each call publishes a few dozen empty retained messages);
         404 for a device neither the bridge nor history knows; a second call clears nothing."""
         client_id = validate_client_id(client_id)  # a ValidationError is a JSON 400 (chatroom/web/errors.py)
-        if forget_device is None:
+        if forget is None:
             return error_response(503, "the MQTT bridge is off (MQTT_ENABLE=false)", "bridge_off")
         intake.spend(Submission(Source.HTTP, address=request.remote_addr))
-        cleared = forget_device(client_id)
+        cleared = forget(client_id)
         if cleared is None:
             return error_response(404, f"no device {client_id!r} is known", "unknown_device")
         return jsonify({"success": True, "client_id": client_id, "cleared_topics": cleared})

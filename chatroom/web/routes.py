@@ -56,7 +56,8 @@ def _chunked_body() -> bytes:
     stream = request.environ.get("wsgi.input")
     if stream is None or "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         return b""
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while size <= MAX_BODY_BYTES:
         piece = stream.read(MAX_BODY_BYTES + 1 - size)
         if not piece:
@@ -96,7 +97,7 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
     @bp.get("/api/messages")
     def list_messages():
         room = validate_room(request.args.get("room"))
-        limit = _positive_int_arg("limit", settings.history_limit, MAX_PAGE)
+        limit = _positive_int_arg("limit", settings.history_limit, MAX_PAGE) or settings.history_limit
         messages = rooms.history_of(room, limit, _positive_int_arg("before_seq", None, MAX_SEQ))
         return jsonify({"success": True, "messages": [m.to_dict() for m in messages]})
 
@@ -106,6 +107,7 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
         accepted = intake.post(Submission(
             Source.HTTP, room=body.get("room"), username=optional(body, "username"), text=body.get("message"),
             data=optional(body, "data"), address=_address()))
+        assert accepted.message is not None  # HTTP posts are never duplicates (no message_id)
         return jsonify({"success": True, "message": accepted.message.to_dict()}), 201
 
     @bp.get("/api/rooms")

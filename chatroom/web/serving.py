@@ -45,6 +45,17 @@ class ConnectionGate:
     Counters feed /metrics.
     """
 
+    # /metrics: chatroom_http_<name> for each number of status() (eventlet mode).
+    METRICS = {
+        "connections": ("gauge", "Open HTTP connections"),
+        "waiting_for_headers": ("gauge", "Connections still sending their request line and headers"),
+        "refused_address": ("counter", "Connections refused: MAX_CONNECTIONS_PER_ADDRESS busy with requests"),
+        "evicted_address": ("counter", "Connections waiting for headers closed for a newcomer of their address"),
+        "refused_full": ("counter", "Connections refused: every connection busy with a request"),
+        "evicted_waiting": ("counter", "Connections waiting for headers closed for a newcomer (server full)"),
+        "header_timeouts": ("counter", "Connections closed for headers not complete within HEADER_TIMEOUT"),
+    }
+
     def __init__(self, size: int, per_address: int, header_timeout: float):
         self.size = size
         self.per_address = per_address
@@ -98,7 +109,7 @@ class ConnectionGate:
         if self._waiting.pop(thread, False) is None:
             address = self._live.get(thread)
             queue = self._waiting_of.get(address) if address is not None else None
-            if queue is not None:
+            if address is not None and queue is not None:
                 queue.pop(thread, None)
                 if not queue:
                     del self._waiting_of[address]

@@ -42,6 +42,16 @@ class _Session:
 class WebSessions:
     """Admission, accounting and the connect deadline of one Socket.IO server's sessions."""
 
+    # /metrics: chatroom_engineio_<name> for each number of status().
+    METRICS = {
+        "sessions": ("gauge", "Engine.IO sessions open (polling and websocket)"),
+        "unconnected": ("gauge", "Engine.IO sessions without a Socket.IO connect yet"),
+        "refused_address": ("counter", "Sessions refused: MAX_WEB_SESSIONS_PER_ADDRESS reached"),
+        "refused_full": ("counter", "Sessions refused: MAX_WEB_SESSIONS reached, every session connected"),
+        "evicted": ("counter", "Unconnected sessions closed to admit a newcomer at MAX_WEB_SESSIONS"),
+        "dropped_unconnected": ("counter", "Sessions closed for no Socket.IO connect within the deadline"),
+    }
+
     def __init__(self, server: python_socketio.Server, max_sessions: int, max_per_address: int,
                  connect_deadline: float = CONNECT_DEADLINE, clock: Callable[[], float] = time.monotonic):
         self.server = server

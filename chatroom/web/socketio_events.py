@@ -45,6 +45,11 @@ def origin_checker(extra_origins: tuple[str, ...]):
     return is_allowed
 
 
+def _sid() -> str:
+    """The Socket.IO session of the event being handled (Flask-SocketIO sets it on the request)."""
+    return request.sid  # type: ignore[attr-defined]
+
+
 def _error(exc: RelayError) -> dict:
     return {"ok": False, "error": exc.message, "code": exc.code}
 
@@ -79,7 +84,7 @@ class ChatNamespace(Namespace):
 
     def on_join(self, data=None):
         """Sent by the page when the user picks a name (and on every reconnect)."""
-        sid = request.sid
+        sid = _sid()
         previous = self._current_room(sid)
         try:
             payload = _payload(data)
@@ -94,19 +99,20 @@ class ChatNamespace(Namespace):
         if previous is not None and previous != room:
             self._forget_socket_room(sid, previous)
         if accepted.replaced is not None:  # the same page's old socket, not yet gone
-            old_sid = accepted.replaced[1]
+            old_sid = str(accepted.replaced[1])  # a web key: ("web", sid)
             self._forget_socket_room(old_sid, room)
         with self._lock:
             self._room_of_sid[sid] = room
         join_room(room)
         history = self.rooms.history_of(room, self.settings.history_limit)
+        assert accepted.user is not None  # a join always names its member
         return {"ok": True, "user": accepted.user.to_dict(), "room": room,
                 "history": [message.to_dict() for message in history],
                 "users": self.rooms.users(room)}
 
     def on_send_message(self, data=None):
         """Sent by the page to chat. The message reaches the room (sender included) once."""
-        sid = request.sid
+        sid = _sid()
         room = self._current_room(sid)
         try:
             payload = _payload(data)
@@ -128,14 +134,14 @@ class ChatNamespace(Namespace):
             _payload(data)
         except RelayError as exc:
             return _error(exc)
-        self._leave(request.sid)
+        self._leave(_sid())
         return {"ok": True}
 
     def on_disconnect(self, reason=None):
         """A closed tab leaves its room."""
         with self._lock:
             self.connected_clients -= 1
-        self._leave(request.sid)
+        self._leave(_sid())
 
     def connected_keys(self, keys: list) -> set:
         """Which of these web member keys have a socket in a room here (InstanceWatch)."""
