@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable
 
 from chatroom.core.model import Message, Source, User
 from chatroom.core.ports import MemberKey
 from chatroom.core.room_types import Outcome
+
+# What json.loads can give: the raw fields of a Submission are one of these.
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
 
 
 @dataclass(frozen=True)
@@ -20,15 +22,16 @@ class Submission:
     """
 
     source: Source
-    room: Any = None
-    username: Any = None
-    text: Any = None
-    data: Any = None
-    client_id: Any = None
-    message_id: Any = None
-    connection: Hashable | None = None
+    # As decoded from JSON (or a topic): anything, until the intake's validators say otherwise.
+    room: JsonValue = None
+    username: JsonValue = None
+    text: JsonValue = None
+    data: JsonValue = None
+    client_id: JsonValue = None
+    message_id: JsonValue = None
+    units: JsonValue = None
+    connection: str | None = None  # a web member's Socket.IO sid
     address: str | None = None
-    units: Any = None
     # The broker vouched for `client_id`: it came from the device's own topic (PROTOCOL 10).
     proven: bool = False
 
