@@ -48,7 +48,10 @@ system-test-deps:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
 	fi
 
+# Lint and types first (seconds): the layers' import rules are a test (tests/test_layers.py).
 test: $(VENV)/.installed-dev system-test-deps
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # BENCH_QUICK=1: a smoke run of every scenario; BENCH_NODERED=1: Node-RED (npm, pinned) beside us.
