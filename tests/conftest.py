@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, RedisServer, ServerProcess, unique_prefix, wait_for
+from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, RedisServer, ServerProcess, SocketIOClient, unique_prefix, wait_for
 
 sys.path.insert(0, str(ROOT))
 
@@ -162,3 +162,17 @@ def server_for(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def web_for():
+    """Connected Socket.IO clients: web_for(server.url, token=...); each is closed at the end."""
+    clients: list[SocketIOClient] = []
+
+    def make(url: str, **options) -> SocketIOClient:
+        clients.append(SocketIOClient(url, **options))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import engineio
 import paho.mqtt.client as mqtt
 import requests
 import socketio
@@ -336,93 +336,70 @@ def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-class Web:
-    """A real python-socketio client that records what the server pushes."""
+class _WireOrderEngineIO(engineio.Client):
+    """engineio.Client hands each message to a new thread; this one hands it over on its reader
+    thread, so Socket.IO sees events (and acks) in the order the server sent them."""
 
-    def __init__(self, url: str, events=("chat_message", "system_message", "user_list")):
-        self.events: "queue.Queue[tuple[str, dict]]" = queue.Queue()
-        self.seen: list[tuple[str, dict]] = []
-        self.sio = socketio.Client(reconnection=False)
-        for name in events:
-            self.sio.on(name, lambda data, name=name: self.events.put((name, data)))
-        self.sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
+    def _trigger_event(self, event, *args, **kwargs):
+        kwargs.pop("run_async", None)
+        return super()._trigger_event(event, *args, **kwargs)
 
-    def call(self, event: str, *data):
-        return self.sio.call(event, *data, timeout=TIMEOUT)
 
-    def until(self, name: str, match=lambda data: True) -> dict:
-        """Wait for a pushed event; everything seen on the way is kept in `seen`."""
-        while True:
-            got, data = self.events.get(timeout=TIMEOUT)
-            self.seen.append((got, data))
-            if got == name and match(data):
-                return data
+class _WireOrderClient(socketio.Client):
+    def _engineio_client_class(self):
+        return _WireOrderEngineIO
 
-    def close(self):
+
+class SocketIOClient:
+    """The tests' Socket.IO client: python-socketio over a websocket, every event the server
+    pushes recorded in wire order. Refused connects raise socketio.exceptions.ConnectionError,
+    unanswered calls socketio.exceptions.TimeoutError (the library's own behaviour)."""
+
+    def __init__(self, url: str, token: str | None = None, headers: dict | None = None):
+        self.events: list[tuple[str, object]] = []
+        self._cond = threading.Condition()
+        self.sio = _WireOrderClient(reconnection=False)
+        self.sio.on("*", self._record)
+        self.sio.connect(url, headers=headers or {}, auth={"token": token} if token is not None else None,
+                         transports=["websocket"], wait_timeout=TIMEOUT)
+
+    def _record(self, name: str, *args) -> None:
+        with self._cond:
+            self.events.append((name, args[0] if len(args) == 1 else args))
+            self._cond.notify_all()
+
+    @property
+    def connected(self) -> bool:
+        return self.sio.connected
+
+    def call(self, event: str, *args, timeout: float = TIMEOUT):
+        """Emit `event` with `args` (none, one, or several) and return the server's ack."""
+        data = args[0] if len(args) == 1 else (args or None)
+        return self.sio.call(event, data, timeout=timeout)
+
+    def received(self, name: str, match=lambda data: True) -> list:
+        """The data of every `name` event so far that matches, in wire order."""
+        with self._cond:
+            return [data for got, data in self.events if got == name and match(data)]
+
+    def until_count(self, name: str, count: int, match=lambda data: True, timeout: float = TIMEOUT) -> list:
+        """Wait until `count` matching `name` events came; all of them so far, in wire order."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.received(name, match)) >= count, timeout):
+                raise AssertionError(f"timed out after {timeout}s waiting for {count} {name} events; "
+                                     f"got {len(self.received(name, match))}")
+            return self.received(name, match)
+
+    def until(self, name: str, match=lambda data: True, timeout: float = TIMEOUT):
+        """Wait for the first matching `name` event (counting those already recorded)."""
+        return self.until_count(name, 1, match, timeout)[0]
+
+    def close(self) -> None:
         if self.sio.connected:
             self.sio.disconnect()
 
+    def __enter__(self) -> "SocketIOClient":
+        return self
 
-class RawSocket:
-    """A Socket.IO client speaking the Engine.IO websocket frames itself, on one reader thread.
-
-    python-socketio's threaded client hands each incoming event to a thread of its
-    own, so the order a test sees is not the order the server sent; this one keeps
-    the wire order (and answers the server's pings).
-    """
-
-    def __init__(self, url: str):
-        import websocket  # websocket-client
-
-        self.ws = websocket.create_connection(
-            url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=TIMEOUT)
-        assert self.ws.recv().startswith("0")  # Engine.IO open
-        self.ws.send("40")
-        assert self.ws.recv().startswith("40")  # Socket.IO connect to "/"
-        self.events: list[tuple[str, dict]] = []
-        self._acks: dict[int, list] = {}
-        self._cond = threading.Condition()
-        self._next_ack = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        import websocket
-
-        while True:
-            try:
-                frame = self.ws.recv()
-            except (websocket.WebSocketException, OSError):
-                return
-            if frame == "2":
-                self.ws.send("3")
-                continue
-            with self._cond:
-                if frame.startswith("42"):
-                    name, data = json.loads(frame[2:])
-                    self.events.append((name, data))
-                elif frame.startswith("43"):
-                    digits = len(frame) - len(frame[2:].lstrip("0123456789"))
-                    self._acks[int(frame[2:digits])] = json.loads(frame[digits:])
-                self._cond.notify_all()
-
-    def call(self, event: str, data: dict) -> dict:
-        with self._cond:
-            ack, self._next_ack = self._next_ack, self._next_ack + 1
-        self.ws.send(f"42{ack}" + json.dumps([event, data]))
-        with self._cond:
-            assert self._cond.wait_for(lambda: ack in self._acks, TIMEOUT), f"no ack for {event}"
-            return self._acks.pop(ack)[0]
-
-    def until(self, name: str, match=lambda data: True, timeout: float = TIMEOUT) -> dict:
-        with self._cond:
-            found = self._cond.wait_for(
-                lambda: next((d for n, d in self.events if n == name and match(d)), None), timeout)
-        assert found, f"timed out waiting for {name}"
-        return found
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        except OSError:
-            pass
+    def __exit__(self, *exc) -> None:
+        self.close()

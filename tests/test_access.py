@@ -6,7 +6,7 @@ import requests
 import socketio
 from conftest import app_env
 
-from support import TIMEOUT, wait_for
+from support import TIMEOUT, SocketIOClient, wait_for
 
 TOKEN = "s3cret-token"
 PROTECTED = [("get", "/api/messages"), ("post", "/api/messages"), ("get", "/api/users"),
@@ -37,15 +37,10 @@ def test_every_protected_route_needs_the_token(guarded):
 
 
 def test_socketio_connect_needs_the_token(guarded):
-    anonymous = socketio.Client(reconnection=False)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        anonymous.connect(guarded.url, transports=["websocket"], wait_timeout=TIMEOUT, auth={"token": "nope"})
-    member = socketio.Client(reconnection=False)
-    member.connect(guarded.url, transports=["websocket"], wait_timeout=TIMEOUT, auth={"token": TOKEN})
-    try:
-        assert member.call("join", {"username": "Alice"}, timeout=TIMEOUT)["ok"]
-    finally:
-        member.disconnect()
+        SocketIOClient(guarded.url, token="nope")
+    with SocketIOClient(guarded.url, token=TOKEN) as member:
+        assert member.call("join", {"username": "Alice"})["ok"]
 
 
 def test_security_headers_on_every_response(broker, tmp_path, server_for):
@@ -59,17 +54,12 @@ def test_security_headers_on_every_response(broker, tmp_path, server_for):
 def test_a_socketio_packet_over_64_kib_is_refused_before_parsing(broker, tmp_path, server_for):
     """70 KB in one event: the server drops that connection; it stays up for everyone else."""
     server = server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet"))
-    big = socketio.Client(reconnection=False)
-    big.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-    assert big.call("join", {"username": "Bulky"}, timeout=TIMEOUT)["ok"]
+    big = SocketIOClient(server.url)
+    assert big.call("join", {"username": "Bulky"})["ok"]
     with pytest.raises(socketio.exceptions.TimeoutError):
         big.call("send_message", {"message": "x" * 70_000}, timeout=5)
     wait_for(lambda: not big.connected, what="the oversized client dropped")
-    fine = socketio.Client(reconnection=False)
-    fine.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-    try:
-        assert fine.call("join", {"username": "Fine"}, timeout=TIMEOUT)["ok"]
-        ack = fine.call("send_message", {"message": "y" * 60_000}, timeout=TIMEOUT)  # under 64 KiB: too_long
+    with SocketIOClient(server.url) as fine:
+        assert fine.call("join", {"username": "Fine"})["ok"]
+        ack = fine.call("send_message", {"message": "y" * 60_000})  # under 64 KiB: too_long
         assert ack["code"] == "too_long"
-    finally:
-        fine.disconnect()

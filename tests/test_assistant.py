@@ -6,7 +6,7 @@ import pytest
 from conftest import app_env
 from fake_openai import FakeOpenAI
 
-from support import MqttProbe, wait_for
+from support import MqttProbe, SocketIOClient, wait_for
 
 API_KEY = "sk-test-not-a-real-key-0123"
 
@@ -238,22 +238,17 @@ def test_metrics_count_assistant_requests(ai_app, fake, probe_for):
 @pytest.mark.parametrize("mode", ["eventlet", "threading"])
 def test_assistant_in_a_real_server_process(mode, broker, tmp_path, server_for, fake):
     """Both async modes: a web client's mention is streamed and answered by the real server."""
-    from test_end_to_end import WebClient
-
     fake.behave(reply="Streaming works in every mode.", chunk_size=3)
     env = app_env(broker, tmp_path, ASYNC_MODE=mode, OPENAI_API_KEY=API_KEY, OPENAI_BASE_URL=fake.base_url)
     server = server_for(env)
     assert server.status()[1]["assistant"]["enabled"] is True
-    client = WebClient(server.url)
-    try:
+    with SocketIOClient(server.url) as client:
         assert client.call("join", {"username": "Alice"})["ok"]
         ack = client.call("send_message", {"message": "@AI stream please"})
-        first = client.next("ai_stream")
+        first = client.until("ai_stream")
         assert first["reply_to"] == ack["message_id"]
-        reply = client.next("chat_message", lambda m: m["type"] == "ai_response")
+        reply = client.until("chat_message", lambda m: m["type"] == "ai_response")
         assert reply["content"] == "Streaming works in every mode." and reply["message_id"] == first["message_id"]
-    finally:
-        client.close()
     assert "assistant on (gpt-4o-mini)" in server.logs() or "assistant on" in server.logs()
 
 

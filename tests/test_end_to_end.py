@@ -4,40 +4,15 @@ MQTT -> web, web -> MQTT, HTTP -> both, history across a restart, clean
 shutdown, and start-up refusing bad configuration.
 """
 import os
-import queue
 import signal
 import subprocess
 import sys
 
 import pytest
 import requests
-import socketio
 from conftest import app_env
 
-from support import ROOT, TIMEOUT, MqttProbe, free_port, port_open, wait_for
-
-
-class WebClient:
-    """A real python-socketio client that queues what the server pushes."""
-
-    def __init__(self, url: str):
-        self.events: "queue.Queue[tuple[str, dict]]" = queue.Queue()
-        self.sio = socketio.Client(reconnection=False)
-        for name in ("chat_message", "system_message", "user_list", "ai_stream"):
-            self.sio.on(name, lambda data, name=name: self.events.put((name, data)))
-        self.sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
-
-    def call(self, event: str, data: dict) -> dict:
-        return self.sio.call(event, data, timeout=TIMEOUT)
-
-    def next(self, name: str, match=lambda data: True) -> dict:
-        while True:
-            got, data = self.events.get(timeout=TIMEOUT)
-            if got == name and match(data):
-                return data
-
-    def close(self):
-        self.sio.disconnect()
+from support import ROOT, TIMEOUT, MqttProbe, SocketIOClient, free_port, port_open, wait_for
 
 
 @pytest.fixture(params=["eventlet", "threading"])
@@ -47,17 +22,8 @@ def server(request, broker, tmp_path, server_for):
 
 
 @pytest.fixture
-def web(server):
-    clients = []
-
-    def make():
-        client = WebClient(server.url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+def web(server, web_for):
+    return lambda: web_for(server.url)
 
 
 def test_mqtt_device_message_reaches_the_web_page(server, web, probe_for):
@@ -68,15 +34,11 @@ def test_mqtt_device_message_reaches_the_web_page(server, web, probe_for):
     probe = probe_for(prefix)
     probe.publish(f"{prefix}/messages/in", {"client_id": "esp32-1", "username": "Kitchen",
                                             "message": "23.5 °C", "data": {"temperature": 23.5}})
-    joined = alice.next("system_message", lambda e: e["event"] == "join" and e["username"] == "Kitchen")
+    joined = alice.until("system_message", lambda e: e["event"] == "join" and e["username"] == "Kitchen")
     assert joined["message"] == "Kitchen joined"
     # user_list is coalesced (sent once per 250 ms of presence changes): it may come after the message.
-    seen = {}
-    while len(seen) < 2:
-        name, data = alice.events.get(timeout=TIMEOUT)
-        if name == "chat_message" or (name == "user_list" and len(data["users"]) == 2):
-            seen[name] = data
-    users, message = seen["user_list"], seen["chat_message"]
+    users = alice.until("user_list", lambda data: len(data["users"]) == 2)
+    message = alice.until("chat_message")
     assert {(u["username"], u["source"]) for u in users["users"]} == {("Alice", "web"), ("Kitchen", "mqtt")}
     assert (message["username"], message["content"], message["data"]) == ("Kitchen", "23.5 °C",
                                                                          {"temperature": 23.5})
@@ -95,7 +57,7 @@ def test_web_message_is_published_on_mqtt_once(server, web, probe_for):
     assert "你好".encode() in received.payload and b"\\u" not in received.payload
     out = received.json()
     assert (out["message_id"], out["source"], out["username"]) == (ack["message_id"], "web", "Alice")
-    assert bob.next("chat_message")["message_id"] == ack["message_id"]
+    assert bob.until("chat_message")["message_id"] == ack["message_id"]
     assert len(probe.on(f"{prefix}/messages/out")) == 1
 
 
@@ -108,7 +70,7 @@ def test_http_post_reaches_web_and_mqtt(server, web, probe_for):
     response = requests.post(server.url + "/api/messages", json={"username": "cron", "message": "backup done"},
                              timeout=TIMEOUT)
     assert response.status_code == 201
-    assert alice.next("chat_message")["content"] == "backup done"
+    assert alice.until("chat_message")["content"] == "backup done"
     assert probe.wait(f"{prefix}/messages/out")[0].json()["source"] == "http"
 
 
@@ -120,15 +82,12 @@ def test_history_survives_a_restart_and_seq_continues(broker, tmp_path, server_f
         requests.post(first.url + "/api/messages", json={"username": "u", "message": f"m{i}"}, timeout=TIMEOUT)
     assert first.stop() == 0
     second = server_for(env)
-    client = WebClient(second.url)
-    try:
+    with SocketIOClient(second.url) as client:
         ack = client.call("join", {"username": "Newcomer"})
         assert [m["content"] for m in ack["history"]] == ["m0", "m1", "m2"]
         posted = requests.post(second.url + "/api/messages", json={"username": "u", "message": "m3"},
                                timeout=TIMEOUT).json()["message"]
         assert posted["seq"] == 4
-    finally:
-        client.close()
 
 
 def test_sigterm_publishes_offline_and_exits_cleanly(broker, tmp_path, server_for, probe_for):

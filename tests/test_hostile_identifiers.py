@@ -7,7 +7,6 @@ connection for a malformed packet and paho re-sent it on every reconnect.
 
 import pytest
 import requests
-import socketio
 from conftest import app_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +15,7 @@ from chatroom.core.errors import ValidationError
 from chatroom.core.validation import validate_message_id, validate_room
 from mqtt_service.outbox import Outgoing
 from mqtt_service.topics import Topics, topic_name_problem
-from support import TIMEOUT
+from support import TIMEOUT, SocketIOClient
 
 NEWLINE_ROOMS = ["abc\n", "zz\n", "a\nb", "\nlobby", "kitchen\r", "k\x00", "k\t", "k/x", "k+", "#"]
 
@@ -99,14 +98,10 @@ def test_newline_room_names_are_refused_on_every_transport_and_the_bridge_stays_
         response = requests.get(server.url + "/api/messages", params={"room": room}, timeout=TIMEOUT)
         assert response.status_code == 400
 
-    web = socketio.Client(reconnection=False)
-    web.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-    try:
+    with SocketIOClient(server.url) as web:
         for room in ("zz\n", "abc\n", "a\nb"):
-            ack = web.call("join", {"username": "mallory", "room": room}, timeout=TIMEOUT)
+            ack = web.call("join", {"username": "mallory", "room": room})
             assert ack["ok"] is False and ack["code"] == "bad_field"
-    finally:
-        web.disconnect()
 
     # MQTT: the broker itself refuses a control character in a topic, so the payload's
     # own identifiers are the way in: a client_id or message_id with a newline.

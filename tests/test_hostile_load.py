@@ -4,11 +4,10 @@ import json
 import logging
 
 import requests
-import socketio
 import websocket
 from conftest import app_env
 
-from support import TIMEOUT, wait_for
+from support import TIMEOUT, SocketIOClient, wait_for
 
 
 def test_a_flood_of_bad_messages_is_counted_but_answered_and_logged_only_a_few_times(make_app, probe_for,
@@ -49,33 +48,24 @@ def test_a_burst_of_joins_costs_a_web_client_linear_bytes(broker, tmp_path, serv
     (Full lists on every join were ~N²/2 × 100 bytes = 50 MB here; the bound below is 2 MB.)"""
     server = server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet", RATE_LIMIT="0"))
     prefix = server.env["MQTT_TOPIC_PREFIX"]
-    received = {"bytes": 0, "lists": 0, "joins": 0, "last_list": 0}
-    watcher = socketio.Client(reconnection=False)
-
-    def on_list(data):
-        received["bytes"] += len(json.dumps(data))
-        received["lists"] += 1
-        received["last_list"] = len(data["users"])
-
-    def on_system(data):
-        received["bytes"] += len(json.dumps(data))
-        received["joins"] += data["event"] == "join"
-
-    watcher.on("user_list", on_list)
-    watcher.on("system_message", on_system)
-    watcher.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-    try:
-        assert watcher.call("join", {"username": "Watcher"}, timeout=TIMEOUT)["ok"]
+    with SocketIOClient(server.url) as watcher:
+        assert watcher.call("join", {"username": "Watcher"})["ok"]
         probe = probe_for(prefix)
         devices = 900  # under MAX_ROOM_MEMBERS (1000) with the watcher
         for number in range(devices):
             probe.client.publish(f"{prefix}/users/join", json.dumps({"client_id": f"dev-{number:04d}"}), qos=1)
-        wait_for(lambda: received["joins"] >= devices and received["last_list"] == devices + 1, timeout=120,
-                 what="every join and a final list")
+
+        def settled() -> bool:
+            lists = watcher.received("user_list")
+            joins = watcher.received("system_message", lambda data: data["event"] == "join")
+            return len(joins) >= devices and bool(lists) and len(lists[-1]["users"]) == devices + 1
+
+        wait_for(settled, timeout=120, what="every join and a final list")
+        lists, systems = watcher.received("user_list"), watcher.received("system_message")
+        received = {"bytes": sum(len(json.dumps(data)) for data in lists + systems), "lists": len(lists),
+                    "joins": sum(data["event"] == "join" for data in systems), "last_list": len(lists[-1]["users"])}
         assert received["bytes"] < 2_000_000, received
         assert received["lists"] < devices / 4, received
-    finally:
-        watcher.disconnect()
 
 
 def test_rooms_do_not_grow_without_members(broker, tmp_path, server_for):
@@ -137,15 +127,11 @@ def test_new_sockets_share_their_address_bucket(broker, tmp_path, server_for):
     server = server_for(app_env(broker, tmp_path, ASYNC_MODE="eventlet", RATE_LIMIT="2/3600"))
     codes = []
     for number in range(6):
-        client = socketio.Client(reconnection=False)
-        client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
-        try:
-            ack = client.call("join", {"username": f"sock{number}", "client_id": f"page-{number}"}, timeout=TIMEOUT)
+        with SocketIOClient(server.url) as client:
+            ack = client.call("join", {"username": f"sock{number}", "client_id": f"page-{number}"})
             codes.append(ack.get("code", "ok"))
             if ack["ok"]:
-                codes.append(client.call("send_message", {"message": "hi"}, timeout=TIMEOUT).get("code", "ok"))
-        finally:
-            client.disconnect()
+                codes.append(client.call("send_message", {"message": "hi"}).get("code", "ok"))
     # 10 tokens per address: 5 sockets × (join + message), then the address is spent.
     assert codes[:10] == ["ok"] * 10 and codes[10] == "rate_limited"
     limited = requests.post(server.url + "/api/messages", json={"username": "cron", "message": "x"},

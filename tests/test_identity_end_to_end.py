@@ -7,7 +7,7 @@ import pytest
 import requests
 from conftest import app_env
 
-from support import TIMEOUT, Web, wait_for
+from support import TIMEOUT, wait_for
 
 
 @pytest.fixture
@@ -16,16 +16,8 @@ def server(broker, tmp_path, server_for):
 
 
 @pytest.fixture
-def web(server):
-    clients = []
-
-    def make():
-        clients.append(Web(server.url))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
+def web(server, web_for):
+    return lambda: web_for(server.url)
 
 
 def test_http_edges_are_json_errors_never_500(server):
@@ -115,11 +107,11 @@ def test_a_reconnecting_page_gets_its_name_back_and_its_resend_is_posted_once(se
     first.close()  # the old socket's late disconnect must not take Alice out
     second.call("send_message", {"message": "end marker"})
     observer.until("chat_message", lambda m: m["content"] == "end marker")
-    contents = [data["content"] for name, data in observer.seen if name == "chat_message"]
+    contents = [data["content"] for data in observer.received("chat_message")]
     assert contents.count("typed once") == 1
     users = requests.get(server.url + "/api/users", timeout=TIMEOUT).json()["users"]
     assert sorted(u["username"] for u in users) == ["Alice", "Observer"]
-    assert not [d for n, d in observer.seen if n == "system_message" and d["event"] == "leave"]
+    assert not observer.received("system_message", lambda d: d["event"] == "leave")
 
 
 def test_three_devices_with_one_name_are_all_relayed(server, probe_for):

@@ -18,7 +18,7 @@ import requests
 from conftest import app_env
 from paho.mqtt.enums import CallbackAPIVersion
 
-from support import TIMEOUT, MqttProbe, RawSocket, RedisServer, wait_for
+from support import TIMEOUT, MqttProbe, RedisServer, SocketIOClient, wait_for
 
 STREAM = 1000
 SETTLE = 120.0  # 1 000 messages through two instances on a noisy 2-core machine
@@ -86,12 +86,12 @@ class Devices:
         self.client.loop_stop()
 
 
-def chat_ids(web: RawSocket) -> list[str]:
+def chat_ids(web: SocketIOClient) -> list[str]:
     """The chat messages a client got, in the order they came over its websocket."""
-    return [data["client_message_id"] for name, data in list(web.events) if name == "chat_message"]
+    return [data["client_message_id"] for data in web.received("chat_message")]
 
 
-def drain_until(web: RawSocket, message_id: str) -> None:
+def drain_until(web: SocketIOClient, message_id: str) -> None:
     web.until("chat_message", lambda data: data.get("client_message_id") == message_id)
 
 
@@ -108,19 +108,6 @@ def devices(broker):
         device.stop()
 
 
-@pytest.fixture
-def webs():
-    made = []
-
-    def make(url: str) -> RawSocket:
-        made.append(RawSocket(url))
-        return made[-1]
-
-    yield make
-    for web in made:
-        web.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def cluster(request, broker, redis_server, tmp_path, server_for):
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""
@@ -132,9 +119,9 @@ def cluster(request, broker, redis_server, tmp_path, server_for):
     return Cluster(broker, redis_server, tmp_path, server_for, url)
 
 
-def test_a_device_stream_enters_once_and_every_web_client_sees_it_in_one_order(cluster, devices, webs, broker):
+def test_a_device_stream_enters_once_and_every_web_client_sees_it_in_one_order(cluster, devices, web_for, broker):
     first, second = cluster.servers
-    ana, bo = webs(first.url), webs(second.url)
+    ana, bo = web_for(first.url), web_for(second.url)
     assert ana.call("join", {"room": "lobby", "username": "Ana"})["ok"]
     assert bo.call("join", {"room": "lobby", "username": "Bo"})["ok"]
     out = MqttProbe(broker.port, cluster.topic("messages/out")).start()
@@ -151,7 +138,7 @@ def test_a_device_stream_enters_once_and_every_web_client_sees_it_in_one_order(c
                      what="the stream on both web clients", interval=0.2)
         # Each instance relays in order from its own queue: a marker through each settles both.
         for index, server in enumerate(cluster.servers):
-            marker = webs(server.url)
+            marker = web_for(server.url)
             assert marker.call("join", {"room": "lobby", "username": f"Marker {index}"})["ok"]
             end = f"end-{index}"
             assert marker.call("send_message", {"message": "end", "client_message_id": end})["ok"]
@@ -179,9 +166,9 @@ def test_a_device_stream_enters_once_and_every_web_client_sees_it_in_one_order(c
     assert 'chatroom_instance_info{instance_id="i0"} 1.0' in metrics
 
 
-def test_web_message_on_one_instance_reaches_devices_and_the_other_instance_once(cluster, webs, broker):
+def test_web_message_on_one_instance_reaches_devices_and_the_other_instance_once(cluster, web_for, broker):
     first, second = cluster.servers
-    ana, bo = webs(first.url), webs(second.url)
+    ana, bo = web_for(first.url), web_for(second.url)
     assert ana.call("join", {"room": "lobby", "username": "Ana"})["ok"]
     # A name held on instance 0 is refused on instance 1 (names are global).
     taken = bo.call("join", {"room": "lobby", "username": "ana"})
@@ -200,13 +187,13 @@ def test_web_message_on_one_instance_reaches_devices_and_the_other_instance_once
     assert chat_ids(ana) == chat_ids(bo) == ["w-1", "w-end"]
 
 
-def test_a_killed_instance_loses_no_accepted_message_and_leaves_no_ghosts(cluster, devices, webs, broker):
+def test_a_killed_instance_loses_no_accepted_message_and_leaves_no_ghosts(cluster, devices, web_for, broker):
     """SIGKILL one instance in the middle of a stream, restart it: every message the broker
     accepted is in the room once; the killed instance's web users leave within INSTANCE_TTL."""
     first, second = cluster.servers
-    ghost = webs(first.url)
+    ghost = web_for(first.url)
     assert ghost.call("join", {"room": "lobby", "username": "Ghost"})["ok"]
-    watcher = webs(second.url)
+    watcher = web_for(second.url)
     assert watcher.call("join", {"room": "lobby", "username": "Watcher"})["ok"]
     device = devices()
     topic = cluster.topic("messages/in")
@@ -232,14 +219,14 @@ def test_a_killed_instance_loses_no_accepted_message_and_leaves_no_ghosts(cluste
     assert [m["seq"] for m in history] == list(range(1, len(history) + 1))
 
 
-def test_device_messages_wait_while_redis_is_down_and_none_is_lost(broker, tmp_path, server_for, devices, webs):
+def test_device_messages_wait_while_redis_is_down_and_none_is_lost(broker, tmp_path, server_for, devices, web_for):
     """Redis stops in the middle of a stream and comes back: the bridges hold what they
     were handling (unacknowledged), the broker keeps the rest, and every accepted message
     ends up in the room once. A web input meanwhile gets a clear `unavailable`."""
     own_redis = RedisServer(tmp_path / "own-redis").start()
     try:
         cluster = Cluster(broker, own_redis, tmp_path, server_for)
-        watcher = webs(cluster.servers[1].url)
+        watcher = web_for(cluster.servers[1].url)
         assert watcher.call("join", {"room": "lobby", "username": "Watcher"})["ok"]
         device = devices()
         topic = cluster.topic("messages/in")

@@ -19,7 +19,7 @@ from conftest import app_env
 from chatroom.core.errors import ValidationError
 from chatroom.core.submission import Source, Submission
 from chatroom.core.validation import parse_json_object
-from support import TIMEOUT, Web
+from support import TIMEOUT, SocketIOClient
 
 LONE = "\ud800"          # a high surrogate with no low one after it
 LONE_LOW = "\udc80"      # a low surrogate with no high one before it
@@ -251,8 +251,7 @@ def test_mqtt_lone_surrogates_are_one_invalid_json_error_and_no_ghost(server, pr
 def test_socketio_lone_surrogates_are_refused_in_the_ack(server, probe_for):
     prefix = server.env["MQTT_TOPIC_PREFIX"]
     probe = probe_for(prefix)
-    web = Web(server.url)
-    try:
+    with SocketIOClient(server.url) as web:
         ack = web.call("join", {"username": LONE_LOW + "x"})
         assert ack["ok"] is False and ack["code"] == "bad_name"
         assert web.call("join", {"username": "Alice"})["ok"]
@@ -261,8 +260,6 @@ def test_socketio_lone_surrogates_are_refused_in_the_ack(server, probe_for):
             ack = web.call("send_message", payload)
             assert ack["ok"] is False and ack["code"] == "bad_field", payload
         assert web.call("send_message", {"message": "pair " + PAIR})["ok"]
-    finally:
-        web.close()
     out = probe.wait(f"{prefix}/messages/out")
     assert [o.json()["content"] for o in out] == ["pair " + PAIR]
     joins = [s.json()["username"] for s in probe.on(f"{prefix}/system") if s.json()["event"] == "join"]
@@ -284,15 +281,12 @@ def test_huge_integers_are_refused_and_the_room_stays_readable(server, probe_for
     response = post_json(server, escaped({"username": "cron", "message": "safe", "data": {"t": 2**53 - 1}}))
     assert response.status_code == 201
 
-    web = Web(server.url)
-    try:
+    with SocketIOClient(server.url) as web:
         ack = web.call("join", {"username": "Reader"})
         assert ack["ok"] and [(m["content"], m["data"]) for m in ack["history"]] == [("safe", {"t": 2**53 - 1})]
         # Within engineio's 100-digit packet limit, but still beyond what a browser can read.
         ack = web.call("send_message", {"message": "big", "data": {"t": 10**99}})
         assert ack["ok"] is False and ack["code"] == "bad_field"
-    finally:
-        web.close()
     assert no_traceback(server)
 
 

@@ -11,11 +11,10 @@ import sys
 
 import pytest
 import requests
-import socketio
 import websocket
 from conftest import app_env
 
-from support import ROOT, TIMEOUT, free_port, port_open, stop_process, wait_for
+from support import ROOT, TIMEOUT, SocketIOClient, free_port, port_open, stop_process, wait_for
 
 TOKEN = "t"
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
@@ -60,10 +59,8 @@ def websocket_session(server, source: str, token: str | None = None):
     return 101, ws
 
 
-def member(server) -> socketio.Client:
-    client = socketio.Client(reconnection=False)
-    client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT, auth={"token": TOKEN})
-    return client
+def member(server) -> SocketIOClient:
+    return SocketIOClient(server.url, token=TOKEN)
 
 
 def metric(server, name: str) -> float:
@@ -144,10 +141,10 @@ def test_a_full_server_evicts_the_oldest_unconnected_session_never_a_connected_o
         assert all(client.connected for client in members)
         status, body = polling(server, source="127.0.0.5")  # every session connected: refused
         assert status == 401, (status, body)
-        assert members[0].call("join", {"username": "Alice"}, timeout=TIMEOUT)["ok"]
+        assert members[0].call("join", {"username": "Alice"})["ok"]
     finally:
         for client in members:
-            client.disconnect()
+            client.close()
 
 
 @pytest.mark.parametrize("async_mode", ["eventlet", "threading"])
@@ -165,10 +162,10 @@ def test_a_session_without_a_socketio_connect_is_dropped_a_member_stays(broker, 
             return status == 400 and "Invalid session" in body
 
         wait_for(gone, timeout=50, what="the token-less session dropped")
-        assert alice.connected and alice.call("join", {"username": "Alice"}, timeout=TIMEOUT)["ok"]
+        assert alice.connected and alice.call("join", {"username": "Alice"})["ok"]
         assert metric(server, "chatroom_engineio_dropped_unconnected_total") >= 1
     finally:
-        alice.disconnect()
+        alice.close()
 
 
 def test_a_trickling_request_is_closed_at_the_header_deadline(broker, tmp_path, server_for):
