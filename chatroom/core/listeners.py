@@ -1,4 +1,4 @@
-"""A room listener's own queue and thread.
+"""The listener bus: each room listener with its own queue and thread.
 
 The room feeds every listener's queue in `seq` order while its lock is held, so a slow
 listener (the assistant, a broker that is down) never delays the others, and every
@@ -55,3 +55,43 @@ class ListenerWorker:
     def stop(self, timeout: float) -> None:
         self.queue.put(None)
         self.thread.join(timeout)
+
+
+class ListenerBus:
+    """Every listener of the rooms. The room calls `deliver` / `deliver_batch` with its lock
+    held, so every queue receives events in the same (seq) order."""
+
+    def __init__(self) -> None:
+        self.workers: list[ListenerWorker] = []
+        self.failures = 0  # listener exceptions, for /metrics
+        self._count_lock = threading.Lock()
+
+    def subscribe(self, name: str, listener: Listener, events: tuple[type, ...] = ()) -> None:
+        self.workers.append(ListenerWorker(name, listener, self._count_failure, events))
+
+    def _count_failure(self) -> None:
+        with self._count_lock:
+            self.failures += 1
+
+    def deliver(self, event: RoomEvent) -> None:
+        for worker in self.workers:
+            if worker.wants(event):
+                worker.queue.put(event)
+
+    def deliver_batch(self, events: list[RoomEvent]) -> None:
+        """A committed batch: one queue item (one wake-up) per listener for all of it."""
+        for worker in self.workers:
+            wanted = [event for event in events if worker.wants(event)]
+            if len(wanted) == 1:
+                worker.queue.put(wanted[0])
+            elif wanted:
+                worker.queue.put(wanted)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every listener has handled every event delivered so far."""
+        return all(worker.drain(timeout) for worker in list(self.workers))
+
+    def stop(self, timeout: float) -> None:
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.stop(timeout)

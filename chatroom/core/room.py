@@ -1,4 +1,4 @@
-"""Rooms: presence, seq numbers, history hand-off and the listener bus.
+"""Rooms: presence, seq numbers, names and the hand-off to history and listeners.
 
 The heart of the relay. Input reaches it through the intake (chatroom/core/intake.py),
 which decides what is accepted; the room does it atomically (`join` with its
@@ -6,15 +6,9 @@ name rules, `leave`, `post`, `announce`) and keeps members' liveness. Every
 transport that wants output subscribes a listener. Rooms without members are
 forgotten. Stdlib only: no Flask, Socket.IO or paho.
 
-Each listener has its own queue and thread (chatroom/core/listeners.py), fed in `seq`
-order while the room lock is held.
-
-Group commit (`batch`, `flush`): a thread that relays a burst (the MQTT bridge)
-posts inside `with rooms.batch():`. Its messages go into one open store
-transaction and its events wait in `_staged`; `flush` commits, then hands the
-whole batch to each listener as one queue item. Anyone else who posts or
-publishes while a batch is open flushes it first, so "stored before published"
-and the one event order hold for everyone.
+Each listener has its own queue and thread (the bus, chatroom/core/listeners.py), fed
+in `seq` order while the room lock is held. Group commit (`batch`, `flush`) is
+chatroom/core/batch.py's: a thread relaying a burst posts into one open transaction.
 """
 from __future__ import annotations
 
@@ -24,10 +18,10 @@ import time
 from collections import Counter
 from typing import Callable
 
-from chatroom.core.batch import ThreadBatch
+from chatroom.core.batch import OpenBatch, ThreadBatch
 from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.fair_shares import longest_silent_device, room_to_free
-from chatroom.core.listeners import ListenerWorker
+from chatroom.core.listeners import ListenerBus
 from chatroom.core.model import USER_MESSAGE, Message, Source, SystemEvent, User
 from chatroom.core.ports import History, MemberKey, Presence
 from chatroom.core.presence import LocalPresence
@@ -61,17 +55,12 @@ class Rooms:
         self.presence: Presence = presence if presence is not None else LocalPresence()
         self._posted_total = 0
         # Not re-entrant (cheaper under eventlet): methods that take it call only the
-        # unlocked helpers (_join, _flush, _publish), never each other.
+        # unlocked helpers (_join, _publish, open_batch.flush), never each other.
         self._lock = threading.Lock()
-        self._workers: list[ListenerWorker] = []
+        self.bus = ListenerBus()
         self._posted: Counter[str] = Counter()
-        self.listener_failures = 0
         self.group_commit = group_commit
-        # Threads posting into the open batch (idents: eventlet's green locals cost ~2 µs a look).
-        self._batching: set[int] = set()
-        self._batch_open = False            # messages sit in an uncommitted store transaction
-        self._staged: list[RoomEvent] = []  # the open batch's events, in order
-        self.messages_lost = 0              # stored in a batch whose commit failed
+        self.open_batch = OpenBatch(history, self.bus)
         self.evictions = 0                  # devices that gave way in a full room or room table
 
     # --- listeners ------------------------------------------------------------
@@ -80,40 +69,34 @@ class Rooms:
         """Call `listener(event)` for every room event (or only those of the types in
         `events`), on a thread of its own."""
         with self._lock:
-            self._workers.append(ListenerWorker(name, listener, self._count_failure, events))
+            self.bus.subscribe(name, listener, events)
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until every listener has handled every event published so far."""
-        with self._lock:
-            self._flush()
-            workers = list(self._workers)
-        return all(worker.drain(timeout) for worker in workers)
+        self.flush()
+        return self.bus.drain(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        with self._lock:
-            self._flush()
-            workers, self._workers = self._workers, []
-        for worker in workers:
-            worker.stop(timeout)
+        self.flush()
+        self.bus.stop(timeout)
 
-    def _count_failure(self) -> None:
-        with self._lock:
-            self.listener_failures += 1
+    @property
+    def listener_failures(self) -> int:
+        return self.bus.failures
+
+    @property
+    def messages_lost(self) -> int:
+        return self.open_batch.messages_lost
 
     def _publish(self, event: RoomEvent) -> None:
         # Called with the lock held: the queues receive events in seq order.
-        if self._in_batch():
-            self._staged.append(event)
+        if self.open_batch.holds_this_thread():
+            self.open_batch.staged.append(event)
             return
-        self._flush()  # another thread's open batch goes first
-        for worker in self._workers:
-            if worker.wants(event):
-                worker.queue.put(event)
+        self.open_batch.flush()  # another thread's open batch goes first
+        self.bus.deliver(event)
 
-    # --- group commit -----------------------------------------------------------
-
-    def _in_batch(self) -> bool:
-        return bool(self._batching) and threading.get_ident() in self._batching
+    # --- group commit (chatroom/core/batch.py) ---------------------------------
 
     def batch(self) -> "ThreadBatch":
         """Posts and events of this thread join the open batch until `flush` (called by
@@ -124,34 +107,12 @@ class Rooms:
     @property
     def pending_events(self) -> int:
         """Events of the open batch, not yet handed to the listeners."""
-        return len(self._staged)
+        return len(self.open_batch.staged)
 
     def flush(self) -> None:
         """Commit the open batch, then hand its events to the listeners (stored before published)."""
         with self._lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        # Called with the lock held.
-        if not self._batch_open and not self._staged:
-            return
-        staged, self._staged = self._staged, []
-        if self._batch_open:
-            self._batch_open = False
-            try:
-                self.history.commit_batch()
-            except Exception:
-                # Not stored, so not published: the same loss as a failed single insert.
-                lost = [event for event in staged if isinstance(event, Message)]
-                staged = [event for event in staged if not isinstance(event, Message)]
-                self.messages_lost += len(lost)
-                log.exception("history commit failed: %d messages lost", len(lost))
-        for worker in self._workers:
-            wanted = [event for event in staged if worker.wants(event)]
-            if len(wanted) == 1:
-                worker.queue.put(wanted[0])
-            elif wanted:
-                worker.queue.put(wanted)
+            self.open_batch.flush()
 
     # --- rooms and presence ---------------------------------------------------
 
@@ -320,16 +281,15 @@ class Rooms:
 
         with self._lock:
             # Stored before anyone sees it: history never lacks a published message.
-            batched = self._in_batch()
+            batched = self.open_batch.holds_this_thread()
             if not batched:
-                self._flush()  # an open batch is committed before this message is stored
+                self.open_batch.flush()  # an open batch is committed before this message is stored
             seq = self.presence.next_seq(room, lambda: self.history.last_seq(room))
             if seq is None:  # several instances: the store numbers the room (gap-free)
                 message = self.history.append_next(room, build)
             elif batched:
                 message = build(seq)
-                self._batch_open = True  # before: a failed insert still leaves a transaction to end
-                self.history.append_to_batch(message)
+                self.open_batch.append(message)
             else:
                 message = build(seq)
                 self.history.append(message)
