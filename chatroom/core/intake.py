@@ -66,7 +66,7 @@ class Intake:
         try:
             return self._post(sub, client_id)
         except RelayError as exc:
-            exc.client_id = exc.client_id or (client_id if sub.source == Source.MQTT else None)
+            exc.client_id = exc.client_id or (client_id if sub.from_device else None)
             raise
 
     def _post(self, sub: Submission, client_id: str | None) -> Accepted:
@@ -75,7 +75,7 @@ class Intake:
         data = validate_data(sub.data)
         units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
-        if self.locks.shared and sub.source == Source.MQTT and message_id is None and client_id is not None:
+        if self.locks.shared and sub.from_device and message_id is None and client_id is not None:
             accepted = self._post_as_present_device(sub, room, client_id, text, data, units)
             if accepted is not None:
                 return accepted
@@ -91,7 +91,7 @@ class Intake:
                 if isinstance(original, str) and self.rooms.history.has_message(original):
                     return Accepted(Outcome.DUPLICATE, room, message_id=original)
             user = None
-            if sub.source == Source.MQTT:
+            if sub.from_device:
                 user = self.rooms.join(room, member_key, name, Source.MQTT, client_id=client_id,
                                        on_clash=on_clash).user
                 name = user.username
@@ -108,7 +108,7 @@ class Intake:
                 server_id = new_message_id()
                 self.dedup.remember(dedup_key, server_id)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
-                                      client_id=client_id if sub.source == Source.MQTT else None,
+                                      client_id=client_id if sub.from_device else None,
                                       data=data, client_message_id=message_id, units=units,
                                       message_id=server_id)
         return Accepted(Outcome.POSTED, room, user=user, message=message, message_id=message.message_id)
@@ -132,16 +132,16 @@ class Intake:
 
     def _author(self, sub: Submission, room: str, client_id: str | None):
         """(member key, name asked for, what to do on a name clash) of a message's author."""
-        if sub.source == Source.MQTT:
+        if sub.from_device:
             assert client_id is not None  # a device always names itself (_client_id)
-            key: MemberKey = (Source.MQTT, client_id)
+            key = member_key(sub, client_id)
             if sub.username is not None:
                 return key, self.names.display_name(sub.username), NameClash.SUFFIX
             current = self.rooms.member(room, key)
             name = current.requested if current else self.names.device_name(client_id, None)
             return key, name, NameClash.SUFFIX
         if sub.source == Source.WEB:
-            key = (Source.WEB, sub.connection)
+            key = member_key(sub, client_id)
             if self.rooms.member(room, key) is None:
                 raise ValidationError("not_joined", "join a room first")
             return key, None, NameClash.REFUSE
@@ -180,12 +180,12 @@ class Intake:
         client_id = self._client_id(sub)
         try:
             room = validate_room(sub.room)
-            key: MemberKey
-            if sub.source == Source.MQTT:
+            key = member_key(sub, client_id)
+            if sub.from_device:
                 assert client_id is not None  # a device always names itself (_client_id)
-                name, key, on_clash = self.names.device_name(client_id, sub.username), (Source.MQTT, client_id), NameClash.SUFFIX
+                name, on_clash = self.names.device_name(client_id, sub.username), NameClash.SUFFIX
             else:
-                name, key, on_clash = self.names.display_name(sub.username), (Source.WEB, sub.connection), NameClash.REFUSE
+                name, on_clash = self.names.display_name(sub.username), NameClash.REFUSE
             with self.locks.hold(room):
                 current = self.rooms.member(room, key)
                 changes = current is None or current.requested != name
@@ -194,14 +194,14 @@ class Intake:
                     self._check_rate(buckets, client_id)
                 result: JoinResult = self.rooms.join(
                     room, key, name, sub.source, on_clash=on_clash,
-                    client_id=client_id if sub.source == Source.MQTT else None,
+                    client_id=client_id if sub.from_device else None,
                     private_id=client_id if sub.source == Source.WEB else None)
                 if result.outcome != Outcome.UNCHANGED:
                     self._take(buckets)
                 if switch_from is not None and switch_from != room:
                     self.rooms.leave(switch_from, key)
         except RelayError as exc:
-            exc.client_id = exc.client_id or (client_id if sub.source == Source.MQTT else None)
+            exc.client_id = exc.client_id or (client_id if sub.from_device else None)
             raise
         return Accepted(result.outcome, room, user=result.user, replaced=result.replaced)
 
@@ -210,10 +210,10 @@ class Intake:
         it spends a token when it has one: join/leave floods are limited."""
         client_id = self._client_id(sub)
         room = validate_room(sub.room)
-        key = (Source.MQTT, client_id) if sub.source == Source.MQTT else (Source.WEB, sub.connection)
+        key = member_key(sub, client_id)
         with self.locks.hold(room):
             user = self.rooms.leave(room, key)
-            if user is not None and sub.source == Source.MQTT:
+            if user is not None and sub.from_device:
                 buckets = self._buckets(sub, client_id)
                 if all(limiter.wait_time(key) == 0 for limiter, key in buckets):
                     self._take(buckets)
@@ -231,7 +231,7 @@ class Intake:
     def _client_id(self, sub: Submission) -> str | None:
         """A device must name itself; a page may (its stable id, optional). A device id
         proven on its own topic cannot be claimed on the shared ones."""
-        if sub.source != Source.MQTT:
+        if not sub.from_device:
             return validate_client_id(sub.client_id) if sub.client_id is not None else None
         client_id = validate_client_id(sub.client_id)
         if sub.proven:
@@ -242,8 +242,8 @@ class Intake:
 
     def _buckets(self, sub: Submission, client_id: str | None) -> list[tuple[RateLimiter, Hashable]]:
         """The rate-limit buckets an input spends: its sender's, and for web and HTTP its address's."""
-        if sub.source == Source.MQTT:
-            return [(self.rate_limiter, (Source.MQTT, client_id))]
+        if sub.from_device:
+            return [(self.rate_limiter, member_key(sub, client_id))]
         own: Hashable = (Source.WEB, client_id or sub.connection) if sub.source == Source.WEB else (Source.HTTP, sub.address)
         buckets: list[tuple[RateLimiter, Hashable]] = [(self.rate_limiter, own)]
         if sub.address is not None:
@@ -268,3 +268,8 @@ class Intake:
             raise ValidationError("rate_limited", "too many messages; slow down", client_id,
                                   retry_after=wait)
 
+
+def member_key(sub: Submission, client_id: str | None) -> MemberKey:
+    """Who a member is: a device by its client_id, a web page by its connection (several tabs
+    of one page are several members)."""
+    return (Source.MQTT, client_id) if sub.from_device else (Source.WEB, sub.connection)

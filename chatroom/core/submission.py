@@ -35,6 +35,11 @@ class Submission:
     # The broker vouched for `client_id`: it came from the device's own topic (PROTOCOL 10).
     proven: bool = False
 
+    @property
+    def from_device(self) -> bool:
+        """A device speaks (MQTT): it names itself by client_id and joins implicitly."""
+        return self.source == Source.MQTT
+
 
 @dataclass(frozen=True)
 class Accepted:
