@@ -16,8 +16,8 @@ from typing import Callable, Hashable
 from chatroom.core.errors import ClaimRefused, Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import Throttle
-from chatroom.core.model import dumps, utc_timestamp
-from chatroom.core.submission import Outcome, Source, Submission
+from chatroom.core.model import Source, dumps, utc_timestamp
+from chatroom.core.submission import Outcome, Submission
 from chatroom.core.validation import client_id_of, optional, parse_json_object
 from mqtt_service.stats import BridgeStats
 from mqtt_service.topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Sequence
 
 from chatroom.core.limits import RecentSet, Throttle
 from chatroom.core.model import Message, Source, SystemEvent, dumps
@@ -85,13 +85,13 @@ class DeviceTopics:
 
     # --- room listener ------------------------------------------------------------
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: object) -> None:
         if isinstance(event, Message) and event.source == DEVICE_SOURCE and event.client_id and event.data:
-            self._reading(event)
+            self._reading(event, event.client_id, event.data)
         elif isinstance(event, SystemEvent) and event.client_id and event.event in ("join", "leave", "rename"):
-            self._presence(event)
+            self._presence(event, event.client_id)
 
-    def _device(self, client_id: str, name: str, room: str, evicted: list) -> _Device | None:
+    def _device(self, client_id: str, name: str, room: str, evicted: list[tuple[str, _Device]]) -> _Device | None:
         """The device's entry, made the most recently heard. A new one may push out the
         longest-silent device that is not present (into `evicted`, cleared by the caller); a
         present device is never pushed out (its entities would vanish while it is there). None:
@@ -102,10 +102,12 @@ class DeviceTopics:
             if len(self._devices) >= self.max_devices:
                 absent = next((other for other, known in self._devices.items() if not known.rooms), None)
                 if absent is None:
-                    return self._defer("all the tracked devices are present (MAX_DEVICES)")
+                    self._defer("all the tracked devices are present (MAX_DEVICES)")
+                    return None
             admitted, _ = self._admissions.allow("new devices")
             if not admitted:
-                return self._defer(f"new devices arrive faster than {NEW_DEVICES_PER_MINUTE} a minute")
+                self._defer(f"new devices arrive faster than {NEW_DEVICES_PER_MINUTE} a minute")
+                return None
             if absent is not None:
                 evicted.append((absent, self._devices.pop(absent)))
             if self._deferring:
@@ -123,38 +125,38 @@ class DeviceTopics:
         if not self._deferring:  # one line when it starts, one when it ends
             self._deferring = True
             log.warning("%s: new devices' retained topics wait for their next message", why)
-        return None
 
-    def _reading(self, message: Message) -> None:
-        evicted: list = []
+    def _reading(self, message: Message, client_id: str, readings: dict) -> None:
+        """`client_id`, `readings`: the message's (a device's message carries both)."""
+        evicted: list[tuple[str, _Device]] = []
         with self._lock:
-            device = self._device(message.client_id, message.username, message.room, evicted)
+            device = self._device(client_id, message.username, message.room, evicted)
             if device is None:
                 return
             if not device.loaded:
                 device.loaded = True
-                data, device.timestamp = self.history(message.client_id)
+                data, device.timestamp = self.history(client_id)
                 device.data.update(list(data.items())[:self.max_keys])
             device.name, device.room, device.timestamp = message.username, message.room, message.timestamp
             new_keys = []
-            for key, value in message.data.items():
+            for key, value in readings.items():
                 if key not in device.data and len(device.data) >= self.max_keys:
                     continue  # bounded across its messages: later new keys are not published
                 device.data[key] = value
                 if key not in device.announced:
                     new_keys.append(key)
             device.units.update((key, unit) for key, unit in (message.units or {}).items() if key in device.data)
-            announcements = [self._entity(message.client_id, device, key) for key in new_keys]
-            state = self._state(message.client_id, device)
+            announcements = [self._entity(client_id, device, key) for key in new_keys]
+            state = self._state(client_id, device)
         self._clear(evicted)
         for announcement in announcements:
             self._send(announcement)
-        self.publish(self.discovery.state_topic(message.client_id), state, True)
+        self.publish(self.discovery.state_topic(client_id), state, True)
 
-    def _presence(self, event: SystemEvent) -> None:
-        evicted: list = []
+    def _presence(self, event: SystemEvent, client_id: str) -> None:
+        evicted: list[tuple[str, _Device]] = []
         with self._lock:
-            device = self._device(event.client_id, event.username or event.client_id, event.room, evicted)
+            device = self._device(client_id, event.username or client_id, event.room, evicted)
             if device is None:
                 return
             if event.event == "leave":
@@ -166,9 +168,9 @@ class DeviceTopics:
             # The device's name is in every config, and Home Assistant takes a device's name
             # from any of them: one config carries a rename (not one per key).
             renamed = event.event == "rename" and self.ha_enabled and device.announced
-            announcement = self._entity(event.client_id, device, next(iter(device.announced))) if renamed else None
+            announcement = self._entity(client_id, device, next(iter(device.announced))) if renamed else None
         self._clear(evicted)
-        self.publish(self.discovery.availability_topic(event.client_id), b"online" if online else b"offline", True)
+        self.publish(self.discovery.availability_topic(client_id), b"online" if online else b"offline", True)
         self._send(announcement)
 
     # --- bounds ---------------------------------------------------------------------
@@ -209,7 +211,7 @@ class DeviceTopics:
         log.info("device %r forgotten: %d retained topics cleared", client_id, len(topics))
         return topics
 
-    def _clear(self, devices: list[tuple[str, _Device | None]], thorough: bool = False) -> list[str]:
+    def _clear(self, devices: Sequence[tuple[str, _Device | None]], thorough: bool = False) -> list[str]:
         """Empty retained messages on every topic of these devices (called without the lock).
 
         A pushed-out or expired device costs at most 2 + 2 x max_keys publications: its

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mqtt_service.topics import Topics
 
@@ -113,8 +114,10 @@ class Discovery:
     def entity(self, client_id: str, device_name: str, key: str, value, unit: str | None = None) -> Announcement:
         """The config message of data key `key` of a device (`value` decides the kind)."""
         component = self.component_of(value)
+        if component is None:  # validation lets only numbers, strings and booleans into `data`
+            raise ValueError(f"data.{key} ({type(value).__name__}) cannot be a Home Assistant entity")
         value_of = f"value_json.data[{json.dumps(key, ensure_ascii=False)}]"
-        payload = {
+        payload: dict[str, Any] = {
             "name": entity_name(key),
             "unique_id": f"{self.node(client_id)}_{key_id(key)}",
             "state_topic": self.state_topic(client_id),
