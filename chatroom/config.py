@@ -7,24 +7,18 @@ reported at once as `NAME: reason (got 'value')`.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import socket
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
-# Relative paths in the configuration are taken from the project directory (where app.py
-# and .env are), never from wherever the server was started: run from `/`, `data/chat.db`
-# must not become `/data/chat.db` (issue 22).
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from chatroom import config_values as values
+from chatroom.config_values import PROJECT_DIR
 
 ASYNC_MODES = ("eventlet", "threading")
 # One MQTT topic level, and a Redis key part: no separators, wildcards or spaces.
-PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 AI_REPLY_MODES = ("mention", "all", "off")
 OUT_FORMATS = ("full", "compact")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -126,69 +120,69 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
-        reader = _Reader(env)
-        rate = reader.get("RATE_LIMIT", "20/10", _parse_rate)
-        port = reader.get("PORT", "5000", _port)
+        reader = values.Reader(env)
+        rate = reader.get("RATE_LIMIT", "20/10", values.rate)
+        port = reader.get("PORT", "5000", values.port_number)
         settings = cls(
-            host=reader.get("HOST", "127.0.0.1", _non_empty),
+            host=reader.get("HOST", "127.0.0.1", values.non_empty),
             port=port,
             secret_key=reader.get("SECRET_KEY", "", str) or secrets.token_hex(32),
-            async_mode=reader.get("ASYNC_MODE", "eventlet", _choice(ASYNC_MODES)),
-            cors_origins=reader.get("CORS_ORIGINS", "", _csv),
-            mqtt_enable=reader.get("MQTT_ENABLE", "true", _bool),
-            mqtt_broker=reader.get("MQTT_BROKER", "localhost", _non_empty),
-            mqtt_port=reader.get("MQTT_PORT", "1883", _port),
+            async_mode=reader.get("ASYNC_MODE", "eventlet", values.choice(ASYNC_MODES)),
+            cors_origins=reader.get("CORS_ORIGINS", "", values.comma_list),
+            mqtt_enable=reader.get("MQTT_ENABLE", "true", values.boolean),
+            mqtt_broker=reader.get("MQTT_BROKER", "localhost", values.non_empty),
+            mqtt_port=reader.get("MQTT_PORT", "1883", values.port_number),
             mqtt_username=reader.get("MQTT_USERNAME", "", str),
             mqtt_password=reader.get("MQTT_PASSWORD", "", str),
-            mqtt_tls=reader.get("MQTT_TLS", "false", _bool),
-            mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", _project_path),
+            mqtt_tls=reader.get("MQTT_TLS", "false", values.boolean),
+            mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", values.project_path),
             # The port is in the default: two servers on one host must not share a session.
             mqtt_client_id=reader.get("MQTT_CLIENT_ID", "", str)
             or f"chatroom-bridge-{socket.gethostname()}-{port}",
-            mqtt_topic_prefix=reader.get("MQTT_TOPIC_PREFIX", "chatroom", _topic_prefix),
-            mqtt_qos=reader.get("MQTT_QOS", "1", _choice_int((0, 1, 2))),
-            mqtt_user_timeout=reader.get("MQTT_USER_TIMEOUT", "600", _int_at_least(0)),
-            mqtt_outbox_size=reader.get("MQTT_OUTBOX_SIZE", "10000", _int_at_least(1)),
-            mqtt_out_format=reader.get("MQTT_OUT_FORMAT", "full", _choice(OUT_FORMATS)),
-            mqtt_device_topics_only=reader.get("MQTT_DEVICE_TOPICS_ONLY", "false", _bool),
-            max_device_keys=reader.get("MAX_DEVICE_KEYS", "32", _int_at_least(1)),
-            max_devices=reader.get("MAX_DEVICES", "500", _int_at_least(1)),
-            device_retention_days=reader.get("DEVICE_RETENTION_DAYS", "30", _int_at_least(0)),
-            database_path=reader.get("DATABASE_PATH", "data/chat.db", _project_path),
-            history_limit=reader.get("HISTORY_LIMIT", "50", _int_at_least(0)),
-            max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", _int_at_least(1)),
-            max_room_members=reader.get("MAX_ROOM_MEMBERS", "1000", _int_at_least(1)),
-            max_rooms=reader.get("MAX_ROOMS", "1000", _int_at_least(1)),
-            history_retention_days=reader.get("HISTORY_RETENTION_DAYS", "0", _int_at_least(0)),
+            mqtt_topic_prefix=reader.get("MQTT_TOPIC_PREFIX", "chatroom", values.topic_prefix),
+            mqtt_qos=reader.get("MQTT_QOS", "1", values.choice_int((0, 1, 2))),
+            mqtt_user_timeout=reader.get("MQTT_USER_TIMEOUT", "600", values.int_at_least(0)),
+            mqtt_outbox_size=reader.get("MQTT_OUTBOX_SIZE", "10000", values.int_at_least(1)),
+            mqtt_out_format=reader.get("MQTT_OUT_FORMAT", "full", values.choice(OUT_FORMATS)),
+            mqtt_device_topics_only=reader.get("MQTT_DEVICE_TOPICS_ONLY", "false", values.boolean),
+            max_device_keys=reader.get("MAX_DEVICE_KEYS", "32", values.int_at_least(1)),
+            max_devices=reader.get("MAX_DEVICES", "500", values.int_at_least(1)),
+            device_retention_days=reader.get("DEVICE_RETENTION_DAYS", "30", values.int_at_least(0)),
+            database_path=reader.get("DATABASE_PATH", "data/chat.db", values.project_path),
+            history_limit=reader.get("HISTORY_LIMIT", "50", values.int_at_least(0)),
+            max_message_chars=reader.get("MAX_MESSAGE_CHARS", "2000", values.int_at_least(1)),
+            max_room_members=reader.get("MAX_ROOM_MEMBERS", "1000", values.int_at_least(1)),
+            max_rooms=reader.get("MAX_ROOMS", "1000", values.int_at_least(1)),
+            history_retention_days=reader.get("HISTORY_RETENTION_DAYS", "0", values.int_at_least(0)),
             rate_limit_count=rate[0] if rate else 0,
             rate_limit_seconds=rate[1] if rate else 1.0,
             api_token=reader.get("API_TOKEN", "", str),
-            trusted_proxies=reader.get("TRUSTED_PROXIES", "0", _int_at_least(0)),
-            max_web_sessions=reader.get("MAX_WEB_SESSIONS", "2000", _int_at_least(1)),
-            max_web_sessions_per_address=reader.get("MAX_WEB_SESSIONS_PER_ADDRESS", "100", _int_at_least(1)),
-            max_connections_per_address=reader.get("MAX_CONNECTIONS_PER_ADDRESS", "256", _int_at_least(1)),
-            header_timeout=reader.get("HEADER_TIMEOUT", "10", _positive_float),
+            trusted_proxies=reader.get("TRUSTED_PROXIES", "0", values.int_at_least(0)),
+            max_web_sessions=reader.get("MAX_WEB_SESSIONS", "2000", values.int_at_least(1)),
+            max_web_sessions_per_address=reader.get("MAX_WEB_SESSIONS_PER_ADDRESS", "100", values.int_at_least(1)),
+            max_connections_per_address=reader.get("MAX_CONNECTIONS_PER_ADDRESS", "256", values.int_at_least(1)),
+            header_timeout=reader.get("HEADER_TIMEOUT", "10", values.positive_float),
             openai_api_key=reader.get("OPENAI_API_KEY", "", str),
             openai_base_url=reader.get("OPENAI_BASE_URL", "", str),
-            ai_model=reader.get("AI_MODEL", "gpt-4o-mini", _non_empty),
-            ai_name=reader.get("AI_NAME", "AI", _ai_name),
-            ai_reply_mode=reader.get("AI_REPLY_MODE", "mention", _choice(AI_REPLY_MODES)),
-            ai_context_messages=reader.get("AI_CONTEXT_MESSAGES", "20", _int_at_least(0)),
-            ai_timeout=reader.get("AI_TIMEOUT", "30", _positive_float),
+            ai_model=reader.get("AI_MODEL", "gpt-4o-mini", values.non_empty),
+            ai_name=reader.get("AI_NAME", "AI", values.ai_name),
+            ai_reply_mode=reader.get("AI_REPLY_MODE", "mention", values.choice(AI_REPLY_MODES)),
+            ai_context_messages=reader.get("AI_CONTEXT_MESSAGES", "20", values.int_at_least(0)),
+            ai_timeout=reader.get("AI_TIMEOUT", "30", values.positive_float),
             ai_system_prompt=reader.get("AI_SYSTEM_PROMPT", "", str),
-            ai_max_tokens=reader.get("AI_MAX_TOKENS", "512", _int_at_least(1)),
-            ai_context_bytes=reader.get("AI_CONTEXT_BYTES", "16384", _int_at_least(1024)),
-            ai_queue_size=reader.get("AI_QUEUE_SIZE", "8", _int_at_least(0)),
-            ai_requests_per_minute=reader.get("AI_REQUESTS_PER_MINUTE", "20", _int_at_least(1)),
-            log_level=reader.get("LOG_LEVEL", "INFO", _log_level),
-            ha_discovery=reader.get("HA_DISCOVERY", "true", _bool),
-            ha_discovery_prefix=reader.get("HA_DISCOVERY_PREFIX", "homeassistant", _topic_prefix),
-            redis_url=reader.get("REDIS_URL", "", _url(("redis://", "rediss://", "unix://"))),
-            mqtt_shared_group=reader.get("MQTT_SHARED_GROUP", "", _plain_id),
-            database_url=reader.get("DATABASE_URL", "", _url(("postgresql://", "postgres://"))),
-            instance_id=reader.get("INSTANCE_ID", "", _plain_id)
-            or _plain_default(f"{socket.gethostname()}-{port}"),
-            instance_ttl=reader.get("INSTANCE_TTL", "15", _int_at_least(2)),
+            ai_max_tokens=reader.get("AI_MAX_TOKENS", "512", values.int_at_least(1)),
+            ai_context_bytes=reader.get("AI_CONTEXT_BYTES", "16384", values.int_at_least(1024)),
+            ai_queue_size=reader.get("AI_QUEUE_SIZE", "8", values.int_at_least(0)),
+            ai_requests_per_minute=reader.get("AI_REQUESTS_PER_MINUTE", "20", values.int_at_least(1)),
+            log_level=reader.get("LOG_LEVEL", "INFO", values.log_level),
+            ha_discovery=reader.get("HA_DISCOVERY", "true", values.boolean),
+            ha_discovery_prefix=reader.get("HA_DISCOVERY_PREFIX", "homeassistant", values.topic_prefix),
+            redis_url=reader.get("REDIS_URL", "", values.url_with_scheme(("redis://", "rediss://", "unix://"))),
+            mqtt_shared_group=reader.get("MQTT_SHARED_GROUP", "", values.plain_id),
+            database_url=reader.get("DATABASE_URL", "", values.url_with_scheme(("postgresql://", "postgres://"))),
+            instance_id=reader.get("INSTANCE_ID", "", values.plain_id)
+            or values.plain_default(f"{socket.gethostname()}-{port}"),
+            instance_ttl=reader.get("INSTANCE_TTL", "15", values.int_at_least(2)),
         )
         # Half a multi-instance set-up would duplicate device messages (every instance
         # hears every one) or split presence: refuse it clearly (PROTOCOL 8).
@@ -205,150 +199,3 @@ class Settings:
         if reader.problems:
             raise ConfigError(reader.problems)
         return settings
-
-
-class _Reader:
-    """Reads variables, collecting problems instead of stopping at the first."""
-
-    def __init__(self, env: Mapping[str, str]):
-        self.env = env
-        self.problems: list[str] = []
-
-    def get(self, name: str, default: str, parse: Callable[[str], object]):
-        raw = self.env.get(name)
-        raw = default if raw is None or raw.strip() == "" else raw.strip()
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            self.problems.append(f"{name}: {exc} (got {raw!r})")
-            return parse(default)
-
-
-def _non_empty(raw: str) -> str:
-    if not raw:
-        raise ValueError("must not be empty")
-    return raw
-
-
-def _project_path(raw: str) -> str:
-    """A file path; a relative one is taken from the project directory. `:memory:` stays."""
-    if not raw or raw == ":memory:" or os.path.isabs(raw):
-        return raw
-    return str(PROJECT_DIR / raw)
-
-
-def _int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
-
-
-def _port(raw: str) -> int:
-    value = _int(raw)
-    if not 1 <= value <= 65535:
-        raise ValueError("must be a port number 1-65535")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = _int(raw)
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return value
-    return parse
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("must be a number") from None
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw.lower() not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return raw.lower()
-    return parse
-
-
-def _choice_int(options: tuple[int, ...]) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = _int(raw)
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(map(str, options))}")
-        return value
-    return parse
-
-
-def _csv(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _parse_rate(raw: str) -> tuple[int, float] | None:
-    """`N/S` = N messages per S seconds; `0` turns rate limiting off."""
-    if raw == "0":
-        return None
-    count, sep, seconds = raw.partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        parsed = (int(count), float(seconds))
-    except ValueError:
-        raise ValueError("must look like 20/10 (messages/seconds) or 0 for off") from None
-    if parsed[0] < 0 or parsed[1] <= 0:
-        raise ValueError("count must be >= 0 and seconds > 0")
-    return parsed if parsed[0] > 0 else None
-
-
-def _topic_prefix(raw: str) -> str:
-    if (any(ch in raw for ch in "+#") or not raw.isprintable() or raw.startswith("/")
-            or raw.endswith("/") or raw.startswith("$")):
-        raise ValueError("must be a plain topic prefix without +, #, $, control characters "
-                         "or leading/trailing /")
-    return raw
-
-
-def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw and not raw.startswith(schemes):
-            raise ValueError(f"must start with {' or '.join(schemes)}")
-        return raw
-    return parse
-
-
-def _plain_id(raw: str) -> str:
-    if raw and not PLAIN_ID.fullmatch(raw):
-        raise ValueError("must be 1-64 letters, digits, '_', '.' or '-'")
-    return raw
-
-
-def _plain_default(raw: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", raw)[-64:]
-
-
-def _ai_name(raw: str) -> str:
-    if not 1 <= len(raw) <= 32 or any(ch.isspace() for ch in raw):
-        raise ValueError("must be 1-32 characters without spaces")
-    return raw
-
-
-def _log_level(raw: str) -> str:
-    if raw.upper() not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return raw.upper()
