@@ -1,0 +1,205 @@
+"""The paho client: how it is built, connected and stopped, its connection callbacks, and
+the subscriptions it renews on every connect.
+
+The session is persistent (messages sent while we restart wait for us) and paho
+reconnects by itself with backoff; the server works while the broker is down. The
+bridge's retained state topic says `online` ahead of any backlog on each connect, and
+the will says `offline`. A refused or unreachable broker is logged once per state
+change, not once per retry. Publications go through the outbox (outbox.py), which this
+tells when the connection comes and goes; connections the broker keeps closing are
+explained by connection_watch.py. Inbound publications go to `on_message` (dispatch.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from chatroom.config import Settings
+from chatroom.core.model import dumps
+from mqtt_service.callbacks import guarded, set_tcp_nodelay
+from mqtt_service.connection_watch import ConnectionWatch
+from mqtt_service.outbox import Outbox, Outgoing
+from mqtt_service.stats import BridgeStats
+from mqtt_service.subscriptions import SubscriptionMemory, stale_filters
+from mqtt_service.topics import Topics
+
+log = logging.getLogger("mqtt_service.bridge")
+
+# 0 = no limit. paho's default window of 20 caps a QoS 1 relay well below one core,
+# and any window makes paho scan its whole queue on every PUBACK. The broker takes
+# what we send; our own outbox bounds memory while it is unreachable.
+MAX_INFLIGHT = 0
+KEEPALIVE = 30  # seconds
+RECONNECT_DELAY = (1, 30)  # paho's backoff between two attempts, seconds
+
+Announce = Callable[[str, str], None]  # (bridge event, text): a system event for the rooms
+OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
+
+
+class Connection:
+    def __init__(self, settings: Settings, topics: Topics, stats: BridgeStats, watch: ConnectionWatch,
+                 outbox: Outbox, *, state_topic: str, qos: int, extra_filters: list[str],
+                 on_message: OnMessage, announce: Announce, after_online: Callable[[], None],
+                 stopping: threading.Event):
+        """`extra_filters`: subscribed besides the inbound topics (Home Assistant's status);
+        `announce`: tells the rooms the bridge is online or lost the broker; `after_online`:
+        runs once the backlog is sent after a connect; `stopping`: set when the bridge stops."""
+        self.settings = settings
+        self.topics = topics
+        self.stats = stats
+        self.watch = watch
+        self.outbox = outbox
+        self.state_topic = state_topic
+        self.qos = qos
+        self.extra_filters = extra_filters
+        self.on_message = on_message
+        self.announce = announce
+        self.after_online = after_online
+        self.stopping = stopping
+        self.client: mqtt.Client | None = None
+        self.subscriptions: list[str] = []  # of the current (or last) connection
+        self._ever_connected = False
+        self.subscription_memory = SubscriptionMemory(os.path.dirname(os.path.abspath(settings.database_path)))
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def build(self, manual_ack: bool) -> mqtt.Client:
+        """The configured client, not yet connected. `manual_ack`: PUBACK once the batch
+        holding the message is committed (group_commit.py)."""
+        settings = self.settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            clean_session=False,  # persistent session: messages sent while we restart wait for us
+            protocol=mqtt.MQTTv311,
+            manual_ack=manual_ack,
+        )
+        client.enable_logger(logging.getLogger("paho.mqtt"))
+        client.suppress_exceptions = True  # second net under guarded
+        client.max_inflight_messages_set(MAX_INFLIGHT)
+        client.max_queued_messages_set(0)  # our outbox is the bound, not paho's queue
+        client.reconnect_delay_set(min_delay=RECONNECT_DELAY[0], max_delay=RECONNECT_DELAY[1])
+        if settings.mqtt_username:
+            client.username_pw_set(settings.mqtt_username, settings.mqtt_password or None)
+        if settings.mqtt_tls:
+            client.tls_set(ca_certs=settings.mqtt_ca_certs or None)
+        client.will_set(self.state_topic, dumps({"state": "offline"}), qos=1, retain=True)
+        client.on_socket_open = self.on_socket_open
+        client.on_connect = self.on_connect
+        client.on_connect_fail = self.on_connect_fail
+        client.on_disconnect = self.on_disconnect
+        client.on_message = self.on_message
+        client.on_publish = self.on_publish
+        self.client = client
+        return client
+
+    def connect(self) -> None:
+        """Connect in the background (paho's thread), retrying with backoff."""
+        settings = self.settings
+        if self.client is None:
+            raise RuntimeError("Connection.connect() before build()")
+        log.info("MQTT bridge connecting to %s:%s as %s", settings.mqtt_broker,
+                 settings.mqtt_port, settings.mqtt_client_id)
+        self.client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=KEEPALIVE)
+        self.client.loop_start()
+
+    def publish_offline(self) -> None:
+        """The bridge's state `offline`, in order after everything before it (a clean stop)."""
+        self.outbox.publish(Outgoing(self.state_topic, dumps({"state": "offline"}).encode(), qos=1, retain=True))
+
+    def disconnect(self) -> None:
+        """DISCONNECT (the will is not sent) and stop paho's thread."""
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    # --- paho callbacks (network thread) ------------------------------------------------
+
+    @guarded
+    def on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle on: a PUBLISH queued behind our PUBACK then waits
+        # for the broker's delayed ACK (up to 40 ms).
+        set_tcp_nodelay(sock)
+
+    @guarded
+    def on_connect(self, client: mqtt.Client, userdata: Any, connect_flags: mqtt.ConnectFlags,
+                   reason_code: ReasonCode, properties: Properties | None) -> None:
+        if reason_code.is_failure:
+            text = f"broker refused the connection: {reason_code}"
+            if self.stats.last_error != text:  # one line per state change, not one per retry
+                log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL); "
+                          "retrying with backoff", text)
+            self.stats.error(text)
+            self.stats.add("connections_refused")
+            return
+        first_time = not self._ever_connected
+        self._ever_connected = True
+        self.stats.connected(first_time)
+        # With MQTT_SHARED_GROUP the broker hands each inbound message to one instance.
+        self.subscriptions = self.topics.subscriptions(self.settings.mqtt_shared_group,
+                                                       self.settings.mqtt_device_topics_only)
+        self.subscriptions += self.extra_filters
+        self._drop_stale_subscriptions(client)
+        # Subscribing on every connect renews the subscriptions if the session was lost.
+        client.subscribe([(topic, self.qos) for topic in self.subscriptions])
+        self.watch.opened()
+        # Ahead of the backlog: subscribers learn at once that the bridge is back.
+        self.outbox.publish_first(Outgoing(self.state_topic, dumps({"state": "online"}).encode(),
+                                           qos=1, retain=True))
+        log.info("MQTT connected to %s:%s (session present: %s, outbox: %d)",
+                 self.settings.mqtt_broker, self.settings.mqtt_port,
+                 connect_flags.session_present, self.outbox.size)
+        online_text = "MQTT service connected" if first_time else "MQTT bridge is back online"
+        self.outbox.connected(after_drain=lambda: self._online(online_text))
+
+    def _drop_stale_subscriptions(self, client: mqtt.Client) -> None:
+        """The persistent session keeps another configuration's filters: drop them first."""
+        client_id = self.settings.mqtt_client_id
+        previous = self.subscription_memory.previous(client_id)
+        stale = stale_filters(self.topics, self.subscriptions, self.settings.mqtt_shared_group, previous)
+        if stale:
+            client.unsubscribe(stale)
+        changed = [f for f in previous if f not in self.subscriptions]
+        if changed:
+            log.info("MQTT: %d subscriptions of an earlier configuration dropped (%s)", len(changed),
+                     ", ".join(changed[:6]))
+        self.subscription_memory.remember(client_id, self.subscriptions)
+
+    def _online(self, text: str) -> None:
+        """After (re)connecting and sending the backlog: so these neither jump the queue
+        nor push the oldest kept message out of a full outbox."""
+        self.announce("bridge_online", text)
+        self.after_online()
+
+    @guarded
+    def on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        text = f"cannot reach broker {self.settings.mqtt_broker}:{self.settings.mqtt_port}"
+        if self.stats.last_error != text:
+            log.warning("MQTT %s; retrying with backoff", text)
+        self.stats.error(text)
+
+    @guarded
+    def on_disconnect(self, client: mqtt.Client, userdata: Any, disconnect_flags: mqtt.DisconnectFlags,
+                      reason_code: ReasonCode, properties: Properties | None) -> None:
+        was_connected = self.outbox.disconnected()
+        if self.stopping.is_set() or not was_connected:
+            return  # a refused or failed attempt already recorded why
+        text = f"connection lost: {reason_code}"
+        self.stats.error(text)
+        log.warning("MQTT %s; messages wait in the outbox until it returns", text)
+        self.watch.closed()
+        self.announce("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+
+    @guarded
+    def on_publish(self, client: mqtt.Client | None, userdata: Any, mid: int, reason_code: ReasonCode | None,
+                   properties: Properties | None) -> None:
+        # Runs under paho's message lock: touch only the stats and the ack condition.
+        self.stats.add("messages_sent")
+        self.outbox.acknowledged(mid)

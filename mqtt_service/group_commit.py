@@ -1,0 +1,100 @@
+"""Group commit of inbound bursts, acknowledged by hand (paho's manual ack).
+
+With `rooms.group_commit`, each inbound message is handled inside `rooms.batch()` and
+its PUBACK waits: a flusher thread commits the batch, publishes it, then sends the
+PUBACKs of the messages in it (PUBACK after commit). Under eventlet it runs when paho's
+loop yields, after a whole read burst, so one commit covers the burst; a broker that
+redelivers an unacknowledged message finds it stored. A broker that keeps the socket
+busy never lets the flusher run: past `max_batch` waiting messages, paho's thread
+commits by itself.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Protocol
+
+from paho.mqtt.client import MQTTMessage
+
+from chatroom.core.room import Rooms
+from mqtt_service.stats import BridgeStats
+
+log = logging.getLogger("mqtt_service.bridge")
+
+
+class Acknowledger(Protocol):
+    """What group commit needs of the paho client."""
+
+    def ack(self, mid: int, qos: int) -> object: ...
+
+
+class GroupCommit:
+    def __init__(self, rooms: Rooms, stats: BridgeStats, max_batch: int):
+        self.rooms = rooms
+        self.stats = stats
+        self.max_batch = max_batch
+        self.enabled = rooms.group_commit  # off: paho acknowledges each message itself
+        self._client: Acknowledger | None = None
+        # (mid, qos) of inbound messages handled into the open batch, to PUBACK once committed.
+        self._due: list[tuple[int, int]] = []
+        self._due_lock = threading.Lock()
+        self._flush_wanted = threading.Event()
+        self._closed = False
+
+    def attach(self, client: Acknowledger) -> None:
+        """The client whose `ack` sends the PUBACKs (looked up on every ack)."""
+        self._client = client
+
+    def start(self) -> None:
+        """The flusher thread, with group commit only."""
+        if self.enabled:
+            threading.Thread(target=self.run, name="mqtt-batch-flusher", daemon=True).start()
+
+    def close(self) -> None:
+        """The client is stopped: the flusher ends."""
+        self._closed = True
+        self._flush_wanted.set()
+
+    def handle(self, message: MQTTMessage, receive: Callable[[MQTTMessage], None]) -> None:
+        """`receive(message)` inside the open batch; its PUBACK waits for the batch's commit."""
+        try:
+            with self.rooms.batch():
+                receive(message)
+        finally:
+            # Acknowledged whatever happened to it (as paho does): an unacknowledged
+            # message would hold one of the broker's in-flight slots for ever.
+            with self._due_lock:
+                self._due.append((message.mid, message.qos))
+                due = len(self._due)
+            if due >= self.max_batch:
+                self.commit_and_ack()
+            elif not self._flush_wanted.is_set():  # set() takes a lock: once per batch is enough
+                self._flush_wanted.set()
+
+    def run(self) -> None:
+        """The flusher. Runs until the client is stopped, not only until stop() begins:
+        messages that arrive while the outbox drains are acknowledged too."""
+        while True:
+            self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if self._closed:
+                return
+            try:
+                self.commit_and_ack()
+            except Exception:
+                self.stats.add("handler_errors")
+                log.exception("MQTT batch flush failed")
+
+    def commit_and_ack(self) -> None:
+        """Commit and publish the open batch, then acknowledge the messages in it."""
+        with self._due_lock:  # taken before the commit: each of these is in the batch
+            due, self._due = self._due, []
+        try:
+            self.rooms.flush()
+        finally:
+            if due:
+                client = self._client
+                if client is None:
+                    raise RuntimeError("group commit has no client to acknowledge with")
+                for mid, qos in due:
+                    client.ack(mid, qos)

@@ -1,0 +1,375 @@
+"""The MQTT bridge's parts one at a time: no broker, no server, stand-ins for paho and the rooms.
+
+The whole (a real mosquitto, the real app) is in test_mqtt_bridge.py and test_reliability.py;
+these pin down what each part does alone: group commit acknowledges only after the commit,
+the dispatcher holds a message while the stores are away, the connection's callbacks
+announce and subscribe, the status snapshot is bounded.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+from paho.mqtt.client import ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from chatroom.config import Settings
+from chatroom.core.errors import Unavailable
+from chatroom.core.model import Message, Source, SystemEvent, User, dumps
+from mqtt_service import dispatch, status
+from mqtt_service.bridge import MqttBridge
+from mqtt_service.callbacks import guarded
+from mqtt_service.connection import Connection
+from mqtt_service.connection_watch import ConnectionWatch
+from mqtt_service.dispatch import Dispatcher
+from mqtt_service.group_commit import GroupCommit
+from mqtt_service.outbound import Outbound
+from mqtt_service.outbox import Outbox
+from mqtt_service.stats import BridgeStats
+from mqtt_service.status import StatusReport
+from mqtt_service.topics import Topics
+
+# --- stand-ins ------------------------------------------------------------------------
+
+
+class FakeRooms:
+    """What group commit and the status use of Rooms; records the order of what happens."""
+
+    def __init__(self, journal: list, group_commit: bool = True, members=()):
+        self.journal = journal
+        self.group_commit = group_commit
+        self._members = members
+        self.in_batch = False
+
+    @contextmanager
+    def batch(self):
+        self.in_batch = True
+        try:
+            yield
+        finally:
+            self.in_batch = False
+
+    def flush(self) -> None:
+        self.journal.append("commit")
+
+    def members(self, source=None):
+        if isinstance(self._members, Exception):
+            raise self._members
+        return list(self._members)
+
+
+class AckingClient:
+    """Stands in for paho.Client: records acks, subscriptions, and acknowledges publications."""
+
+    def __init__(self, journal: list | None = None):
+        self.journal = journal if journal is not None else []
+        self.published: list[tuple[str, bytes, int, bool]] = []
+        self.subscribed: list = []
+        self.unsubscribed: list = []
+        self.mid = 0
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.journal.append(("ack", mid))
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.mid += 1
+        self.published.append((topic, payload, qos, retain))
+        return SimpleNamespace(rc=MQTTErrorCode.MQTT_ERR_SUCCESS, mid=self.mid)
+
+    def subscribe(self, filters):
+        self.subscribed.append(filters)
+
+    def unsubscribe(self, filters):
+        self.unsubscribed.append(filters)
+
+
+def inbound_message(topic: str, payload: bytes, mid: int = 1, qos: int = 1) -> MQTTMessage:
+    message = MQTTMessage(mid, topic.encode())
+    message.payload, message.qos = payload, qos
+    return message
+
+
+def settings_for(tmp_path, **env) -> Settings:
+    return Settings.from_env({"DATABASE_PATH": str(tmp_path / "history.db"), "MQTT_CLIENT_ID": "bridge-1", **env})
+
+
+# --- group commit ---------------------------------------------------------------------
+
+
+def test_group_commit_acknowledges_a_burst_only_after_the_commit_that_holds_it():
+    journal: list = []
+    rooms = FakeRooms(journal)
+    commits = GroupCommit(rooms, BridgeStats(), max_batch=100)
+    commits.attach(AckingClient(journal))
+    inside = []
+    for mid in (1, 2, 3):
+        commits.handle(inbound_message("p/messages/in", b"{}", mid), lambda message: inside.append(rooms.in_batch))
+    assert inside == [True, True, True] and journal == []  # handled in the batch; no PUBACK yet
+    commits.commit_and_ack()
+    assert journal == ["commit", ("ack", 1), ("ack", 2), ("ack", 3)]
+
+
+def test_group_commit_commits_on_the_network_thread_past_max_batch():
+    journal: list = []
+    commits = GroupCommit(FakeRooms(journal), BridgeStats(), max_batch=2)
+    commits.attach(AckingClient(journal))
+    for mid in (1, 2, 3):
+        commits.handle(inbound_message("p/messages/in", b"{}", mid), lambda message: None)
+    assert journal == ["commit", ("ack", 1), ("ack", 2)]  # the third waits for the flusher
+
+
+def test_group_commit_acknowledges_a_message_whose_handling_failed():
+    journal: list = []
+    commits = GroupCommit(FakeRooms(journal), BridgeStats(), max_batch=1)
+    commits.attach(AckingClient(journal))
+
+    def failing(message):
+        raise RuntimeError("handler bug")
+
+    with pytest.raises(RuntimeError):
+        commits.handle(inbound_message("p/messages/in", b"{}", 7), failing)
+    assert journal == ["commit", ("ack", 7)]  # never holds one of the broker's in-flight slots
+
+
+def test_the_flusher_commits_when_asked_and_ends_when_closed():
+    journal: list = []
+    commits = GroupCommit(FakeRooms(journal), BridgeStats(), max_batch=100)
+    commits.attach(AckingClient(journal))
+    flusher = threading.Thread(target=commits.run, daemon=True)
+    flusher.start()
+    commits.handle(inbound_message("p/messages/in", b"{}", 5), lambda message: None)
+    for _ in range(200):
+        if ("ack", 5) in journal:
+            break
+        threading.Event().wait(0.01)
+    assert journal == ["commit", ("ack", 5)]
+    commits.close()
+    flusher.join(timeout=5)
+    assert not flusher.is_alive()
+
+
+def test_without_group_commit_no_flusher_and_paho_acknowledges():
+    commits = GroupCommit(FakeRooms([], group_commit=False), BridgeStats(), max_batch=100)
+    before = threading.active_count()
+    commits.start()
+    assert not commits.enabled and threading.active_count() == before
+
+
+# --- dispatch -------------------------------------------------------------------------
+
+
+def make_dispatcher(handle, group_commit: GroupCommit | None = None, stopping=None):
+    stats = BridgeStats()
+    statuses: list[bytes] = []
+    commits = group_commit or GroupCommit(FakeRooms([], group_commit=False), stats, max_batch=100)
+    dispatcher = Dispatcher(stats, handle, "homeassistant/status", statuses.append, commits,
+                            stopping or threading.Event())
+    return dispatcher, stats, statuses
+
+
+def test_home_assistant_status_goes_to_the_device_topics_not_the_intake():
+    handled = []
+    dispatcher, stats, statuses = make_dispatcher(lambda topic, payload: handled.append(topic))
+    dispatcher.on_message(None, None, inbound_message("homeassistant/status", b"online"))
+    dispatcher.on_message(None, None, inbound_message("p/messages/in", b"{}"))
+    assert statuses == [b"online"] and handled == ["p/messages/in"]
+    assert stats.snapshot()["messages_received"] == 2
+
+
+def test_a_message_is_held_while_the_store_is_away(monkeypatch):
+    monkeypatch.setattr(dispatch, "FIRST_RETRY", 0.001)
+    tries = []
+
+    def handle(topic, payload):
+        tries.append(payload)
+        if len(tries) < 3:
+            raise Unavailable("redis", "connection refused")
+
+    dispatcher, stats, _ = make_dispatcher(handle)
+    dispatcher.on_message(None, None, inbound_message("p/messages/in", b'{"message": "x"}'))
+    assert tries == [b'{"message": "x"}'] * 3  # returned only once handled: then acknowledged
+    assert stats.snapshot()["handler_errors"] == 2
+
+
+def test_a_held_message_is_given_up_when_the_bridge_stops(caplog):
+    stopping = threading.Event()
+    stopping.set()
+
+    def handle(topic, payload):
+        raise Unavailable("postgresql")
+
+    dispatcher, stats, _ = make_dispatcher(handle, stopping=stopping)
+    with caplog.at_level(logging.ERROR, logger="mqtt_service.bridge"):
+        dispatcher.on_message(None, None, inbound_message("p/messages/in", b"{}"))  # the guard catches it
+    assert stats.snapshot()["handler_errors"] == 1
+    assert "MQTT on_message handler failed" in caplog.text
+
+
+def test_with_group_commit_the_dispatcher_handles_inside_the_batch():
+    journal: list = []
+    rooms = FakeRooms(journal)
+    commits = GroupCommit(rooms, BridgeStats(), max_batch=1)
+    commits.attach(AckingClient(journal))
+    seen = []
+    dispatcher, _, _ = make_dispatcher(lambda topic, payload: seen.append(rooms.in_batch), group_commit=commits)
+    dispatcher.on_message(None, None, inbound_message("p/messages/in", b"{}", mid=9))
+    assert seen == [True] and journal == ["commit", ("ack", 9)]
+
+
+def test_guarded_counts_and_logs_instead_of_raising(caplog):
+    class Part:
+        stats = BridgeStats()
+
+        @guarded
+        def on_thing(self, value):
+            raise ValueError(value)
+
+    part = Part()
+    with caplog.at_level(logging.ERROR, logger="mqtt_service.bridge"):
+        part.on_thing("boom")
+    assert part.stats.snapshot()["handler_errors"] == 1 and "MQTT on_thing handler failed" in caplog.text
+
+
+# --- outbound -------------------------------------------------------------------------
+
+
+class RecordingOutbox:
+    def __init__(self):
+        self.items = []
+
+    def publish(self, item):
+        self.items.append(item)
+
+
+def test_outbound_publishes_messages_and_events_on_their_topics():
+    outbox = RecordingOutbox()
+    topics = Topics("p")
+    outbound = Outbound(topics, outbox, qos=1)
+    message = Message(username="esp", content="hi", room="lab", source=Source.MQTT)
+    outbound.on_room_event(message)
+    outbound.on_room_event(SystemEvent("join", "esp joined", "lab", "esp"))
+    outbound.on_room_event(object())  # anything else is not published
+    outbound.publish_retained("p/devices/esp/state", b"{}")
+    assert [(i.topic, i.qos, i.retain) for i in outbox.items] == [
+        (topics.messages_out("lab"), 1, False), (topics.system("lab"), 1, False),
+        ("p/devices/esp/state", 1, True)]
+    assert outbox.items[0].payload == message.to_json().encode()
+
+
+def test_outbound_compact_format():
+    outbox = RecordingOutbox()
+    message = Message(username="esp", content="hi", room="general", source=Source.MQTT)
+    Outbound(Topics("p"), outbox, qos=0, compact=True).on_room_event(message)
+    assert outbox.items[0].payload == message.to_compact_json().encode()
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def test_status_caps_the_member_list_and_survives_redis_away(tmp_path, monkeypatch):
+    monkeypatch.setattr(status, "STATUS_USERS_SHOWN", 2)
+    settings = settings_for(tmp_path)
+    stats = BridgeStats()
+    outbox = Outbox(10, stats, ConnectionWatch(stats, "bridge-1", ()))
+    devices = SimpleNamespace(tracked=1, cleared=2, deferred=3)
+    members = [(("general", f"d{n}"), User(f"d{n}", Source.MQTT, "general", client_id=f"d{n}")) for n in range(3)]
+    report = StatusReport(settings, FakeRooms([], members=members), stats, outbox, devices)
+    snapshot = report.snapshot(True, ["p/messages/in"])
+    assert snapshot["mqtt_users_count"] == 3 and len(snapshot["mqtt_users"]) == 2
+    assert snapshot["mqtt_users_truncated"] is True
+    assert snapshot["active_topics"] == []  # not connected
+    assert snapshot["devices"] == {"tracked": 1, "cleared": 2, "deferred": 3}
+    assert snapshot["broker_info"]["client_id"] == "bridge-1" and snapshot["is_running"] is True
+    away = StatusReport(settings, FakeRooms([], members=Unavailable("redis")), stats, outbox, devices)
+    assert away.snapshot(False, [])["mqtt_users_count"] is None
+
+
+# --- connection -----------------------------------------------------------------------
+
+
+def make_connection(tmp_path, **env):
+    settings = settings_for(tmp_path, **env)
+    stats = BridgeStats()
+    watch = ConnectionWatch(stats, settings.mqtt_client_id, ())
+    outbox = Outbox(100, stats, watch)
+    client = AckingClient()
+    outbox._client = client  # attached without its pump thread: every publication is sent at once
+    said: list = []
+    connection = Connection(
+        settings, Topics(settings.mqtt_topic_prefix), stats, watch, outbox, state_topic="chatroom/bridge/state",
+        qos=1, extra_filters=["homeassistant/status"], on_message=lambda *args: None,
+        announce=lambda event, text: said.append((event, text)), after_online=lambda: said.append("after"),
+        stopping=threading.Event())
+    return connection, client, stats, said
+
+
+CONNACK_OK = ReasonCode(PacketTypes.CONNACK, "Success")
+
+
+def test_on_connect_subscribes_says_online_first_and_announces(tmp_path):
+    connection, client, stats, said = make_connection(tmp_path)
+    connection.on_connect(client, None, ConnectFlags(session_present=False), CONNACK_OK, None)
+    assert client.subscribed == [[(f, 1) for f in connection.subscriptions]]
+    assert "homeassistant/status" in connection.subscriptions
+    assert client.published[0] == ("chatroom/bridge/state", dumps({"state": "online"}).encode(), 1, True)
+    assert said == [("bridge_online", "MQTT service connected"), "after"]
+    connection.on_disconnect(client, None, DisconnectFlags(False), ReasonCode(PacketTypes.DISCONNECT), None)
+    assert said[-1] == ("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+    connection.on_connect(client, None, ConnectFlags(session_present=True), CONNACK_OK, None)
+    assert said[-2:] == [("bridge_online", "MQTT bridge is back online"), "after"]
+    assert stats.snapshot()["reconnect_count"] == 1 and stats.last_error is None
+
+
+def test_a_refused_connection_is_counted_and_logged_once(tmp_path, caplog):
+    connection, client, stats, said = make_connection(tmp_path)
+    refused = ReasonCode(PacketTypes.CONNACK, "Not authorized")
+    with caplog.at_level(logging.ERROR, logger="mqtt_service.bridge"):
+        for _ in range(3):
+            connection.on_connect(client, None, ConnectFlags(session_present=False), refused, None)
+    assert stats.snapshot()["connections_refused"] == 3 and "refused" in stats.last_error
+    assert len([r for r in caplog.records if "broker refused the connection" in r.getMessage()]) == 1
+    assert client.subscribed == [] and said == []
+
+
+def test_losing_the_connection_while_stopping_announces_nothing(tmp_path):
+    connection, client, stats, said = make_connection(tmp_path)
+    connection.on_connect(client, None, ConnectFlags(session_present=False), CONNACK_OK, None)
+    connection.stopping.set()
+    connection.on_disconnect(client, None, DisconnectFlags(False), ReasonCode(PacketTypes.DISCONNECT), None)
+    assert ("bridge_offline", "MQTT bridge lost the broker; device messages wait") not in said
+    assert not connection.outbox.is_connected
+
+
+def test_a_failing_connect_callback_does_not_escape(tmp_path):
+    connection, client, stats, _ = make_connection(tmp_path)
+
+    def broken(filters):
+        raise OSError("socket gone")
+
+    client.subscribe = broken
+    connection.on_connect(client, None, ConnectFlags(session_present=False), CONNACK_OK, None)
+    assert stats.snapshot()["handler_errors"] == 1
+
+
+def test_the_stale_filters_of_another_mode_are_dropped_on_connect(tmp_path):
+    connection, client, _, _ = make_connection(tmp_path)
+    connection.on_connect(client, None, ConnectFlags(session_present=False), CONNACK_OK, None)
+    moved, client2, _, _ = make_connection(tmp_path, MQTT_DEVICE_TOPICS_ONLY="true")
+    moved.on_connect(client2, None, ConnectFlags(session_present=True), CONNACK_OK, None)
+    assert "chatroom/messages/in" in client2.unsubscribed[0]
+
+
+# --- the facade -----------------------------------------------------------------------
+
+
+def test_the_facade_builds_without_a_broker(tmp_path):
+    bridge = MqttBridge(settings_for(tmp_path), FakeRooms([], group_commit=False), None)
+    assert bridge.state_topic == "chatroom/bridge/state" and bridge.ha_status_topic == "homeassistant/status"
+    assert not bridge.is_running and not bridge.is_connected and bridge.outbox_size == 0
+    bridge.stop()  # never started: nothing to do
+    assert bridge.status()["is_running"] is False
