@@ -71,3 +71,17 @@ def test_several_instances_each_have_a_bridge_state_and_one_relay_device():
     assert sensor.payload["state_topic"] == "chatroom/bridge/i0/state"
     single = Discovery("chatroom", "homeassistant", "bridge-1").entity("esp-1", "Kitchen", "temperature", 21.5)
     assert single.payload["availability"][1]["topic"] == "chatroom/bridge/state"
+
+
+def test_a_devices_own_unit_keeps_the_device_class_where_home_assistant_accepts_it():
+    """pressure (atmospheric_pressure) in kPa, bar, psi, mbar or hPa stays a pressure sensor;
+    temperature in °F or K stays one; a unit HA does not know for the class drops the class."""
+    from mqtt_service.homeassistant.discovery import Discovery
+
+    discovery = Discovery("chatroom", "homeassistant", "bridge-1")
+    for unit in ("kPa", "bar", "psi", "mbar", "hPa", "Pa"):
+        payload = discovery.entity("esp-1", "Kitchen", "pressure", 101.3, unit).payload
+        assert (payload["device_class"], payload["unit_of_measurement"]) == ("atmospheric_pressure", unit)
+    assert discovery.entity("esp-1", "Kitchen", "temperature", 70, "°F").payload["device_class"] == "temperature"
+    odd = discovery.entity("esp-1", "Kitchen", "pressure", 3, "furlongs").payload
+    assert "device_class" not in odd and odd["unit_of_measurement"] == "furlongs"

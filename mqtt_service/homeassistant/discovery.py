@@ -44,8 +44,12 @@ BINARY_KEYS: dict[str, str] = {
     "smoke": "smoke", "online": "connectivity",
 }
 # Units a device may give in `units` that Home Assistant knows for these device classes.
-UNIT_CLASSES = {"°C": "temperature", "°F": "temperature", "K": "temperature", "%": None, "hPa": "atmospheric_pressure",
-                "Pa": "pressure", "kPa": "pressure", "bar": "pressure", "psi": "pressure", "mbar": "pressure"}
+# Home Assistant's sensor docs: its pressure and atmospheric_pressure classes take the same units.
+_PRESSURE = frozenset({"pressure", "atmospheric_pressure"})
+UNIT_CLASSES: dict[str, frozenset[str]] = {
+    "°C": frozenset({"temperature"}), "°F": frozenset({"temperature"}), "K": frozenset({"temperature"}),
+    **{unit: _PRESSURE for unit in ("Pa", "hPa", "kPa", "cbar", "bar", "mbar", "psi", "mmHg", "inHg")},
+}
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -149,7 +153,7 @@ class Discovery:
             device_class, default_unit, state_class = NUMERIC_KEYS.get(key.lower(), (None, None, "measurement"))
             if unit is not None and unit != default_unit:
                 # The device's own unit wins; keep the class only where HA accepts that unit for it.
-                device_class = device_class if UNIT_CLASSES.get(unit, "") == device_class else None
+                device_class = device_class if device_class in UNIT_CLASSES.get(unit, ()) else None
             payload["value_template"] = f"{{{{ {value_of} }}}}"
             if unit or default_unit:
                 payload["unit_of_measurement"] = unit or default_unit
