@@ -11,7 +11,7 @@ from chatroom.core.model import utc_timestamp
 COUNTERS = (
     "messages_received",   # arrived on a subscribed topic, valid or not
     "messages_sent",       # publications the broker acknowledged (QoS 0: handed to the network)
-    "messages_rejected",   # invalid inbound payloads (each got one reply on P/errors)
+    "messages_rejected",   # invalid inbound payloads (answered on P/errors, at most 10 a sender a minute)
     "messages_duplicate",  # repeated (client_id, message_id) within the window
     "messages_dropped",    # outbox overflow while the broker was unreachable
     "reconnect_count",     # successful connections after the first
