@@ -65,7 +65,7 @@ class MqttBridge:
         self.state_topic = self.topics.bridge_state(instance)
         self.ha_status_topic = f"{settings.ha_discovery_prefix}/status"
         self.watch = ConnectionWatch(self.stats, settings.mqtt_client_id,
-                                     (f"{settings.mqtt_topic_prefix}/devices/", f"{settings.ha_discovery_prefix}/"))
+                                     (self.topics.devices_root, f"{settings.ha_discovery_prefix}/"))
         self.outbox = Outbox(settings.mqtt_outbox_size, self.stats, self.watch)
         self.outbound = Outbound(self.topics, self.outbox, self.qos, compact=settings.mqtt_out_format == "compact")
         self.devices = _device_topics(settings, instance, self.outbound.publish_retained, self.outbox, device_history)

@@ -1,6 +1,8 @@
 """Topic names for a prefix: the PROTOCOL topic table in one place. Pure."""
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -13,6 +15,17 @@ INBOUND_KINDS = (MESSAGES_IN, USERS_JOIN, USERS_LEAVE)
 
 
 MAX_TOPIC_BYTES = 65535
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def topic_id(client_id: str) -> str:
+    """The client_id as one topic level / HA object id: as it is when it is plain
+    (letters, digits, _ and -), else a slug plus a short hash so two ids never meet."""
+    if _SAFE_ID.fullmatch(client_id):
+        return client_id
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", client_id).strip("_")[:48] or "device"
+    return f"{slug}-{hashlib.sha1(client_id.encode('utf-8')).hexdigest()[:8]}"
 
 
 class InboundTopic(NamedTuple):
@@ -53,6 +66,18 @@ class Topics:
     def _room_base(self, room: str) -> str:
         # The default room has no room segment: P/messages/in, not P/lobby/messages/in.
         return self.prefix if room == DEFAULT_ROOM else f"{self.prefix}/{room}"
+
+    # --- a device's own topics (retained state and availability, docs/HOME_ASSISTANT.md)
+    @property
+    def devices_root(self) -> str:
+        """What every device topic starts with (not a topic itself)."""
+        return f"{self.prefix}/devices/"
+
+    def device_state(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/state"
+
+    def device_availability(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/availability"
 
     def messages_in(self, room: str = DEFAULT_ROOM) -> str:
         return f"{self._room_base(room)}/{MESSAGES_IN}"

@@ -293,7 +293,9 @@ def _code_topics() -> dict[str, str]:
     for name, method in inspect.getmembers(topics, inspect.ismethod):
         if name.startswith("_") or name in ("parse", "subscriptions"):
             continue
-        calls = [()] + ([(HOLE,)] if len(inspect.signature(method).parameters) else [])
+        parameters = inspect.signature(method).parameters.values()
+        required = any(parameter.default is inspect.Parameter.empty for parameter in parameters)
+        calls = ([] if required else [()]) + ([(HOLE,)] if parameters else [])
         for args in calls:
             built.setdefault(_canonical(method(*args)), f"Topics.{name}({', '.join(map(repr, args))})")
     for only in (False, True):

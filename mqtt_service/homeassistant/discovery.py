@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mqtt_service.topics import Topics
+from mqtt_service.topics import Topics, topic_id
 
 ORIGIN = {"name": "chatroom relay"}
 
@@ -51,18 +51,6 @@ UNIT_CLASSES: dict[str, frozenset[str]] = {
     **{unit: _PRESSURE for unit in ("Pa", "hPa", "kPa", "cbar", "bar", "mbar", "psi", "mmHg", "inHg")},
 }
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def topic_id(client_id: str) -> str:
-    """The client_id as one topic level / HA object id: as it is when it is plain
-    (letters, digits, _ and -), else a slug plus a short hash so two ids never meet."""
-    if _SAFE_ID.fullmatch(client_id):
-        return client_id
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", client_id).strip("_")[:48] or "device"
-    return f"{slug}-{hashlib.sha1(client_id.encode('utf-8')).hexdigest()[:8]}"
-
-
 def key_id(key: str) -> str:
     """A data key as an HA object id (lower case, [a-z0-9_])."""
     slug = re.sub(r"[^a-z0-9_]+", "_", key.lower()).strip("_")
@@ -94,13 +82,14 @@ class Discovery:
         self.bridge_id = f"chatroom_bridge_{topic_id(bridge_client_id)}"
         self.bridge_client_id = bridge_client_id
         self.instance_id = instance_id
-        self.bridge_state_topic = Topics(topic_prefix).bridge_state(instance_id or "")
+        self.topics = Topics(topic_prefix)
+        self.bridge_state_topic = self.topics.bridge_state(instance_id or "")
 
     def state_topic(self, client_id: str) -> str:
-        return f"{self.prefix}/devices/{topic_id(client_id)}/state"
+        return self.topics.device_state(client_id)
 
     def availability_topic(self, client_id: str) -> str:
-        return f"{self.prefix}/devices/{topic_id(client_id)}/availability"
+        return self.topics.device_availability(client_id)
 
     def node(self, client_id: str) -> str:
         return f"chatroom_{topic_id(client_id)}"
