@@ -55,14 +55,14 @@ from chatroom.core.room import Rooms
 from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
 from chatroom.ops.logs import quiet_library_loggers
 from chatroom.ops.metrics import ChatMetrics
-from chatroom.ops.startup import port_problem, real_threading, settle_garbage_collector, startup_service_problem
+from chatroom.ops.startup import real_threading, settle_garbage_collector, startup_service_problem
 from chatroom.topology import Topology, build_topology
 from chatroom.web import access as web_access
 from chatroom.web import errors as web_errors
 from chatroom.web.access import Access
 from chatroom.web.mqtt_status import create_status_blueprint
 from chatroom.web.routes import MAX_BODY_BYTES, create_chat_blueprint
-from chatroom.web.serving import ConnectionGate, connection_gate, serve
+from chatroom.web.serving import ConnectionGate, connection_gate, port_problem, serve
 from chatroom.web.sessions import EventGuard, WebSessions
 from chatroom.web.socketio_events import (
     ChatNamespace,

@@ -1,13 +1,10 @@
-"""What main() checks and tunes before serving: a port it can bind, one clear line when
+"""What main() checks and tunes before serving: one clear line when
 Redis or PostgreSQL do not answer, real OS threads for fsync under eventlet, and the
 garbage collector settled after start-up."""
 from __future__ import annotations
 
 import gc
-import socket
 from types import ModuleType
-
-from chatroom.web.serving import address_family
 
 
 def real_threading(async_mode: str) -> ModuleType:
@@ -30,17 +27,6 @@ def startup_service_problem(exc: Exception) -> str | None:
         return f"cannot reach Redis at REDIS_URL: {detail} (start Redis or fix REDIS_URL; docs/SCALING.md)"
     if module.startswith("psycopg"):
         return f"cannot use PostgreSQL at DATABASE_URL: {detail} (docs/SCALING.md)"
-    return None
-
-
-def port_problem(host: str, port: int) -> str | None:
-    """Why the web server could not listen on host:port, found before anything starts."""
-    try:
-        with socket.socket(address_family(host, port), socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        return exc.strerror or str(exc)
     return None
 
 

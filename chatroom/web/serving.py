@@ -279,3 +279,14 @@ def raise_open_files_limit(connections: int = MAX_CONNECTIONS) -> None:
     wanted = connections + 256 if hard == resource.RLIM_INFINITY else min(hard, connections + 256)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the web server could not listen on host:port, found before anything starts."""
+    try:
+        with socket.socket(address_family(host, port), socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
