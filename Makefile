@@ -9,6 +9,7 @@ PIP    := $(VENV)/bin/pip
 .PHONY: run cluster test bench bench-hostile system-test-deps clean
 
 $(VENV)/.installed: requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer needed (Debian 12, Ubuntu 24.04): PYTHON=python3.11 make ..."; exit 1; }
 	@$(PYTHON) -c 'import venv' 2>/dev/null || { echo "python3-venv missing: sudo apt-get install -y python3-venv"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
