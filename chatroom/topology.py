@@ -20,7 +20,7 @@ from chatroom.core.presence import LocalLocks, LocalPresence
 from chatroom.storage.sqlite import MessageStore
 
 if TYPE_CHECKING:
-    from chatroom.storage.redis_state import InstanceRegistry, SharedState
+    from chatroom.storage.redis_coordination import InstanceRegistry, SharedState
 
 
 def open_history(database_url: str, database_path: str, checkpoint_threads: ModuleType | None = None) -> HistoryStore:
@@ -68,7 +68,7 @@ def build_topology(settings: Settings, checkpoint_threads: ModuleType | None = N
         store = open_history(settings.database_url, settings.database_path, checkpoint_threads)
         return Topology(store, LocalPresence(), LocalLocks(), DedupWindow(ttl=DEDUP_SECONDS), time.monotonic,
                         one_process_on_sqlite=not settings.database_url)
-    from chatroom.storage.redis_state import SharedState  # redis is needed only then
+    from chatroom.storage.redis_coordination import SharedState  # redis is needed only then
 
     # Redis first: when it does not answer, start-up stops with one line and opens nothing.
     # Keys and the Socket.IO channel carry the topic prefix: deployments may share a Redis.

@@ -17,7 +17,7 @@ from chatroom.core.names import NameRules, name_key
 from chatroom.core.room import Rooms
 from chatroom.core.submission import Outcome, Source, Submission
 from chatroom.ops.housekeeping import InstanceWatch
-from chatroom.storage.redis_state import SharedState
+from chatroom.storage.redis_coordination import SharedState
 from chatroom.storage.sqlite import MessageStore
 from support import wait_for
 
