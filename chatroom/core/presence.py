@@ -3,7 +3,7 @@
 Members of every room, their liveness, and each room's `seq`: `LocalPresence`
 keeps them in this process (one instance, the default); `RedisPresence`
 (chatroom/storage/redis_state.py) keeps members in Redis so that every instance sees the
-same ones, and answers `next_seq` with None: then the shared history store
+same ones, and leaves `seq` to the shared history store (`numbers_rooms` False): it
 numbers each message in the transaction that stores it (gap-free across
 instances, even when one dies mid-message). `Rooms` holds the rules (names,
 bounds, events); a presence only stores. Stdlib only.
@@ -87,6 +87,8 @@ class LocalPresence:
         with self._lock:
             return [(key, user) for members in self._members.values() for key, user in members.items()
                     if source is None or user.source == source]
+
+    numbers_rooms = True  # seq kept here while a room has members
 
     def next_seq(self, room: str, stored_last: Callable[[], int]) -> int:
         with self._lock:

@@ -284,15 +284,14 @@ class Rooms:
             batched = self.open_batch.holds_this_thread()
             if not batched:
                 self.open_batch.flush()  # an open batch is committed before this message is stored
-            seq = self.presence.next_seq(room, lambda: self.history.last_seq(room))
-            if seq is None:  # several instances: the store numbers the room (gap-free)
+            if not self.presence.numbers_rooms:  # several instances: the store numbers (gap-free)
                 message = self.history.append_next(room, build)
-            elif batched:
-                message = build(seq)
-                self.open_batch.append(message)
             else:
-                message = build(seq)
-                self.history.append(message)
+                message = build(self.presence.next_seq(room, lambda: self.history.last_seq(room)))
+                if batched:
+                    self.open_batch.append(message)
+                else:
+                    self.history.append(message)
             self._posted[room] += 1
             self._posted_total += 1
             try:

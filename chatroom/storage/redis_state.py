@@ -203,8 +203,10 @@ class RedisPresence:
         return [(key, user) for members in self._members_of(rooms).values() for key, user in members.items()
                 if source is None or user.source == source]
 
-    def next_seq(self, room: str, stored_last: Callable[[], int]) -> None:
-        """None: the store numbers the room, in the transaction that stores the message.
-        A Redis counter would leave a gap whenever an instance died between taking a
-        number and storing its message; the database's own numbering cannot."""
-        return None
+    # The shared store numbers each room, in the transaction that stores the message: a Redis
+    # counter would leave a gap whenever an instance died between taking a number and storing
+    # its message; the database's own numbering cannot.
+    numbers_rooms = False
+
+    def next_seq(self, room: str, stored_last: Callable[[], int]) -> int:
+        raise NotImplementedError("the shared history store numbers rooms (numbers_rooms is False)")
