@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run cluster test bench bench-hostile system-test-deps clean
+.PHONY: run cluster test bench bench-hostile system-test-deps clean mutate
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer needed (Debian 12, Ubuntu 24.04): PYTHON=python3.11 make ..."; exit 1; }
@@ -68,6 +68,24 @@ bench-hostile: $(VENV)/.installed-dev system-test-deps
 	$(PY) -m bench.hostile_load
 	$(PY) -m bench.hostile_web --root $(HOSTILE_ROOT)
 	$(PY) -m bench.hostile_mqtt --root $(HOSTILE_ROOT)
+
+# Mutation testing (docs/TESTING.md), not part of `make test`: mutmut over chatroom/core and
+# chatroom/web/access.py, [tool.mutmut] in pyproject.toml. It runs in a copy of the working tree
+# under test-artifacts/ (ignored by git, like the mutants/ folder mutmut writes there), niced,
+# MUTATE_CHILDREN workers at a time and at most MUTATE_TIMEOUT; the summary is printed at the end.
+MUTATE_DIR      ?= test-artifacts/mutmut
+MUTATE_CHILDREN ?= 2
+MUTATE_TIMEOUT  ?= 45m
+mutate: $(VENV)/.installed-dev requirements-mutate.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-mutate.txt
+	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
+	tar --exclude=__pycache__ -cf - chatroom mqtt_service tests templates static app.py pytest.ini pyproject.toml \
+	  | tar -xf - -C $(MUTATE_DIR)
+	cd $(MUTATE_DIR) && { timeout $(MUTATE_TIMEOUT) nice -n 10 $(abspath $(VENV))/bin/mutmut run \
+	  --max-children $(MUTATE_CHILDREN) || echo "mutmut run stopped early (exit $$?): results so far"; } \
+	  && $(abspath $(VENV))/bin/mutmut results | grep -v ': no tests$$' \
+	  ; $(abspath $(VENV))/bin/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json && echo
+	@echo "A mutant's diff: cd $(MUTATE_DIR) && $(abspath $(VENV))/bin/mutmut show <mutant>"
 
 clean:
 	rm -rf $(VENV) .pytest_cache data
