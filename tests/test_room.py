@@ -377,3 +377,26 @@ def test_the_room_freed_first_is_the_one_with_the_fewest_devices(tmp_path):
     small.join("s3", ("mqtt", "s3"), "s3", "mqtt", client_id="s3")
     assert sorted(small.rooms_with_members()) == ["garage", "s2", "s3"]
     small.close()
+
+
+def test_failed_commits_add_up_and_an_empty_flush_commits_nothing(batching, monkeypatch):
+    """messages_lost counts every failed batch's messages; a flush with no batch open touches
+    the store not at all (it runs before every post of another thread)."""
+    rooms, _ = batching
+    commits = []
+
+    def full_disk():
+        commits.append("failed")
+        rooms.history._db.execute("ROLLBACK")
+        rooms.history._batch_open = False  # as the store's own commit_batch leaves it
+        raise __import__("sqlite3").OperationalError("database or disk is full")
+    monkeypatch.setattr(rooms.history, "commit_batch", full_disk)
+    for texts in (("one", "two"), ("three",)):
+        with rooms.batch():
+            for text in texts:
+                rooms.post("lobby", "dev", text, "mqtt")
+        rooms.flush()
+    assert rooms.messages_lost == 3 and commits == ["failed", "failed"]
+    rooms.flush()
+    rooms.flush()
+    assert commits == ["failed", "failed"]
