@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, TIMEOUT, Mosquitto, MqttProbe, RedisServer, ServerProcess, SocketIOClient, unique_prefix, wait_for
+from support import (
+    ROOT,
+    TIMEOUT,
+    Clock,
+    Mosquitto,
+    MqttProbe,
+    RedisServer,
+    ServerProcess,
+    SocketIOClient,
+    unique_prefix,
+    wait_for,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -117,6 +128,12 @@ def browser():
     from browser_support import launched_chromium  # Playwright only where a test needs a browser
 
     yield from launched_chromium()
+
+
+@pytest.fixture
+def clock():
+    """A fake clock (support.Clock) for the in-process tests: they move time, never sleep."""
+    return Clock()
 
 
 @pytest.fixture

@@ -403,3 +403,13 @@ class SocketIOClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Clock:
+    """A clock the test sets (`clock.t += 200`): limiters, windows and rooms take it as `now`."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t

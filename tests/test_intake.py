@@ -17,19 +17,6 @@ from chatroom.ops.housekeeping import DeviceTimeout
 from chatroom.storage.sqlite import MessageStore
 
 
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def world(clock):
     """A room, its event log and an intake with 20/10 rate limit on a fake clock."""

@@ -1,5 +1,6 @@
 """Rate limiter and dedup window, on a fake clock."""
 from chatroom.core.limits import DedupWindow, RateLimiter
+from support import Clock
 
 
 def spend(limiter, sender) -> bool:
@@ -8,14 +9,6 @@ def spend(limiter, sender) -> bool:
         return False
     limiter.take(sender)
     return True
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
 
 
 def test_rate_limiter_allows_a_burst_then_refills():

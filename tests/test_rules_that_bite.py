@@ -41,19 +41,6 @@ BUCKET = 20  # the intake below: 20 inputs per 10 s
 MAX_CHARS = 2000
 
 
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def intake(clock):
     """An intake with a 20/10 rate limit and the product's dedup window, on a fake clock."""
