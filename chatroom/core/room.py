@@ -23,6 +23,7 @@ from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.fair_shares import longest_silent_device, room_to_free
 from chatroom.core.listeners import ListenerBus
 from chatroom.core.model import USER_MESSAGE, Message, Source, SystemEvent, User
+from chatroom.core.name_clash import free_variant, holder_of
 from chatroom.core.ports import History, MemberKey, Presence
 from chatroom.core.presence import LocalPresence
 from chatroom.core.room_types import JoinResult, Listener, NameClash, Outcome, PresenceChanged, RoomEvent
@@ -138,14 +139,15 @@ class Rooms:
     def _join(self, room: str, members: dict[MemberKey, User], key: MemberKey, name: str, source: str,
               client_id: str | None, private_id: str | None, on_clash: str) -> JoinResult:
         current = members.get(key)
-        holder_key, holder = self._holder(members, self.name_key(name), except_key=key)
+        held = holder_of(members, self.name_key(name), except_key=key)
         display = name
-        if holder is not None:
+        if held is not None:
+            holder_key, holder = held
             if (private_id is not None and holder.private_id == private_id
                     and holder.source == source and current is None):
                 return self._reclaim(room, holder_key, key, holder)
             if on_clash == NameClash.SUFFIX:
-                display = self._free_variant(members, name, except_key=key)
+                display = free_variant(members, name, self.name_key, except_key=key)
             else:
                 raise ValidationError("name_taken", f"the name {name!r} is taken in {room}; choose another")
         if current is not None:
@@ -214,20 +216,6 @@ class Rooms:
         self.presence.put(room, key, user)
         return JoinResult(user, Outcome.RECLAIMED, replaced=old_key)
 
-    @staticmethod
-    def _holder(members: dict[MemberKey, User], wanted: str, except_key: MemberKey | None = None):
-        for key, member in members.items():
-            if key != except_key and member.name_key == wanted:
-                return key, member
-        return None, None
-
-    def _free_variant(self, members: dict[MemberKey, User], name: str, except_key: MemberKey) -> str:
-        taken = {member.name_key for key, member in members.items() if key != except_key}
-        number = 2
-        while self.name_key(f"{name} ({number})") in taken:
-            number += 1
-        return f"{name} ({number})"
-
     def leave(self, room: str, key: MemberKey) -> User | None:
         """Remove a member. Atomic across instances: only the caller that removed it
         announces the leave."""
@@ -236,7 +224,7 @@ class Rooms:
 
     def holds_name(self, room: str, name: str) -> bool:
         """True when a present member of `room` holds `name` (by name key)."""
-        return self._holder(self.presence.members(room), self.name_key(name))[1] is not None
+        return holder_of(self.presence.members(room), self.name_key(name)) is not None
 
     def touch_present(self, room: str, key: MemberKey, requested: str | None = None) -> User | None:
         """A member about to post, if present (under the name it asked for, when given):
