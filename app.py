@@ -38,6 +38,7 @@ import sqlite3
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from dotenv import load_dotenv
 from flask import Flask
@@ -51,6 +52,7 @@ from chatroom.core.intake import DEDUP_SECONDS, Intake
 from chatroom.core.limits import RateLimiter
 from chatroom.core.model import Message, SystemEvent, utc_timestamp
 from chatroom.core.names import NameRules, name_key
+from chatroom.core.ports import HistoryStore
 from chatroom.core.room import Rooms
 from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
 from chatroom.ops.logs import quiet_library_loggers
@@ -107,12 +109,8 @@ class Components:
     stopped: bool = False
 
     @property
-    def store(self):
+    def store(self) -> HistoryStore:
         return self.topology.store
-
-    @property
-    def shared(self):
-        return self.topology.shared
 
     def start(self) -> None:
         self.web_sessions.start(self.socketio.start_background_task, self.socketio.sleep)
@@ -226,7 +224,7 @@ def create_app(settings: Settings) -> Flask:
     return app
 
 
-def recall_dedup_window(intake: Intake, store) -> None:
+def recall_dedup_window(intake: Intake, store: HistoryStore) -> None:
     """The dedup window lives in this process: rebuilt from history, so the broker's
     redelivery of a message stored but not acknowledged before a crash is a duplicate."""
     since = utc_timestamp(datetime.now(timezone.utc) - timedelta(seconds=DEDUP_SECONDS))
@@ -235,7 +233,7 @@ def recall_dedup_window(intake: Intake, store) -> None:
         log.info("dedup window: %d recent device message ids recalled from history", recalled)
 
 
-def bridge_numbers(bridge: MqttBridge):
+def bridge_numbers(bridge: MqttBridge) -> Callable[[], dict[str, float]]:
     return lambda: {**bridge.stats.snapshot(), "connected": int(bridge.is_connected),
                     "outbox_size": bridge.outbox_size}
 
