@@ -40,3 +40,13 @@ def test_inbound_cpu_tool_feeds_messages_through_the_real_path():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "µs of CPU per inbound message (300 messages)" in result.stdout, result.stdout
+
+
+def test_shared_costs_count_the_redis_commands_of_a_device_message():
+    """The capacity model's per-message terms are counted (not timed): every relayed message
+    is one Socket.IO channel publication, and exactly-once devices cost more commands."""
+    table = quick("bench.shared_costs")
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert "Redis commands, all" in rows and "`publish`" in rows, table
+    plain, with_id = (float(cell) for cell in rows["Redis commands, all"].split("|")[2:4])
+    assert 0 < plain < with_id, table
