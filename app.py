@@ -184,7 +184,9 @@ def create_app(settings: Settings) -> Flask:
     namespace = ChatNamespace(rooms, intake, settings, access)
     socketio.on_namespace(namespace)
     socketio.on_error_default(internal_error_ack)
-    rooms.subscribe("socketio", SocketIOPublisher(socketio, rooms))
+    publisher = SocketIOPublisher(socketio, rooms)
+    # Several instances: a backlog goes to the Redis channel in one publication (issue 24).
+    rooms.subscribe("socketio", publisher, many=publisher.publish_all if topology.several_instances else None)
 
     assistant = Assistant(settings, rooms, OpenAIBackend(settings) if settings.assistant_enabled else None)
     rooms.subscribe("assistant", assistant, events=(Message,))

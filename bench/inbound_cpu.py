@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.inbound_cpu                 # µs of process CPU per message
     .venv/bin/python -m bench.inbound_cpu --profile 30    # and cProfile's top 30 by own time
+    .venv/bin/python -m bench.inbound_cpu --redis-url redis://127.0.0.1:6379/0   # the shared path
 
 Builds the real app (eventlet, SQLite in a temp dir, every listener), puts a stand-in
 for the paho client under the bridge (each publication acknowledged at once), and feeds
@@ -73,11 +74,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N")
+    parser.add_argument("--redis-url", default="", help="several instances' path: presence, locks, dedup "
+                        "and the Socket.IO channel in this Redis (a key prefix of its own)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = tempfile.mkdtemp(prefix="inbound-cpu-")
+    shared = ({"REDIS_URL": args.redis_url, "MQTT_SHARED_GROUP": "g", "INSTANCE_ID": "i0",
+               "MQTT_TOPIC_PREFIX": f"cpu{os.getpid()}"} if args.redis_url else {})
     settings = Settings.from_env({"DATABASE_PATH": os.path.join(workdir, "history.db"), "RATE_LIMIT": "0",
-                                  "LOG_LEVEL": "WARNING"})
+                                  "LOG_LEVEL": "WARNING", **shared})
     app = server.create_app(settings)
     bridge = app.extensions["chatroom"].bridge
     # The parts of MqttBridge.start() that are not the network.

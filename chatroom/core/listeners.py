@@ -13,17 +13,23 @@ from typing import Callable
 from chatroom.core.room_types import Listener, RoomEvent
 
 log = logging.getLogger("chatroom.core.room")
+MAX_BACKLOG = 500  # events handed to a `many` listener at once
+_STOP = threading.Event()  # the stop sentinel met in a backlog (never set)
 
 
 class ListenerWorker:
     """Delivers events to one listener, in order, on its own thread."""
 
     def __init__(self, name: str, callback: Listener, on_failure: Callable[[], None],
-                 events: tuple[type, ...] = ()):
+                 events: tuple[type, ...] = (), many: Callable[[list[RoomEvent]], None] | None = None):
         self.name = name
         self.callback = callback
         self.events = events  # empty: every event
         self.on_failure = on_failure
+        # A listener that can take a backlog at once (one Redis publication for all of it)
+        # gets, after each wait, every event already queued behind the first: under load the
+        # batches grow by themselves; when quiet, each event goes alone, at once.
+        self.many = many
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=f"room-listener-{name}", daemon=True)
         self.thread.start()
@@ -37,12 +43,43 @@ class ListenerWorker:
                 item.set()
                 continue
             # A flushed batch comes as one list: one wake-up of this thread for all of it.
-            for event in item if isinstance(item, list) else (item,):
-                try:
-                    self.callback(event)
-                except Exception:
-                    self.on_failure()
-                    log.exception("listener %s failed on %s", self.name, type(event).__name__)
+            events = list(item) if isinstance(item, list) else [item]
+            if self.many is None:
+                self._each(events)
+                continue
+            after = self._take_backlog(events)
+            try:
+                self.many(events)
+            except Exception:
+                self.on_failure()
+                log.exception("listener %s failed on %d events", self.name, len(events))
+            if after is not None:
+                if after is _STOP:
+                    return
+                after.set()
+
+    def _each(self, events: list[RoomEvent]) -> None:
+        for event in events:
+            try:
+                self.callback(event)
+            except Exception:
+                self.on_failure()
+                log.exception("listener %s failed on %s", self.name, type(event).__name__)
+
+    def _take_backlog(self, events: list[RoomEvent]) -> threading.Event | None:
+        """Adds the events already queued (up to MAX_BACKLOG) to `events`; returns a drain
+        marker or the stop sentinel met on the way, to be handled after them (in order)."""
+        while len(events) < MAX_BACKLOG:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return None
+            if item is None:
+                return _STOP
+            if isinstance(item, threading.Event):
+                return item
+            events.extend(item) if isinstance(item, list) else events.append(item)
+        return None
 
     def wants(self, event: RoomEvent) -> bool:
         return not self.events or isinstance(event, self.events)
@@ -66,8 +103,9 @@ class ListenerBus:
         self.failures = 0  # listener exceptions, for /metrics
         self._count_lock = threading.Lock()
 
-    def subscribe(self, name: str, listener: Listener, events: tuple[type, ...] = ()) -> None:
-        self.workers.append(ListenerWorker(name, listener, self._count_failure, events))
+    def subscribe(self, name: str, listener: Listener, events: tuple[type, ...] = (),
+                  many: Callable[[list[RoomEvent]], None] | None = None) -> None:
+        self.workers.append(ListenerWorker(name, listener, self._count_failure, events, many))
 
     def _count_failure(self) -> None:
         with self._count_lock:

@@ -66,11 +66,12 @@ class Rooms:
 
     # --- listeners ------------------------------------------------------------
 
-    def subscribe(self, name: str, listener: Listener, events: tuple[type, ...] = ()) -> None:
+    def subscribe(self, name: str, listener: Listener, events: tuple[type, ...] = (),
+                  many: Callable[[list[RoomEvent]], None] | None = None) -> None:
         """Call `listener(event)` for every room event (or only those of the types in
         `events`), on a thread of its own."""
         with self._lock:
-            self.bus.subscribe(name, listener, events)
+            self.bus.subscribe(name, listener, events, many)
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until every listener has handled every event published so far."""

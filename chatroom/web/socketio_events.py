@@ -201,20 +201,38 @@ class SocketIOPublisher:
         self._flush_pending = False
 
     def __call__(self, event) -> None:
+        emit = self._emit_of(event)
+        if emit is not None:
+            self.socketio.emit(emit[0], emit[1], to=emit[2])
+
+    def publish_all(self, events: list) -> None:
+        """A backlog of room events in one Redis publication (several instances: the
+        listener hands over what queued up while the last publication was on its way)."""
+        emits = [emit for emit in map(self._emit_of, events) if emit is not None]
+        if len(emits) == 1:
+            self.socketio.emit(emits[0][0], emits[0][1], to=emits[0][2])
+        elif emits:
+            manager = self.socketio.server.manager
+            assert isinstance(manager, OneOrderRedisManager)  # wired only with it (app.py)
+            manager.emit_all(emits)
+
+    def _emit_of(self, event) -> tuple[str, dict, str] | None:
+        """(Socket.IO event, payload, room) of a room event; presence changes are coalesced."""
         if isinstance(event, Message):
-            self.socketio.emit("chat_message", event.to_dict(), to=event.room)
-        elif isinstance(event, SystemEvent):
-            self.socketio.emit("system_message", event.to_dict(), to=event.room)
-        elif isinstance(event, PresenceChanged):
+            return "chat_message", event.to_dict(), event.room
+        if isinstance(event, SystemEvent):
+            return "system_message", event.to_dict(), event.room
+        if isinstance(event, AssistantDelta):
+            return "ai_stream", {"reply_to": event.reply_to, "message_id": event.message_id,
+                                 "delta": event.delta}, event.room
+        if isinstance(event, PresenceChanged):
             with self._lock:
                 self._changed_rooms.add(event.room)
                 if self._flush_pending:
-                    return
+                    return None
                 self._flush_pending = True
             self.socketio.start_background_task(self._send_user_lists)
-        elif isinstance(event, AssistantDelta):
-            self.socketio.emit("ai_stream", {"reply_to": event.reply_to, "message_id": event.message_id,
-                                             "delta": event.delta}, to=event.room)
+        return None
 
     def _send_user_lists(self) -> None:
         self.socketio.sleep(self.PRESENCE_DELAY)
@@ -245,3 +263,17 @@ class OneOrderRedisManager(python_socketio.RedisManager):
         self._publish({"method": "emit", "event": event, "data": list(data) if isinstance(data, tuple) else [data],
                        "binary": False, "namespace": namespace or "/", "room": to or room,
                        "skip_sid": skip_sid, "callback": None, "host_id": None})
+
+    def emit_all(self, emits: list[tuple[str, dict, str]]) -> None:
+        """(event, payload, room) emits, in order, in one publication: one Redis round trip and
+        one message for every instance to read, whatever the backlog. Every instance must run
+        a version that knows `emits` (docs/SCALING.md: upgrade all instances together)."""
+        self._publish({"method": "emit", "emits": [[event, data, room] for event, data, room in emits],
+                       "namespace": "/", "host_id": None})
+
+    def _handle_emit(self, message):
+        if "emits" not in message:
+            return super()._handle_emit(message)
+        for event, data, room in message["emits"]:
+            super()._handle_emit({"event": event, "data": [data], "namespace": message.get("namespace"),
+                                  "room": room, "binary": False, "callback": None, "skip_sid": None})
