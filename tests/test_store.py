@@ -239,3 +239,18 @@ def test_both_stores_list_recent_device_message_ids_for_the_dedup_window(store):
                              client_message_id=client_message_id, message_id=f"server-{seq}",
                              timestamp="2026-06-01T00:00:00.000+00:00"))
     assert store.device_message_ids("2026-03-01T00:00:00.000+00:00") == [("lobby", "esp", "r1", "server-2")]
+
+
+def test_a_numbered_message_is_stored_as_its_own_json_and_a_seq_in_its_data_stays(store):
+    """append_next numbers and stores in one step; the stored body is the message's JSON with
+    its seq, and a data key named seq (even -1) is left alone."""
+    def build(seq: int) -> Message:
+        return Message(username="d", content='"seq":-1', room="lobby", source="mqtt", seq=seq, client_id="esp",
+                       data={"seq": -1})  # a fresh message_id each build, as the room's
+
+    first = store.append_next("lobby", build)
+    second = store.append_next("lobby", build)
+    assert (first.seq, second.seq) == (1, 2)
+    stored = store.recent("lobby", 10)
+    assert [m.to_json() for m in stored] == [first.to_json(), second.to_json()]
+    assert stored[0].data == {"seq": -1} and stored[0].content == '"seq":-1'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import replace
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -35,6 +36,12 @@ CREATE INDEX IF NOT EXISTS messages_by_client ON messages (client_id, seq);
 """
 INSERT = ("INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
           " VALUES (%s, %s, %s, %s, %s, %s)")
+UNNUMBERED = -1
+INSERT_NEXT = ("INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
+               " SELECT %(room)s, next.seq, %(message_id)s, %(client_id)s, %(timestamp)s,"
+               " regexp_replace(%(body)s, '\"seq\":-1', '\"seq\":' || next.seq)"
+               " FROM (SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM messages WHERE room = %(room)s) AS next"
+               " RETURNING seq")
 # Two instances starting together must not both create the table.
 SCHEMA_LOCK = 0x63686174  # "chat"
 
@@ -78,15 +85,21 @@ class PostgresStore:
             raise Unavailable("PostgreSQL", again) from again
 
     def append_next(self, room: str, build: Callable[[int], Message]) -> Message:
-        """Store `build(seq)` under the room's next seq: the newest stored seq + 1, inserted
-        against the (room, seq) primary key. Of two instances that read the same newest
-        seq, the second insert fails on the key and reads again; nothing is reserved, so
-        an instance that dies in between leaves no gap. Two round trips, no transaction."""
+        """Store `build(seq)` under the room's next seq: one statement takes the newest stored
+        seq + 1 and inserts against the (room, seq) primary key. Of two instances that read
+        the same newest seq, the second insert fails on the key and runs again; nothing is
+        reserved, so an instance that dies in between leaves no gap. One round trip.
+
+        The body is the message's own JSON with the number written in by PostgreSQL: the
+        draft says `"seq":-1`, and its first occurrence is the top-level field (every field
+        before it is a JSON string, where a quote is escaped)."""
+        draft = build(UNNUMBERED)
         while True:
-            message = build(self.last_seq(room) + 1)
             try:
-                self.append(message)
-                return message
+                seq = self._fetch(INSERT_NEXT, {"room": room, "message_id": draft.message_id,
+                                                "client_id": draft.client_id, "timestamp": draft.timestamp,
+                                                "body": draft.to_json()})[0][0]
+                return replace(draft, seq=seq)
             except psycopg.errors.UniqueViolation as exc:
                 if exc.diag.constraint_name != "messages_pkey":
                     raise  # the same message_id twice: not a race for the seq
