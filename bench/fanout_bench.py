@@ -133,9 +133,11 @@ def scenario(kind: str, broker: Mosquitto, args, workdir: Path, run: int = 0) ->
     if args.profile:
         os.environ["FANOUT_PROFILE"] = str(Path(args.profile).resolve() / f"{kind}-{run + 1}.pstat")
     url, pid, stop = start_relay(kind, broker, prefix, workdir, args.bare)
-    publisher = Publisher(broker.port, prefix)
+    publisher = None
     n = 0
     try:
+        # Inside the try: a publisher that cannot connect must not leave the relay running.
+        publisher = Publisher(broker.port, prefix)
         # Max fan-out to `clients` web clients.
         probe = Receivers(url, 1)  # warm-up: the relay has subscribed and relays
         try:
@@ -200,7 +202,8 @@ def scenario(kind: str, broker: Mosquitto, args, workdir: Path, run: int = 0) ->
         finally:
             web.close()
     finally:
-        publisher.close()
+        if publisher is not None:
+            publisher.close()
         stop()
     return results
 
