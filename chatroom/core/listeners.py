@@ -43,10 +43,10 @@ class ListenerWorker:
                 item.set()
                 continue
             # A flushed batch comes as one list: one wake-up of this thread for all of it.
-            events = list(item) if isinstance(item, list) else [item]
             if self.many is None:
-                self._each(events)
+                self._each(item if isinstance(item, list) else (item,))
                 continue
+            events = list(item) if isinstance(item, list) else [item]  # grows with the backlog
             after = self._take_backlog(events)
             try:
                 self.many(events)
@@ -58,7 +58,7 @@ class ListenerWorker:
                     return
                 after.set()
 
-    def _each(self, events: list[RoomEvent]) -> None:
+    def _each(self, events: "list[RoomEvent] | tuple[RoomEvent]") -> None:
         for event in events:
             try:
                 self.callback(event)
@@ -78,7 +78,10 @@ class ListenerWorker:
                 return _STOP
             if isinstance(item, threading.Event):
                 return item
-            events.extend(item) if isinstance(item, list) else events.append(item)
+            if isinstance(item, list):
+                events.extend(item)
+            else:
+                events.append(item)
         return None
 
     def wants(self, event: RoomEvent) -> bool:
