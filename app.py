@@ -171,7 +171,7 @@ def create_app(settings: Settings) -> Flask:
 
     store = topology.store
     rooms = Rooms(store, name_key=name_key, max_members=settings.max_room_members, max_rooms=settings.max_rooms,
-                  presence=topology.presence, clock=topology.clock, group_commit=topology.one_process_on_sqlite)
+                  presence=topology.presence, clock=topology.clock, group_commit=True)
     intake = Intake(rooms, NameRules(reserved=(settings.ai_name,)),
                     RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds), topology.dedup,
                     settings.max_message_chars,

@@ -40,9 +40,8 @@ class Topology:
     dedup: Dedup
     # Liveness compared across processes needs the wall clock; in one process, the monotonic one.
     clock: Callable[[], float]
-    # One process writing a SQLite file alone: MQTT bursts are committed in groups (and the
-    # dedup window, kept in this process, is rebuilt from history at start). Several
-    # instances number each message in its own transaction instead.
+    # One process writing a SQLite file alone: the dedup window, kept in this process, is
+    # rebuilt from history at start. (MQTT bursts are committed in groups in every mode.)
     one_process_on_sqlite: bool
     redis_url: str = ""
     shared: SharedState | None = None  # several instances: the Redis connection and its parts
@@ -66,7 +65,10 @@ class Topology:
 def build_topology(settings: Settings, checkpoint_threads: ModuleType | None = None) -> Topology:
     if not settings.several_instances:
         store = open_history(settings.database_url, settings.database_path, checkpoint_threads)
-        return Topology(store, LocalPresence(), LocalLocks(), DedupWindow(ttl=DEDUP_SECONDS), time.monotonic,
+        # PostgreSQL numbers each room itself (in the transaction that stores a message or a
+        # batch), as for several instances; this process numbers a SQLite file it writes alone.
+        presence = LocalPresence(numbers_rooms=not settings.database_url)
+        return Topology(store, presence, LocalLocks(), DedupWindow(ttl=DEDUP_SECONDS), time.monotonic,
                         one_process_on_sqlite=not settings.database_url)
     from chatroom.storage.redis_coordination import SharedState  # redis is needed only then
 

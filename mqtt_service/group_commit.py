@@ -6,7 +6,9 @@ PUBACKs of the messages in it (PUBACK after commit). Under eventlet it runs when
 loop yields, after a whole read burst, so one commit covers the burst; a broker that
 redelivers an unacknowledged message finds it stored. A broker that keeps the socket
 busy never lets the flusher run: past `max_batch` waiting messages, paho's thread
-commits by itself.
+commits by itself. When the shared store is away at commit (`Unavailable`), the batch
+stays open and its PUBACKs wait: the commit is retried with backoff, as a single held
+message is (dispatch.py), and paho's thread holds its reading once `max_batch` wait.
 """
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from typing import Callable, Protocol
 
 from paho.mqtt.client import MQTTMessage
 
+from chatroom.core.errors import Unavailable
 from chatroom.core.room import Rooms
 from mqtt_service.stats import BridgeStats
 
 log = logging.getLogger("mqtt_service.bridge")
+
+FIRST_RETRY, LAST_RETRY = 0.2, 5.0  # seconds between two tries of a held commit (doubling)
 
 
 class Acknowledger(Protocol):
@@ -40,6 +45,7 @@ class GroupCommit:
         self._due_lock = threading.Lock()
         self._flush_wanted = threading.Event()
         self._closed = False
+        self._closing = threading.Event()  # wakes a held commit's backoff
 
     def attach(self, client: Acknowledger) -> None:
         """The client whose `ack` sends the PUBACKs (looked up on every ack)."""
@@ -53,6 +59,7 @@ class GroupCommit:
     def close(self) -> None:
         """The client is stopped: the flusher ends."""
         self._closed = True
+        self._closing.set()
         self._flush_wanted.set()
 
     def handle(self, message: MQTTMessage, receive: Callable[[MQTTMessage], None]) -> None:
@@ -86,11 +93,26 @@ class GroupCommit:
                 log.exception("MQTT batch flush failed")
 
     def commit_and_ack(self) -> None:
-        """Commit and publish the open batch, then acknowledge the messages in it."""
+        """Commit and publish the open batch, then acknowledge the messages in it. A store
+        that is away holds the PUBACKs until it answers (or the client stops: the broker
+        then delivers them again to our session)."""
         with self._due_lock:  # taken before the commit: each of these is in the batch
             due, self._due = self._due, []
+        delay = FIRST_RETRY
         try:
-            self.rooms.flush()
+            while True:
+                try:
+                    self.rooms.flush()
+                    break
+                except Unavailable as exc:
+                    if self._closed:
+                        due = []  # not stored: unacknowledged, so the broker keeps them
+                        raise
+                    self.stats.add("handler_errors")
+                    log.warning("MQTT batch of %d held: %s (%s); retrying in %.1f s", len(due), exc.message,
+                                exc.detail, delay)
+                    self._closing.wait(delay)
+                    delay = min(delay * 2, LAST_RETRY)
         finally:
             if due:
                 client = self._client

@@ -153,6 +153,52 @@ def test_the_flusher_commits_when_asked_and_ends_when_closed():
     assert not flusher.is_alive()
 
 
+class AwayStoreRooms(FakeRooms):
+    """A shared store that is away for the first `away` commits (PostgreSQL or Redis down)."""
+
+    def __init__(self, journal: list, away: int):
+        super().__init__(journal)
+        self.away = away
+
+    def flush(self) -> None:
+        if self.away > 0:
+            self.away -= 1
+            self.journal.append("away")
+            raise Unavailable("PostgreSQL", "connection refused")
+        super().flush()
+
+
+def test_a_commit_the_store_refuses_is_held_and_retried_before_any_puback(monkeypatch, caplog):
+    """Several instances: the batch is numbered and stored at commit. A store that is away holds
+    the batch's PUBACKs (the broker keeps the messages) and the commit is retried until it answers."""
+    from mqtt_service import group_commit
+
+    monkeypatch.setattr(group_commit, "FIRST_RETRY", 0.001)
+    journal: list = []
+    stats = BridgeStats()
+    commits = GroupCommit(AwayStoreRooms(journal, away=2), stats, max_batch=100)
+    commits.attach(AckingClient(journal))
+    for mid in (1, 2):
+        commits.handle(inbound_message("p/messages/in", b"{}", mid), lambda message: None)
+    with caplog.at_level(logging.WARNING, logger="mqtt_service.bridge"):
+        commits.commit_and_ack()
+    assert journal == ["away", "away", "commit", ("ack", 1), ("ack", 2)]
+    assert stats.snapshot()["handler_errors"] == 2
+    assert sum("MQTT batch of 2 held" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_held_commit_given_up_at_stop_leaves_its_messages_unacknowledged(monkeypatch):
+    """Stopping while the store is away: no PUBACK, so the broker delivers them again to our session."""
+    journal: list = []
+    commits = GroupCommit(AwayStoreRooms(journal, away=1), BridgeStats(), max_batch=100)
+    commits.attach(AckingClient(journal))
+    commits.handle(inbound_message("p/messages/in", b"{}", 9), lambda message: None)
+    commits.close()
+    with pytest.raises(Unavailable):
+        commits.commit_and_ack()
+    assert journal == ["away"]
+
+
 def test_without_group_commit_no_flusher_and_paho_acknowledges():
     commits = GroupCommit(FakeRooms([], group_commit=False), BridgeStats(), max_batch=100)
     before = threading.active_count()

@@ -400,3 +400,41 @@ def test_failed_commits_add_up_and_an_empty_flush_commits_nothing(batching, monk
     rooms.flush()
     rooms.flush()
     assert commits == ["failed", "failed"]
+
+
+def test_a_batch_the_store_numbers_survives_the_store_being_away_and_is_published_once(tmp_path):
+    """When the store numbers the rooms (PostgreSQL, several instances), a batch's messages wait as
+    drafts and are stored and numbered in one go at flush. A store that is away keeps the whole
+    batch (drafts and their events) for the next flush: nothing lost, nothing published twice,
+    nothing published before it is stored."""
+    from chatroom.core.errors import Unavailable
+    from chatroom.core.presence import LocalPresence
+    from chatroom.storage.sqlite import MessageStore
+
+    class AwayOnce(MessageStore):
+        away = 1
+
+        def append_numbered(self, drafts):
+            if self.away:
+                self.away -= 1
+                raise Unavailable("PostgreSQL", "connection refused")
+            super().append_numbered(drafts)
+
+    store = AwayOnce(str(tmp_path / "h.db"))
+    rooms = Rooms(store, presence=LocalPresence(numbers_rooms=False), group_commit=True)
+    seen: list = []
+    rooms.subscribe("test", seen.append)
+    with rooms.batch():
+        for text in ("a", "b", "c"):
+            rooms.post("lobby", "esp", text, "mqtt")
+    with pytest.raises(Unavailable):
+        rooms.flush()
+    assert rooms.bus.drain(5) and seen == [] and store.last_seq("lobby") == 0  # (drain would flush)
+    rooms.flush()
+    assert rooms.drain()
+    assert [(m.content, m.seq) for m in seen] == [("a", 1), ("b", 2), ("c", 3)]
+    assert [(m.content, m.seq) for m in store.recent("lobby", 10)] == [("a", 1), ("b", 2), ("c", 3)]
+    rooms.post("lobby", "web", "after", "web")  # outside the batch: numbered by the store at once
+    assert rooms.drain() and [m.seq for m in seen] == [1, 2, 3, 4]
+    rooms.close()
+    store.close()

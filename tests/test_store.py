@@ -254,3 +254,60 @@ def test_a_numbered_message_is_stored_as_its_own_json_and_a_seq_in_its_data_stay
     stored = store.recent("lobby", 10)
     assert [m.to_json() for m in stored] == [first.to_json(), second.to_json()]
     assert stored[0].data == {"seq": -1} and stored[0].content == '"seq":-1'
+
+
+def _draft(room: str, name: str, n: int) -> Message:
+    from chatroom.core.model import UNNUMBERED
+
+    return Message(username=name, content=f'"seq":-1 {n}', room=room, source="mqtt", seq=UNNUMBERED,
+                   client_id=name, data={"n": n, "seq": -1})
+
+
+def test_a_batch_is_numbered_per_room_after_the_stored_messages_in_its_own_order(store):
+    """append_numbered (group commit when the store numbers): one transaction, each room's drafts
+    numbered after its newest stored seq, in the batch's order; each draft learns its seq and its
+    JSON says it (the stored body too, a data key named seq left alone)."""
+    store.append(Message(username="k", content="before", room="lobby", source="http", seq=5))
+    drafts = [_draft(room, "d", n) for n, room in enumerate(["lobby", "attic", "lobby", "lobby", "attic"])]
+    store.append_numbered(drafts)
+    assert [(d.room, d.seq) for d in drafts] == [("lobby", 6), ("attic", 1), ("lobby", 7), ("lobby", 8), ("attic", 2)]
+    stored = store.recent("lobby", 10)
+    assert [m.seq for m in stored] == [5, 6, 7, 8]
+    assert [m.to_json() for m in stored[1:]] == [d.to_json() for d in drafts if d.room == "lobby"]
+    assert '"seq": 6' in stored[1].to_json() or '"seq":6' in stored[1].to_json()
+    assert stored[1].data == {"n": 0, "seq": -1} and stored[1].content == '"seq":-1 0'
+
+
+def test_batches_and_single_messages_of_two_writers_number_a_room_without_gaps(store):
+    """Two instances commit batches into one room at once (and single messages in between): every
+    message stored once, seq 1..N without a gap, each writer's own messages in its own order."""
+    import threading
+
+    from chatroom.topology import open_history
+
+    other = open_history(store.url, "") if hasattr(store, "url") else open_history("", store.path)
+    errors: list[BaseException] = []
+    try:
+        def write(history, name):
+            try:
+                for batch in range(15):
+                    history.append_numbered([_draft("lobby", name, batch * 4 + i) for i in range(4)])
+                    history.append_next("lobby", lambda seq, b=batch: Message(
+                        username=name, content="single", room="lobby", source="mqtt", seq=seq,
+                        client_id=name, data={"n": 1000 + b}))
+            except BaseException as exc:  # reported below: a thread's failure must fail the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(history, name)) for history, name in ((store, "a"), (other, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        stored = store.recent("lobby", 500)
+        assert [m.seq for m in stored] == list(range(1, 151))
+        for name in ("a", "b"):
+            batched = [m.data["n"] for m in stored if m.client_id == name and m.content != "single"]
+            assert batched == list(range(60))
+    finally:
+        other.close()

@@ -45,6 +45,10 @@ def new_message_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+# The seq of a draft the history store numbers when it stores it (several instances).
+UNNUMBERED = -1
+
+
 @dataclass
 class Message:
     """One chat message of a room: the single format for every transport."""
@@ -82,6 +86,11 @@ class Message:
             "data": self.data,
             "reply_to": self.reply_to,
         }
+
+    def number(self, seq: int) -> None:
+        """Give a stored draft its seq (a batch is numbered by the store when it commits)."""
+        self.seq = seq
+        self._json = None
 
     def to_json(self) -> str:
         """The message as JSON; computed on first use, so set every field before calling it."""

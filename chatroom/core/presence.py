@@ -24,7 +24,10 @@ class LocalPresence:
     """Presence in this process. The caller (Rooms) serialises changes; the small
     lock only keeps readers on other threads from seeing a dict mid-change."""
 
-    def __init__(self) -> None:
+    def __init__(self, numbers_rooms: bool = True) -> None:
+        # False with PostgreSQL: the store numbers each room in the transaction that stores
+        # a message or a batch, as it does for several instances.
+        self.numbers_rooms = numbers_rooms
         # Not re-entrant: no method calls another under it (eventlet's RLock costs twice a Lock).
         self._lock = threading.Lock()
         self._members: dict[str, dict[MemberKey, User]] = {}
@@ -54,6 +57,9 @@ class LocalPresence:
                 del self._members[room]
                 self._seq.pop(room, None)
             return user
+
+    def write_touches(self) -> None:
+        """Nothing waits: touches are made in place."""
 
     def touch(self, room: str, key: MemberKey, when: float) -> None:
         user = self.member(room, key)
@@ -87,8 +93,6 @@ class LocalPresence:
         with self._lock:
             return [(key, user) for members in self._members.values() for key, user in members.items()
                     if source is None or user.source == source]
-
-    numbers_rooms = True  # seq kept here while a room has members
 
     def next_seq(self, room: str, stored_last: Callable[[], int]) -> int:
         with self._lock:

@@ -22,7 +22,7 @@ from chatroom.core.batch import OpenBatch, ThreadBatch
 from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.fair_shares import longest_silent_device, room_to_free
 from chatroom.core.listeners import ListenerBus
-from chatroom.core.model import USER_MESSAGE, Message, Source, SystemEvent, User
+from chatroom.core.model import UNNUMBERED, USER_MESSAGE, Message, Source, SystemEvent, User
 from chatroom.core.name_clash import free_variant, holder_of
 from chatroom.core.ports import History, MemberKey, Presence
 from chatroom.core.presence import LocalPresence
@@ -61,7 +61,7 @@ class Rooms:
         self.bus = ListenerBus()
         self._posted: Counter[str] = Counter()
         self.group_commit = group_commit
-        self.open_batch = OpenBatch(history, self.bus)
+        self.open_batch = OpenBatch(history, self.bus, self.presence)
         self.evictions = 0                  # devices that gave way in a full room or room table
 
     # --- listeners ------------------------------------------------------------
@@ -79,7 +79,10 @@ class Rooms:
         return self.bus.drain(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except Unavailable as exc:  # the store is away at shutdown: its broker messages stay unacknowledged
+            log.warning("closing with %d messages not stored: %s", len(self.open_batch.drafts), exc.detail)
         self.bus.stop(timeout)
 
     @property
@@ -230,7 +233,10 @@ class Rooms:
     def touch_present(self, room: str, key: MemberKey, requested: str | None = None) -> User | None:
         """A member about to post, if present (under the name it asked for, when given):
         marked alive and its message counted. None: it must join or rename first."""
-        return self.presence.touch_present(room, key, requested, self.clock())
+        user = self.presence.touch_present(room, key, requested, self.clock())
+        if user is not None and not self.open_batch.holds_this_thread():
+            self.presence.write_touches()  # no batch commit will write them: now
+        return user
 
     def expire_silent(self, source: str, silent_since: float) -> list[User]:
         """Members of `source` not heard from since `silent_since` (the room's clock) leave."""
@@ -273,8 +279,16 @@ class Rooms:
             batched = self.open_batch.holds_this_thread()
             if not batched:
                 self.open_batch.flush()  # an open batch is committed before this message is stored
-            if not self.presence.numbers_rooms:  # several instances: the store numbers (gap-free)
-                message = self.history.append_next(room, build)
+            if not self.presence.numbers_rooms:  # the store numbers (gap-free across instances)
+                if batched and client_message_id is None:
+                    message = build(UNNUMBERED)  # numbered and stored when the batch commits
+                    self.open_batch.append_draft(message)
+                else:
+                    # A sender's message_id is stored at once: another instance's dedup
+                    # decision reads the store (chatroom/core/intake.py).
+                    if batched:
+                        self.open_batch.flush()  # this message's seq comes after the batch's
+                    message = self.history.append_next(room, build)
             else:
                 message = build(self.presence.next_seq(room, lambda: self.history.last_seq(room)))
                 if batched:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from chatroom.core.errors import Unavailable
-from chatroom.core.model import Message
+from chatroom.core.model import UNNUMBERED, Message
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,14 @@ CREATE INDEX IF NOT EXISTS messages_by_client ON messages (client_id, seq);
 """
 INSERT = ("INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
           " VALUES (%s, %s, %s, %s, %s, %s)")
-UNNUMBERED = -1
+# A batch of one room: numbered after the newest stored seq in the order given (ordinality).
+INSERT_NUMBERED = ("INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
+                   " SELECT %(room)s, base.last + t.n, t.message_id, t.client_id, t.timestamp,"
+                   " regexp_replace(t.body, '\"seq\":-1', '\"seq\":' || (base.last + t.n))"
+                   " FROM (SELECT COALESCE(MAX(seq), 0) AS last FROM messages WHERE room = %(room)s) AS base,"
+                   " unnest(%(ids)s::text[], %(clients)s::text[], %(times)s::text[], %(bodies)s::text[])"
+                   " WITH ORDINALITY AS t(message_id, client_id, timestamp, body, n)"
+                   " RETURNING message_id, seq")
 INSERT_NEXT = ("INSERT INTO messages (room, seq, message_id, client_id, timestamp, body)"
                " SELECT %(room)s, next.seq, %(message_id)s, %(client_id)s, %(timestamp)s,"
                " regexp_replace(%(body)s, '\"seq\":-1', '\"seq\":' || next.seq)"
@@ -103,6 +110,38 @@ class PostgresStore:
             except psycopg.errors.UniqueViolation as exc:
                 if exc.diag.constraint_name != "messages_pkey":
                     raise  # the same message_id twice: not a race for the seq
+
+    def append_numbered(self, drafts: list[Message]) -> None:
+        """A batch in one transaction: one statement per room numbers its drafts after the
+        newest stored seq (as `append_next` does for one). A clash with another instance's
+        batch rolls the whole transaction back and it runs again."""
+        by_room: dict[str, list[Message]] = {}
+        for draft in drafts:
+            by_room.setdefault(draft.room, []).append(draft)
+        with self._lock:
+            connection_attempt = 1
+            while True:
+                try:
+                    seqs: dict[str, int] = {}
+                    with self._db.transaction():
+                        for room in sorted(by_room):  # one order for every instance: no deadlock
+                            batch = by_room[room]
+                            rows = self._db.execute(INSERT_NUMBERED, {
+                                "room": room, "ids": [m.message_id for m in batch],
+                                "clients": [m.client_id for m in batch], "times": [m.timestamp for m in batch],
+                                "bodies": [m.to_json() for m in batch]}).fetchall()
+                            seqs.update(rows)
+                    for draft in drafts:
+                        draft.number(seqs[draft.message_id])
+                    return
+                except psycopg.errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name != "messages_pkey":
+                        raise  # the same message_id twice: not a race for the seq
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.TransactionRollback):
+                    continue  # a deadlock or serialization failure: PostgreSQL rolled it back
+                except psycopg.OperationalError as exc:
+                    self._reconnect_or_raise(connection_attempt, exc)
+                    connection_attempt += 1
 
     def append(self, message: Message) -> None:
         self._fetch(INSERT, (message.room, message.seq, message.message_id, message.client_id,

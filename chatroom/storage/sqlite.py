@@ -147,6 +147,28 @@ class MessageStore:
                 raise
         return message
 
+    def append_numbered(self, drafts: list[Message]) -> None:
+        """Store a batch of drafts in one transaction, each room numbered after its newest
+        stored seq (BEGIN IMMEDIATE: other processes on the file wait, so no gap, no clash)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                last: dict[str, int] = {}
+                for draft in drafts:
+                    if draft.room not in last:
+                        row = self._db.execute("SELECT MAX(seq) FROM messages WHERE room = ?", (draft.room,)).fetchone()
+                        last[draft.room] = row[0] or 0
+                    last[draft.room] += 1
+                    draft.number(last[draft.room])
+                self._db.executemany(
+                    "INSERT INTO messages (room, seq, message_id, client_id, timestamp, body) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(m.room, m.seq, m.message_id, m.client_id, m.timestamp, m.to_json()) for m in drafts])
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
     def has_message(self, message_id: str) -> bool:
         """Is the message stored that got this server id? For the dedup check, which only
         asks about messages that carried their sender's own message_id."""
