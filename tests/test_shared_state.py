@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from chatroom.core.errors import ValidationError
+from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import RateLimiter
 from chatroom.core.model import Message, SystemEvent
@@ -150,3 +150,82 @@ def test_a_restarted_instance_drops_the_web_members_of_its_previous_life(pair, r
     finally:
         again.watch._stop.set()
         again.close()
+
+
+def _present(instance: Instance, client_id: str, requested: str | None = None):
+    return instance.rooms.touch_present("lobby", (Source.MQTT, client_id), requested)
+
+
+def test_a_device_left_or_renamed_on_one_instance_is_no_longer_present_on_the_others_cache(pair):
+    """Each instance answers "is this device present" from its own cache (no Redis round trip per
+    message); a leave or a rename on another instance reaches that cache through Redis, so the
+    device's next message there joins or renames through the locked path instead."""
+    a, b = pair
+    for text in ("hello", "joined already: read from Redis once, then cached"):
+        a.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text=text))
+    wait_for(lambda: a.shared.presence.cache.get("lobby", '["mqtt", "esp-1"]') is not None, timeout=10,
+             what="the device cached on a")
+    assert _present(a, "esp-1") is not None
+    b.intake.leave(Submission(Source.MQTT, room="lobby", client_id="esp-1"))
+    wait_for(lambda: _present(a, "esp-1") is None, timeout=10, what="a hears of the leave")
+    a.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text="back"))
+    assert len(a.system("join")) + len(b.system("join")) == 2  # joined again, through the lock
+    wait_for(lambda: _present(a, "esp-1") is not None, timeout=10, what="cached again")
+    b.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", username="Kitchen", text="renamed"))
+    wait_for(lambda: _present(a, "esp-1", "esp-1") is None, timeout=10, what="a hears of the rename")
+    assert _present(a, "esp-1", "Kitchen").username == "Kitchen"
+
+
+def test_a_batch_writes_its_senders_liveness_and_counts_in_one_go(redis_server, tmp_path):
+    """With group commit, present devices' messages leave their touches pending; the batch's
+    commit writes them (message counts exact, last seen the newest)."""
+    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    shared = SharedState(redis_server.url, prefix, "a", 2, dedup_seconds=600)
+    store = MessageStore(str(tmp_path / "h.db"))
+    rooms = Rooms(store, name_key=name_key, presence=shared.presence, clock=time.time, group_commit=True)
+    intake = Intake(rooms, NameRules(), RateLimiter(0, 1), shared.dedup, 2000, locks=shared.locks)
+    try:
+        for text in ("first", "second"):  # a join, then a present device read once from Redis
+            intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text=text))
+        wait_for(lambda: shared.presence.cache.get("lobby", '["mqtt", "esp-1"]') is not None, timeout=10,
+                 what="the device cached")
+        with rooms.batch():
+            for number in range(50):
+                intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text=f"m{number}"))
+        assert store.last_seq("lobby") == 2  # drafts wait for the commit
+        assert shared.presence.member("lobby", (Source.MQTT, "esp-1")).message_count == 2
+        rooms.flush()
+        assert [m.seq for m in store.recent("lobby", 100)] == list(range(1, 53))
+        member = shared.presence.member("lobby", (Source.MQTT, "esp-1"))
+        assert member.message_count == 52 and member.last_seen > 0
+    finally:
+        rooms.close()
+        store.close()
+        shared.close()
+
+
+def test_the_cache_is_off_while_redis_is_away_and_starts_empty_when_it_is_back(tmp_path):
+    """A lost subscription could have missed a leave: nothing is believed until it is back."""
+    from support import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    instance = Instance(server.url, f"test:{uuid.uuid4().hex[:8]}:", str(tmp_path / "h.db"), "a")
+    try:
+        for text in ("hello", "again"):
+            instance.intake.post(Submission(Source.MQTT, room="lobby", client_id="esp-1", text=text))
+        cache = instance.shared.presence.cache
+        wait_for(lambda: cache.get("lobby", '["mqtt", "esp-1"]') is not None, timeout=10, what="cached")
+        server.stop()
+        wait_for(lambda: cache.get("lobby", '["mqtt", "esp-1"]') is None, timeout=15, what="cache off")
+        server.start()  # the same port, empty: the member is gone, and no cache may say otherwise
+
+        def answer():
+            try:
+                return _present(instance, "esp-1") is None
+            except Unavailable:  # still reconnecting
+                return False
+
+        wait_for(answer, timeout=20, what="Redis back, the device not present")
+    finally:
+        instance.close()
+        server.stop()

@@ -138,4 +138,5 @@ class SharedState:
         self.registry = InstanceRegistry(self.client, key_prefix, instance_id, instance_ttl)
 
     def close(self) -> None:
+        self.presence.close()
         self.client.close()

@@ -13,6 +13,7 @@ Keys (all under one prefix, so deployments can share a Redis):
     rooms           set   rooms with members
     lock:<room>     the intake's lock of the room
     dedup:<sha1>    the message id of an accepted client message_id (EX 600)
+    presence-changes  channel: "<room>\t<member key>" of every put/remove (redis_member_cache.py)
     instance:<id>   this instance is alive (EX ttl); instances: every id seen
     web:<id>        set of "<room>\\t<member key>" of the web members it holds
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Callable
 
 import redis
@@ -29,6 +30,7 @@ import redis
 from chatroom.core.errors import Unavailable
 from chatroom.core.model import Source, User
 from chatroom.core.ports import MemberKey
+from chatroom.storage.redis_member_cache import MemberCache
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[4], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {user, seen or '0', count or '0'}
 """
 _IF_MEMBER_SET = """
@@ -115,6 +118,8 @@ class RedisPresence:
         self._set_if_member = client.register_script(_IF_MEMBER_SET)
         self._incr_if_member = client.register_script(_IF_MEMBER_INCR)
         self._touch_present = client.register_script(_TOUCH_PRESENT)
+        self.changes_channel = f"{prefix}presence-changes"
+        self.cache = MemberCache(client, self.changes_channel, self._keys)
 
     def _keys(self, room: str) -> tuple[str, str, str]:
         p = self.prefix
@@ -165,11 +170,15 @@ class RedisPresence:
         pipe.sadd(f"{self.prefix}rooms", room)
         if user.source == Source.WEB:
             pipe.sadd(f"{self.prefix}web:{self.instance_id}", _web_entry(room, field))
+        pipe.publish(self.changes_channel, _web_entry(room, field))  # every instance's cache drops it
+        self.cache.drop(room, field)
         pipe.execute()
 
     def remove(self, room: str, key: MemberKey) -> User | None:
         field = field_of(key)
-        reply = self._remove(keys=[*self._keys(room), f"{self.prefix}rooms"], args=[field, room])
+        self.cache.drop(room, field)
+        reply = self._remove(keys=[*self._keys(room), f"{self.prefix}rooms"],
+                             args=[field, room, self.changes_channel, _web_entry(room, field)])
         if not reply:
             return None
         raw, seen, count = reply
@@ -183,8 +192,24 @@ class RedisPresence:
         self._set_if_member(keys=[members, seen], args=[field_of(key), repr(when)])
 
     def touch_present(self, room: str, key: MemberKey, requested: str | None, when: float) -> User | None:
-        reply = self._touch_present(keys=list(self._keys(room)), args=[field_of(key), requested or "", repr(when)])
-        return self._user(*reply) if reply else None
+        field = field_of(key)
+        cached = self.cache.get(room, field)
+        if cached is not None and (not requested or cached.requested == requested):
+            self.cache.touch(room, field, when)  # written with the batch (write_touches)
+            return replace(cached, last_seen=when)
+        generation = self.cache.generation()
+        reply = self._touch_present(keys=list(self._keys(room)), args=[field, requested or "", repr(when)])
+        if not reply:
+            return None
+        user = self._user(*reply)
+        self.cache.put_if_unchanged(room, field, user, generation)
+        return user
+
+    def write_touches(self) -> None:
+        self.cache.write_touches()
+
+    def close(self) -> None:
+        self.cache.close()
 
     def count_message(self, room: str, key: MemberKey) -> None:
         members, _, counts = self._keys(room)
