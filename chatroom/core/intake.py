@@ -75,8 +75,8 @@ class Intake:
         data = validate_data(sub.data)
         units = validate_units(sub.units)
         message_id = validate_message_id(sub.message_id)
-        if self.locks.shared and sub.from_device and message_id is None and client_id is not None:
-            accepted = self._post_as_present_device(sub, room, client_id, text, data, units)
+        if self.locks.shared and sub.from_device and client_id is not None:
+            accepted = self._post_as_present_device(sub, room, client_id, text, data, units, message_id)
             if accepted is not None:
                 return accepted
         with self.locks.hold(room):
@@ -88,7 +88,7 @@ class Intake:
                 original = self.dedup.get(dedup_key)
                 # Remembered but not stored: whoever took it died before storing (the
                 # room's lock is ours now), so this retry is the message's only copy.
-                if isinstance(original, str) and self.rooms.history.has_message(original):
+                if isinstance(original, str) and self.rooms.holds_message(original):
                     return Accepted(Outcome.DUPLICATE, room, message_id=original)
             user = None
             if sub.from_device:
@@ -104,9 +104,12 @@ class Intake:
             server_id = None
             if dedup_key is not None:
                 # Remembered before it is stored: a process killed between the two leaves
-                # a redelivery recognised as a duplicate, never a second copy.
+                # a redelivery recognised as a duplicate, never a second copy. A claim, not
+                # a plain write: another instance's lock-free path may have claimed it since.
                 server_id = new_message_id()
-                self.dedup.remember(dedup_key, server_id)
+                original = self.dedup.claim(dedup_key, server_id, self.rooms.holds_message)
+                if original is not None:
+                    return Accepted(Outcome.DUPLICATE, room, message_id=original)
             message = self.rooms.post(room, name, text, sub.source, sender=member_key,
                                       client_id=client_id if sub.from_device else None,
                                       data=data, client_message_id=message_id, units=units,
@@ -114,20 +117,27 @@ class Intake:
         return Accepted(Outcome.POSTED, room, user=user, message=message, message_id=message.message_id)
 
     def _post_as_present_device(self, sub: Submission, room: str, client_id: str, text: str,
-                                data, units) -> Accepted | None:
-        """Several instances: a device already present under the name it asks for, posting
-        without a message_id, needs no decision another instance could race (no join, no
-        rename, no dedup), so it posts without the room's Redis lock (two round trips).
-        None: the locked path decides."""
+                                data, units, message_id: str | None) -> Accepted | None:
+        """Several instances: a device already present under the name it asks for needs no
+        decision another instance could race (no join, no rename), so it posts without the
+        room's Redis lock; its message_id, if any, is claimed in the dedup window atomically
+        (one round trip). None: the locked path decides."""
         name = self.names.display_name(sub.username) if sub.username is not None else None
         buckets = self._buckets(sub, client_id)
         self._check_rate(buckets, client_id)
         user = self.rooms.touch_present(room, (Source.MQTT, client_id), name)
         if user is None:
             return None
+        server_id = None
+        dedup_key = self._dedup_key(sub, room, client_id)
+        if dedup_key is not None:
+            server_id = new_message_id()
+            original = self.dedup.claim(dedup_key, server_id, self.rooms.holds_message)
+            if original is not None:
+                return Accepted(Outcome.DUPLICATE, room, message_id=original)
         self._take(buckets)
         message = self.rooms.post(room, user.username, text, Source.MQTT, client_id=client_id, data=data,
-                                  units=units)
+                                  units=units, client_message_id=message_id, message_id=server_id)
         return Accepted(Outcome.POSTED, room, user=user, message=message, message_id=message.message_id)
 
     def _author(self, sub: Submission, room: str, client_id: str | None):

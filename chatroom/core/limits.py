@@ -79,6 +79,19 @@ class DedupWindow:
         with self._lock:
             self._entries[key] = value
 
+    def claim(self, key: Hashable, message_id: str, holds: Callable[[str], bool]) -> str | None:
+        """None: `message_id` is now remembered for `key` (store it). Else the id of the message
+        remembered for it, which `holds` says is stored (a duplicate). One process: the caller
+        holds the room's lock, so nobody else is between the two steps."""
+        with self._lock:
+            original = self._entries.get(key)
+            if isinstance(original, str) and holds(original):
+                return original
+            # Remembered but not stored: whoever took it died before storing, so this
+            # retry is the message's only copy.
+            self._entries[key] = message_id
+            return None
+
 
 class Throttle:
     """At most `count` events per `seconds` per key; the rest are counted, not acted on.

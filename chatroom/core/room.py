@@ -235,7 +235,7 @@ class Rooms:
         marked alive and its message counted. None: it must join or rename first."""
         user = self.presence.touch_present(room, key, requested, self.clock())
         if user is not None and not self.open_batch.holds_this_thread():
-            self.presence.write_touches()  # no batch commit will write them: now
+            self.presence.write_touches(force=True)  # no batch commit will write them: now
         return user
 
     def expire_silent(self, source: str, silent_since: float) -> list[User]:
@@ -246,6 +246,12 @@ class Rooms:
 
     def member(self, room: str, key: MemberKey) -> User | None:
         return self.presence.member(room, key)
+
+    def holds_message(self, message_id: str) -> bool:
+        """Is the message with this server id stored, or waiting in this process's open batch?
+        (The dedup window's question: a duplicate of either is not a new message.)"""
+        return (any(draft.message_id == message_id for draft in list(self.open_batch.drafts))
+                or self.history.has_message(message_id))
 
     def members(self, source: str | None = None) -> list[tuple[MemberKey, User]]:
         """Every present member of every room, optionally of one source."""
@@ -280,14 +286,10 @@ class Rooms:
             if not batched:
                 self.open_batch.flush()  # an open batch is committed before this message is stored
             if not self.presence.numbers_rooms:  # the store numbers (gap-free across instances)
-                if batched and client_message_id is None:
+                if batched:
                     message = build(UNNUMBERED)  # numbered and stored when the batch commits
                     self.open_batch.append_draft(message)
                 else:
-                    # A sender's message_id is stored at once: another instance's dedup
-                    # decision reads the store (chatroom/core/intake.py).
-                    if batched:
-                        self.open_batch.flush()  # this message's seq comes after the batch's
                     message = self.history.append_next(room, build)
             else:
                 message = build(self.presence.next_seq(room, lambda: self.history.last_seq(room)))

@@ -7,7 +7,8 @@ import contextlib
 import hashlib
 import json
 import logging
-from typing import Hashable, Iterator
+import time
+from typing import Callable, Hashable, Iterator
 
 import redis
 
@@ -57,15 +58,43 @@ class RedisLocks:
                 log.warning("Redis went away holding the lock of room %s (it expires by itself)", room)
 
 
+# Remember a claim unless one is there (then answer it): one round trip, atomic.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+IN_FLIGHT_SECONDS = 120.0  # a live instance's claim older than this is taken over anyway
+WAIT_SECONDS = 20.0        # for another instance to store the first copy, then `unavailable`
+
+
 @unavailable_when_redis_is_down
 class RedisDedup:
     """The dedup window (DedupWindow's interface), shared: a retry that reaches another
-    instance is still recognised. Entries expire after `ttl` seconds."""
+    instance is still recognised. Entries expire after `ttl` seconds.
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl: float):
+    `claim` needs no room lock: the entry itself is claimed atomically, as
+    "<message id>|<instance>|<wall clock>". A second copy finds the first's claim and is a
+    duplicate once the first is stored (or in the open batch of this process); while a live
+    instance is storing it, the second waits; a claim whose instance is dead (or this one,
+    without the message: it died before storing, in an earlier life or a failed commit) is
+    taken over, since the retry is then the message's only copy."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl: float, instance_id: str = "",
+                 alive: Callable[[str], bool] = lambda instance: False):
         self.redis = client
         self.prefix = prefix
         self.ttl = int(ttl)
+        self.instance_id = instance_id
+        self.alive = alive
+        self._claim = client.register_script(_CLAIM)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     def _name(self, key: Hashable) -> str:
         text = json.dumps(key, ensure_ascii=False, default=str)
@@ -73,10 +102,44 @@ class RedisDedup:
 
     def get(self, key: Hashable):
         value = self.redis.get(self._name(key))
-        return as_text(value) if value is not None else None
+        return _claimed_id(as_text(value)) if value is not None else None
 
     def remember(self, key: Hashable, value: object = True) -> None:
-        self.redis.set(self._name(key), str(value), ex=self.ttl)
+        self.redis.set(self._name(key), f"{value}|{self.instance_id}|{time.time():.3f}", ex=self.ttl)
+
+    def claim(self, key: Hashable, message_id: str, holds: Callable[[str], bool]) -> str | None:
+        name = self._name(key)
+        mine = f"{message_id}|{self.instance_id}|{time.time():.3f}"
+        give_up = time.monotonic() + WAIT_SECONDS
+        while True:
+            held = self._claim(keys=[name], args=[mine, self.ttl])
+            if held is None:
+                return None
+            text = as_text(held)
+            original = _claimed_id(text)
+            if holds(original):
+                return original
+            if self._abandoned(text):
+                if self._take_over(keys=[name], args=[text, mine, self.ttl]):
+                    return None
+                continue  # someone else changed it meanwhile: look again
+            if time.monotonic() > give_up:
+                raise Unavailable("the first copy of this message", "another instance is still storing it")
+            time.sleep(0.005)  # the other instance is storing it (a batch takes milliseconds)
+
+    def _abandoned(self, claim: str) -> bool:
+        parts = claim.split("|")
+        if len(parts) != 3 or parts[1] in ("", self.instance_id):
+            return True  # an entry of before claims, or ours without the message: lost
+        try:
+            age = time.time() - float(parts[2])
+        except ValueError:
+            return True
+        return age > IN_FLIGHT_SECONDS or not self.alive(parts[1])
+
+
+def _claimed_id(claim: str) -> str:
+    return claim.split("|", 1)[0]
 
 
 @unavailable_when_redis_is_down
@@ -98,6 +161,9 @@ class InstanceRegistry:
         pipe.set(self._alive(self.instance_id), "1", ex=self.ttl)
         pipe.sadd(f"{self.prefix}instances", self.instance_id)
         pipe.execute()
+
+    def is_alive(self, instance: str) -> bool:
+        return bool(self.redis.exists(self._alive(instance)))
 
     def was_alive(self) -> bool:
         """True when this id beat within the TTL: a restart after a crash, or a twin."""
@@ -134,8 +200,8 @@ class SharedState:
         self.client = connect(url)
         self.presence = RedisPresence(self.client, key_prefix, instance_id)
         self.locks = RedisLocks(self.client, key_prefix)
-        self.dedup = RedisDedup(self.client, key_prefix, dedup_seconds)
         self.registry = InstanceRegistry(self.client, key_prefix, instance_id, instance_ttl)
+        self.dedup = RedisDedup(self.client, key_prefix, dedup_seconds, instance_id, self.registry.is_alive)
 
     def close(self) -> None:
         self.presence.close()
