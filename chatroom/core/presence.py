@@ -58,7 +58,7 @@ class LocalPresence:
                 self._seq.pop(room, None)
             return user
 
-    def write_touches(self) -> None:
+    def write_touches(self, force: bool = False) -> None:
         """Nothing waits: touches are made in place."""
 
     def touch(self, room: str, key: MemberKey, when: float) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 import redis
@@ -30,17 +31,24 @@ log = logging.getLogger("chatroom.storage.redis_state")
 
 MAX_MEMBERS = 100_000       # cached members (bounded: a stranger's many ids only evict)
 TTL_SECONDS = 30.0          # the longest a missed invalidation could be believed
-MAX_PENDING = 10_000        # touches waiting for a batch; more are written at once
+MAX_PENDING = 10_000        # touches waiting to be written; more are written at once
+WRITE_EVERY = 1.0           # seconds: liveness and counts are written at most this late
 RETRY_SECONDS = 1.0         # between two tries of a lost subscription
 
-# One call per room: the pending touches of its members, written only for members still
-# present (a member removed meanwhile gets no stray field).
+# One call for every room of the batch: ARGV is, per room, its number of members then
+# (field, last seen, messages) of each; KEYS the room's three hashes. Written only for members
+# still present (a member removed meanwhile gets no stray field).
 TOUCH_MANY = """
-for i = 1, #ARGV, 3 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 2])
+local a = 1
+for k = 1, #KEYS, 3 do
+  local n = tonumber(ARGV[a])
+  for i = a + 1, a + 3 * n, 3 do
+    if redis.call('HEXISTS', KEYS[k], ARGV[i]) == 1 then
+      redis.call('HSET', KEYS[k + 1], ARGV[i], ARGV[i + 1])
+      redis.call('HINCRBY', KEYS[k + 2], ARGV[i], ARGV[i + 2])
+    end
   end
+  a = a + 1 + 3 * n
 end
 """
 
@@ -57,6 +65,7 @@ class MemberCache:
         self._generation = 0       # invalidations seen so far
         self._subscribed = False   # entries are trusted only while invalidations arrive
         self._pending: dict[CacheKey, list] = {}  # -> [last seen, messages]
+        self._next_write = 0.0
         self._touch_many = client.register_script(TOUCH_MANY)
         self._stopped = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="redis-member-cache", daemon=True)
@@ -97,22 +106,27 @@ class MemberCache:
                 entry[1] += 1
             full = len(self._pending) >= MAX_PENDING
         if full:
-            self.write_touches()
+            self.write_touches(force=True)
 
-    def write_touches(self) -> None:
-        """The pending touches, in one round trip (one script call per room, pipelined)."""
+    def write_touches(self, force: bool = False) -> None:
+        """The pending touches, in one round trip. Unless forced, at most once a WRITE_EVERY
+        (a steady trickle of one-message batches would otherwise pay it per message); the
+        listener thread writes what is left."""
         with self._lock:
-            if not self._pending:
+            if not self._pending or (not force and time.monotonic() < self._next_write):
                 return
             pending, self._pending = self._pending, {}
+            self._next_write = time.monotonic() + WRITE_EVERY
         by_room: dict[str, list[str]] = {}
         for (room, field), (when, count) in pending.items():
             by_room.setdefault(room, []).extend((field, repr(when), str(count)))
-        pipe = self.redis.pipeline(transaction=False)
-        for room, args in by_room.items():
-            members, seen, counts = self.keys_of(room)
-            self._touch_many(keys=[members, seen, counts], args=args, client=pipe)
-        pipe.execute()
+        keys: list[str] = []
+        args: list[str | int] = []
+        for room, triples in by_room.items():
+            keys.extend(self.keys_of(room))
+            args.append(len(triples) // 3)
+            args.extend(triples)
+        self._touch_many(keys=keys, args=args)
 
     # --- the invalidation listener ------------------------------------------------
 
@@ -125,9 +139,10 @@ class MemberCache:
             try:
                 pubsub.subscribe(self.channel)
                 while not self._stopped.is_set():
-                    message = pubsub.get_message(timeout=1.0)
+                    message = pubsub.get_message(timeout=WRITE_EVERY)
                     if message is not None:
                         self._on_message(message)
+                    self.write_touches()  # what no batch wrote since
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, ValueError) as exc:
                 # (ValueError: redis-py reading a connection closed under it.)
                 if not self._stopped.is_set():

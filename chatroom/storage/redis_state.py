@@ -205,8 +205,8 @@ class RedisPresence:
         self.cache.put_if_unchanged(room, field, user, generation)
         return user
 
-    def write_touches(self) -> None:
-        self.cache.write_touches()
+    def write_touches(self, force: bool = False) -> None:
+        self.cache.write_touches(force)
 
     def close(self) -> None:
         self.cache.close()
