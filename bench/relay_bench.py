@@ -104,6 +104,15 @@ class Publisher:
         self.client.loop_stop()
 
 
+class IdPublisher(Publisher):
+    """The benchmark's publisher, each message with its own message_id (exactly-once devices)."""
+
+    def send(self, n: int) -> None:
+        payload = json.dumps({"client_id": "bench-device", "username": "bench-device", "message_id": f"m{n}",
+                              "message": f"{n} {time.perf_counter():.6f}"})
+        self.client.publish(self.topic, payload, qos=1)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -244,21 +253,24 @@ def run_target(name: str, broker: Mosquitto, args, workdir: Path) -> dict:
     return results
 
 
-def run_cluster(instances: int, broker: Mosquitto, redis: RedisServer, args, workdir: Path) -> dict:
+def run_cluster(instances: int, broker: Mosquitto, redis: RedisServer | None, args, workdir: Path,
+                with_ids: bool = False) -> dict:
     """Throughput of N instances sharing the inbound topics (PROTOCOL 8), with Redis and one
-    history: CPU per message is the instances' and Redis's together."""
+    history: CPU per message is the instances' and Redis's together. Without `redis`: one
+    instance alone (the baseline of the message_id rows)."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     servers = []
     for index in range(instances):
         env = {"ASYNC_MODE": args.async_mode, "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker.port),
                "MQTT_TOPIC_PREFIX": prefix, "MQTT_CLIENT_ID": f"bench-bridge-{prefix}-{index}",
-               "REDIS_URL": redis.url, "MQTT_SHARED_GROUP": prefix, "INSTANCE_ID": f"i{index}",
                "DATABASE_PATH": str(workdir / f"{prefix}.db"), "DATABASE_URL": args.database_url,
                "RATE_LIMIT": "0", "LOG_LEVEL": "WARNING"}
+        if redis is not None:
+            env.update({"REDIS_URL": redis.url, "MQTT_SHARED_GROUP": prefix, "INSTANCE_ID": f"i{index}"})
         servers.append(ServerProcess(env, log_path=workdir / f"{prefix}-{index}.log").start())
     collector = OutCollector(broker.port, prefix)
-    publisher = Publisher(broker.port, prefix)
-    pids = [server.proc.pid for server in servers] + [redis.proc.pid]
+    publisher = (IdPublisher if with_ids else Publisher)(broker.port, prefix)
+    pids = [server.proc.pid for server in servers] + ([redis.proc.pid] if redis is not None else [])
     try:
         collector.reset(1)
         wait_for(lambda: (publisher.send(0), collector.done.wait(0.5))[1], timeout=30, what="cluster relaying")
@@ -273,17 +285,30 @@ def run_cluster(instances: int, broker: Mosquitto, redis: RedisServer, args, wor
             server.stop()
 
 
-def cluster_report(single: list[dict], clusters: dict[int, list[dict]]) -> str:
-    t_one = median_of(single, "throughput")
-    lines = ["", "Several instances (Redis + `$share` subscription + one history), throughput run only:", "",
+def cluster_report(single: list[dict], clusters: dict[int, list[dict]], with_ids: dict[str, list[dict]]) -> str:
+    """The several-instance table, with issue 24's targets beside the ratios."""
+    t_one, cpu_one = median_of(single, "throughput"), median_of(single, "cpu_us")
+    lines = ["", "Several instances (Redis + `$share` subscription + one history), throughput run only "
+             "(targets: throughput of 2 ≥ 0.8× one instance; CPU per message ≤ 1.5× one instance):", "",
              "| set-up | throughput MQTT in → out (msg/s) | vs one instance | lost | CPU per message, "
-             "instances + Redis (µs) |", "|---|---|---|---|---|",
+             "instances + Redis (µs) | CPU vs one instance |", "|---|---|---|---|---|---|",
              f"| one instance, no Redis (above) | {t_one:,.0f} | 1.00 | {sum(r['lost'] for r in single)} | "
-             f"{median_of(single, 'cpu_us'):.0f} |"]
+             f"{cpu_one:.0f} | 1.00 |"]
+
+    def row(label: str, runs: list[dict], base_rate: float, base_cpu: float) -> None:
+        rate, cpu = median_of(runs, "throughput"), median_of(runs, "cpu_us")
+        lines.append(f"| {label} | {rate:,.0f} | {rate / base_rate:.2f} | {sum(r['lost'] for r in runs)} | "
+                     f"{cpu:.0f} | {cpu / base_cpu:.2f} |")
+
     for count, runs in clusters.items():
-        rate = median_of(runs, "throughput")
-        lines.append(f"| {count} instance{'s' if count > 1 else ''} with Redis | {rate:,.0f} | {rate / t_one:.2f} | "
-                     f"{sum(r['lost'] for r in runs)} | {median_of(runs, 'cpu_us'):.0f} |")
+        row(f"{count} instance{'s' if count > 1 else ''} with Redis", runs, t_one, cpu_one)
+    if with_ids:
+        alone = with_ids["alone"]
+        base_rate, base_cpu = median_of(alone, "throughput"), median_of(alone, "cpu_us")
+        row("devices with message_id: one instance, no Redis", alone, base_rate, base_cpu)
+        for count in clusters:
+            row(f"devices with message_id: {count} instance{'s' if count > 1 else ''} with Redis",
+                with_ids[str(count)], base_rate, base_cpu)
     return "\n".join(lines)
 
 
@@ -350,6 +375,8 @@ def main() -> int:
     parser.add_argument("--instances", type=int, nargs="*", default=[1, 2],
                         help="also measure throughput of these numbers of instances with Redis (none: skip)")
     parser.add_argument("--database-url", default="", help="PostgreSQL history for the several-instance runs")
+    parser.add_argument("--no-message-ids", dest="message_ids", action="store_false",
+                        help="skip the several-instance rows of devices that send a message_id")
     args = parser.parse_args()
     if os.environ.get("BENCH_QUICK"):
         # A smoke run (the test suite runs it): every scenario, tiny loads, one run.
@@ -364,6 +391,7 @@ def main() -> int:
     green: list[dict] = []
     ours: list[dict] = []
     clusters: dict[int, list[dict]] = {count: [] for count in args.instances}
+    with_ids: dict[str, list[dict]] = {}  # "alone" and each count: devices sending message_id
     try:
         for run in range(args.runs):
             ideal.append(run_target("ideal", broker, args, workdir))
@@ -373,6 +401,11 @@ def main() -> int:
                 red.append(run_target("nodered", broker, args, workdir))
             for count in args.instances:
                 clusters[count].append(run_cluster(count, broker, redis, args, workdir))
+            if args.instances and args.message_ids:
+                with_ids.setdefault("alone", []).append(run_cluster(1, broker, None, args, workdir, with_ids=True))
+                for count in args.instances:
+                    with_ids.setdefault(str(count), []).append(
+                        run_cluster(count, broker, redis, args, workdir, with_ids=True))
             print(f"run {run + 1}: ideal {ideal[-1]['throughput']:,.0f} msg/s, "
                   f"ideal on eventlet {green[-1]['throughput']:,.0f} msg/s, "
                   f"server {ours[-1]['throughput']:,.0f} msg/s"
@@ -385,7 +418,7 @@ def main() -> int:
     peers = [("ideal relay on eventlet", "ideal on eventlet", green)] + ([("Node-RED 4.1.8", "Node-RED", red)] if red else [])
     sys.stdout.write(report(ideal, ours, args, peers) + "\n")
     if args.instances:
-        sys.stdout.write(cluster_report(ours, clusters) + "\n")
+        sys.stdout.write(cluster_report(ours, clusters, with_ids) + "\n")
     return 0
 
 

@@ -13,7 +13,6 @@ These are the per-message terms of the capacity model (issue 24).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from bench.relay_bench import OutCollector, Publisher, cpu_seconds, wait_for  # noqa: E402
+from bench.relay_bench import IdPublisher, OutCollector, Publisher, cpu_seconds, wait_for  # noqa: E402
 from support import Mosquitto, RedisServer, ServerProcess  # noqa: E402
 
 
@@ -61,17 +60,6 @@ def settled(read, compared, quiet: float = 1.5, limit: float = 30.0):
             return again
         reading = again
     return reading
-
-
-class IdPublisher(Publisher):
-    """The benchmark's publisher, each message with its own message_id."""
-
-    def send(self, n: int) -> None:
-        import time
-
-        payload = json.dumps({"client_id": "bench-device", "username": "bench-device", "message_id": f"m{n}",
-                              "message": f"{n} {time.perf_counter():.6f}"})
-        self.client.publish(self.topic, payload, qos=1)
 
 
 def measure(kind: str, server: ServerProcess, broker: Mosquitto, client: redis.Redis, prefix: str,
