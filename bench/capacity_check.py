@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -76,13 +77,16 @@ def send_at_rate(port: int, prefix: str, tag: str, rate: int, seconds: float, de
     client.loop_start()
     total = int(rate * seconds)
     start = time.monotonic()
+    infos = []
     try:
         for n in range(total):
             delay = start + n / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # a paced load generator (a benchmark, not a test)
             payload = json.dumps({"client_id": f"dev-{n % devices}", "message": f"{tag} {n}"})
-            client.publish(f"{prefix}/messages/in", payload, qos=1)
+            infos.append(client.publish(f"{prefix}/messages/in", payload, qos=1))
+        for info in infos:  # disconnecting earlier would drop what paho still queues
+            info.wait_for_publish(timeout=120)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -98,7 +102,7 @@ class Cluster:
                    "MQTT_CLIENT_ID": f"cap-bridge-{self.prefix}-{index}", "REDIS_URL": redis.url,
                    "MQTT_SHARED_GROUP": self.prefix, "INSTANCE_ID": f"i{index}",
                    "DATABASE_PATH": str(workdir / f"{self.prefix}.db"), "DATABASE_URL": database_url,
-                   "RATE_LIMIT": "0", "LOG_LEVEL": "WARNING"}
+                   "RATE_LIMIT": "0", "LOG_LEVEL": os.environ.get("CAP_LOG_LEVEL", "WARNING")}
             self.servers.append(ServerProcess(env, log_path=workdir / f"{self.prefix}-{index}.log").start())
 
     def cpu(self) -> list[float]:
