@@ -19,6 +19,9 @@ ASYNC_MODES = ("eventlet", "threading")
 # One MQTT topic level, and a Redis key part: no separators, wildcards or spaces.
 AI_REPLY_MODES = ("mention", "all", "off")
 OUT_FORMATS = ("full", "compact")
+MQTT_PROTOCOLS = ("3.1.1", "5")
+# What the bridge assumes of a broker that cannot tell (MQTT 3.1.1): mqtt_service/broker_profile.py.
+BROKER_KINDS = ("auto", "mosquitto", "rabbitmq", "nats")
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,10 @@ class Settings:
     mqtt_password: str = ""
     mqtt_tls: bool = False
     mqtt_ca_certs: str = ""
+    mqtt_certfile: str = ""
+    mqtt_keyfile: str = ""
+    mqtt_protocol: str = "3.1.1"
+    mqtt_broker_kind: str = "auto"
     mqtt_client_id: str = ""
     mqtt_topic_prefix: str = "chatroom"
     mqtt_qos: int = 1
@@ -136,6 +143,10 @@ class Settings:
             mqtt_password=reader.get("MQTT_PASSWORD", "", str),
             mqtt_tls=reader.get("MQTT_TLS", "false", values.boolean),
             mqtt_ca_certs=reader.get("MQTT_CA_CERTS", "", values.project_path),
+            mqtt_certfile=reader.get("MQTT_CERTFILE", "", values.project_path),
+            mqtt_keyfile=reader.get("MQTT_KEYFILE", "", values.project_path),
+            mqtt_protocol=reader.get("MQTT_PROTOCOL", "3.1.1", values.choice(MQTT_PROTOCOLS)),
+            mqtt_broker_kind=reader.get("MQTT_BROKER_KIND", "auto", values.choice(BROKER_KINDS)),
             # The port is in the default: two servers on one host must not share a session.
             mqtt_client_id=reader.get("MQTT_CLIENT_ID", "", str)
             or f"chatroom-bridge-{socket.gethostname()}-{port}",
@@ -196,6 +207,23 @@ class Settings:
             reader.problems.append("MQTT_CA_CERTS: set, but MQTT_TLS is false (set MQTT_TLS=true)")
         elif settings.mqtt_ca_certs and not os.path.isfile(settings.mqtt_ca_certs):
             reader.problems.append(f"MQTT_CA_CERTS: no readable file at {settings.mqtt_ca_certs!r}")
+        reader.problems.extend(_client_certificate_problems(settings))
+        if settings.mqtt_shared_group and settings.mqtt_broker_kind in ("rabbitmq", "nats"):
+            reader.problems.append(f"MQTT_SHARED_GROUP: {settings.mqtt_broker_kind} has no shared subscriptions: "
+                                   "every instance would hear every device message (docs/BROKERS.md)")
         if reader.problems:
             raise ConfigError(reader.problems)
         return settings
+
+
+def _client_certificate_problems(settings: Settings) -> list[str]:
+    """Mutual TLS: a certificate and its key, both readable, with MQTT_TLS on."""
+    given = {name: path for name, path in (("MQTT_CERTFILE", settings.mqtt_certfile),
+                                           ("MQTT_KEYFILE", settings.mqtt_keyfile)) if path}
+    if not given:
+        return []
+    if not settings.mqtt_tls:
+        return [f"{', '.join(given)}: set, but MQTT_TLS is false (set MQTT_TLS=true)"]
+    if not settings.mqtt_certfile:
+        return ["MQTT_CERTFILE: required with MQTT_KEYFILE (the client certificate the key belongs to)"]
+    return [f"{name}: no readable file at {path!r}" for name, path in given.items() if not os.path.isfile(path)]

@@ -26,6 +26,7 @@ from chatroom.core.limits import Throttle
 from chatroom.core.room import Rooms
 from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.ops.housekeeping import Periodic
+from mqtt_service.broker_profile import plan_for
 from mqtt_service.connection import Connection
 from mqtt_service.connection_watch import ConnectionWatch
 from mqtt_service.dispatch import Dispatcher
@@ -59,7 +60,9 @@ class MqttBridge:
         self.intake = intake
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
-        self.qos = settings.mqtt_qos
+        # What this broker lacks decides the protocol and QoS (docs/BROKERS.md); said once, here.
+        self.plan = plan_for(settings.mqtt_broker_kind, settings.mqtt_protocol, settings.mqtt_qos)
+        self.qos = self.plan.qos
         # Several instances (PROTOCOL 8): each has its own state topic; they relay as one device.
         instance = settings.instance_id if settings.mqtt_shared_group else ""
         self.state_topic = self.topics.bridge_state(instance)
@@ -81,8 +84,9 @@ class MqttBridge:
             settings, self.topics, self.stats, self.watch, self.outbox, state_topic=self.state_topic,
             qos=self.qos, extra_filters=[self.ha_status_topic] if settings.ha_discovery else [],
             on_message=self.dispatcher.on_message, announce=self._announce_all,
-            after_online=self.devices.on_connect, stopping=stopping)
-        self.status_report = StatusReport(settings, rooms, self.stats, self.outbox, self.devices)
+            after_online=self.devices.on_connect, stopping=stopping, plan=self.plan)
+        self.status_report = StatusReport(settings, rooms, self.stats, self.outbox, self.devices,
+                                          protocol=self.plan.protocol)
         self._running = False
 
     # --- lifecycle --------------------------------------------------------------------

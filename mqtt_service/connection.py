@@ -18,12 +18,15 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chatroom.config import Settings
 from chatroom.core.model import dumps
+from mqtt_service.broker_profile import PROFILES, BridgePlan, connack_gaps
 from mqtt_service.callbacks import guarded, set_tcp_nodelay
+from mqtt_service.connect_errors import RecordingClient, reason_text
 from mqtt_service.connection_watch import ConnectionWatch
 from mqtt_service.outbox import Outbox, Outgoing
 from mqtt_service.stats import BridgeStats
@@ -38,6 +41,9 @@ log = logging.getLogger("mqtt_service.bridge")
 MAX_INFLIGHT = 0
 KEEPALIVE = 30  # seconds
 RECONNECT_DELAY = (1, 30)  # paho's backoff between two attempts, seconds
+# MQTT 5: the session outlives the connection for ever, as 3.1.1's clean_session=False does
+# (the broker may cap it: mosquitto's persistent_client_expiration, EMQX's session expiry).
+SESSION_EXPIRY = 0xFFFFFFFF
 
 Announce = Callable[[str, str], None]  # (bridge event, text): a system event for the rooms
 OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
@@ -47,10 +53,12 @@ class Connection:
     def __init__(self, settings: Settings, topics: Topics, stats: BridgeStats, watch: ConnectionWatch,
                  outbox: Outbox, *, state_topic: str, qos: int, extra_filters: list[str],
                  on_message: OnMessage, announce: Announce, after_online: Callable[[], None],
-                 stopping: threading.Event):
+                 stopping: threading.Event, plan: BridgePlan | None = None):
         """`extra_filters`: subscribed besides the inbound topics (Home Assistant's status);
         `announce`: tells the rooms the bridge is online or lost the broker; `after_online`:
-        runs once the backlog is sent after a connect; `stopping`: set when the bridge stops."""
+        runs once the backlog is sent after a connect; `stopping`: set when the bridge stops;
+        `plan`: the protocol and QoS this broker gets (broker_profile.py)."""
+        self.plan = plan or BridgePlan(PROFILES["auto"], settings.mqtt_protocol, qos)
         self.settings = settings
         self.topics = topics
         self.stats = stats
@@ -66,6 +74,7 @@ class Connection:
         self.client: mqtt.Client | None = None
         self.subscriptions: list[str] = []  # of the current (or last) connection
         self._ever_connected = False
+        self._told_gaps = False
         self.subscription_memory = SubscriptionMemory(os.path.dirname(os.path.abspath(settings.database_path)))
 
     # --- lifecycle --------------------------------------------------------------------
@@ -74,13 +83,17 @@ class Connection:
         """The configured client, not yet connected. `manual_ack`: PUBACK once the batch
         holding the message is committed (group_commit.py)."""
         settings = self.settings
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_client_id,
-            clean_session=False,  # persistent session: messages sent while we restart wait for us
-            protocol=mqtt.MQTTv311,
-            manual_ack=manual_ack,
-        )
+        if self.mqtt5:  # clean_start=False and a session expiry, given at connect
+            client = RecordingClient(CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id,
+                                     protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+        else:
+            client = RecordingClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=settings.mqtt_client_id,
+                clean_session=False,  # persistent session: messages sent while we restart wait for us
+                protocol=mqtt.MQTTv311,
+                manual_ack=manual_ack,
+            )
         client.enable_logger(logging.getLogger("paho.mqtt"))
         client.suppress_exceptions = True  # second net under guarded
         client.max_inflight_messages_set(MAX_INFLIGHT)
@@ -89,7 +102,9 @@ class Connection:
         if settings.mqtt_username:
             client.username_pw_set(settings.mqtt_username, settings.mqtt_password or None)
         if settings.mqtt_tls:
-            client.tls_set(ca_certs=settings.mqtt_ca_certs or None)
+            # MQTT_CERTFILE/MQTT_KEYFILE: mutual TLS, the broker checks who we are.
+            client.tls_set(ca_certs=settings.mqtt_ca_certs or None, certfile=settings.mqtt_certfile or None,
+                           keyfile=settings.mqtt_keyfile or None)
         client.will_set(self.state_topic, dumps({"state": "offline"}), qos=1, retain=True)
         client.on_socket_open = self.on_socket_open
         client.on_connect = self.on_connect
@@ -97,17 +112,28 @@ class Connection:
         client.on_disconnect = self.on_disconnect
         client.on_message = self.on_message
         client.on_publish = self.on_publish
+        client.on_subscribe = self.on_subscribe
         self.client = client
         return client
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.plan.protocol == "5"
 
     def connect(self) -> None:
         """Connect in the background (paho's thread), retrying with backoff."""
         settings = self.settings
         if self.client is None:
             raise RuntimeError("Connection.connect() before build()")
-        log.info("MQTT bridge connecting to %s:%s as %s", settings.mqtt_broker,
-                 settings.mqtt_port, settings.mqtt_client_id)
-        self.client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=KEEPALIVE)
+        log.info("MQTT bridge connecting to %s:%s as %s (MQTT %s)", settings.mqtt_broker,
+                 settings.mqtt_port, settings.mqtt_client_id, self.plan.protocol)
+        if self.mqtt5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY
+            self.client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=KEEPALIVE,
+                                      clean_start=False, properties=properties)
+        else:
+            self.client.connect_async(settings.mqtt_broker, settings.mqtt_port, keepalive=KEEPALIVE)
         self.client.loop_start()
 
     def publish_offline(self) -> None:
@@ -132,13 +158,14 @@ class Connection:
     def on_connect(self, client: mqtt.Client, userdata: Any, connect_flags: mqtt.ConnectFlags,
                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
-            text = f"broker refused the connection: {reason_code}"
+            text = f"broker refused the connection: {reason_text(reason_code)}"
             if self.stats.last_error != text:  # one line per state change, not one per retry
                 log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL); "
                           "retrying with backoff", text)
             self.stats.error(text)
             self.stats.add("connections_refused")
             return
+        self._tell_gaps(properties)
         first_time = not self._ever_connected
         self._ever_connected = True
         self.stats.connected(first_time)
@@ -172,6 +199,19 @@ class Connection:
                      ", ".join(changed[:6]))
         self.subscription_memory.remember(client_id, self.subscriptions)
 
+    def _tell_gaps(self, properties: Properties | None) -> None:
+        """MQTT 5: what the CONNACK says the broker lacks, once."""
+        told = connack_gaps(properties, self.plan.profile) if self.mqtt5 else None
+        if told is None or self._told_gaps:
+            return
+        self._told_gaps = True
+        text = f"the broker lacks: {'; '.join(told.gaps())} (its CONNACK says so)"
+        log.warning("MQTT %s", text)
+        if self.settings.mqtt_shared_group and not told.shared_subscriptions:
+            self.stats.error("the broker has no shared subscriptions: MQTT_SHARED_GROUP cannot work there")
+            log.error("MQTT the broker has no shared subscriptions: MQTT_SHARED_GROUP cannot work there "
+                      "(docs/BROKERS.md)")
+
     def _online(self, text: str) -> None:
         """After (re)connecting and sending the backlog: so these neither jump the queue
         nor push the oldest kept message out of a full outbox."""
@@ -181,6 +221,9 @@ class Connection:
     @guarded
     def on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         text = f"cannot reach broker {self.settings.mqtt_broker}:{self.settings.mqtt_port}"
+        why = getattr(client, "last_transport_error", None)
+        if why:
+            text = f"{text}: {why}"
         if self.stats.last_error != text:
             log.warning("MQTT %s; retrying with backoff", text)
         self.stats.error(text)
@@ -189,17 +232,46 @@ class Connection:
     def on_disconnect(self, client: mqtt.Client, userdata: Any, disconnect_flags: mqtt.DisconnectFlags,
                       reason_code: ReasonCode, properties: Properties | None) -> None:
         was_connected = self.outbox.disconnected()
-        if self.stopping.is_set() or not was_connected:
-            return  # a refused or failed attempt already recorded why
-        text = f"connection lost: {reason_code}"
+        if self.stopping.is_set():
+            return
+        if not was_connected:
+            # Closed before the CONNACK: a TLS 1.3 broker refusing our certificate, or a
+            # broker that does not speak our protocol version (RabbitMQ and MQTT 5).
+            why = getattr(client, "last_transport_error", None) or (
+                f"the broker closed the connection before accepting it ({reason_text(reason_code)})"
+                + ("; does it speak MQTT 5? (MQTT_PROTOCOL, docs/BROKERS.md)" if self.mqtt5 else ""))
+            self._attempt_failed(f"cannot connect to broker {self.settings.mqtt_broker}:"
+                                 f"{self.settings.mqtt_port}: {why}")
+            return
+        why = getattr(client, "last_transport_error", None)
+        text = f"connection lost: {reason_text(reason_code)}" + (f" ({why})" if why else "")
         self.stats.error(text)
         log.warning("MQTT %s; messages wait in the outbox until it returns", text)
         self.watch.closed()
         self.announce("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+
+    def _attempt_failed(self, text: str) -> None:
+        if self.stats.last_error != text:  # one line per state change, not one per retry
+            log.error("MQTT %s; retrying with backoff", text)
+        self.stats.error(text)
+
+    @guarded
+    def on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                     properties: Properties | None) -> None:
+        refused = [reason_text(code) for code in reason_codes if code.is_failure]
+        if refused:
+            text = f"broker refused {len(refused)} of {len(reason_codes)} subscriptions: {', '.join(refused[:3])}"
+            self.stats.error(text)
+            log.error("MQTT %s (its ACL, or a filter it does not support; docs/BROKERS.md)", text)
 
     @guarded
     def on_publish(self, client: mqtt.Client | None, userdata: Any, mid: int, reason_code: ReasonCode | None,
                    properties: Properties | None) -> None:
         # Runs under paho's message lock: touch only the stats and the ack condition.
         self.stats.add("messages_sent")
+        if reason_code is not None and reason_code.is_failure:  # MQTT 5: the broker says why it refused
+            text = f"broker refused a publication: {reason_text(reason_code)}"
+            if self.stats.last_error != text:  # one line per change, not one per publication
+                log.warning("MQTT %s (its ACL or limits)", text)
+            self.stats.error(text)
         self.outbox.acknowledged(mid)

@@ -14,8 +14,10 @@ STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the
 
 class StatusReport:
     def __init__(self, settings: Settings, rooms: Rooms, stats: BridgeStats, outbox: Outbox,
-                 devices: DeviceTopics):
+                 devices: DeviceTopics, protocol: str = ""):
+        """`protocol`: the MQTT version the bridge speaks (MQTT_PROTOCOL unless the broker lacks it)."""
         self.settings = settings
+        self.protocol = protocol
         self.rooms = rooms
         self.stats = stats
         self.outbox = outbox
@@ -39,7 +41,10 @@ class StatusReport:
             "is_connected": connected,
             "is_running": is_running,
             "broker_info": {"host": settings.mqtt_broker, "port": settings.mqtt_port,
-                            "tls": settings.mqtt_tls, "client_id": settings.mqtt_client_id},
+                            "tls": settings.mqtt_tls, "client_id": settings.mqtt_client_id,
+                            # what the bridge speaks (broker_profile.py may lower MQTT_PROTOCOL)
+                            "protocol": self.protocol or settings.mqtt_protocol,
+                            "broker_kind": settings.mqtt_broker_kind},
             "mqtt_users_count": len(members) if members is not None else None,
             **self.stats.snapshot(),
             "outbox_size": self.outbox.size,

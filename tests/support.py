@@ -185,6 +185,7 @@ class Received:
     topic: str
     payload: bytes
     retain: bool = False
+    properties: object = None  # MQTT 5: paho's Properties of the publication
 
     def json(self):
         return json.loads(self.payload.decode("utf-8"))
@@ -195,14 +196,17 @@ class MqttProbe:
 
     def __init__(self, port: int, subscribe: str | list[str] | None = None,
                  client_id: str | None = None, will: tuple[str, str] | None = None,
-                 clean_session: bool = True):
+                 clean_session: bool = True, protocol: str = "3.1.1"):
+        """`protocol`: "3.1.1" or "5" (MQTT 5: clean start, a session that ends with the connection)."""
         self.port = port
         self.received: list[Received] = []
         self._cond = threading.Condition()
         self.connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
-                                  clean_session=clean_session)
+        client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
+        if protocol == "5":
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         self.client.reconnect_delay_set(0.1, 1)
         if will:
             self.client.will_set(will[0], will[1], qos=1)
@@ -221,7 +225,8 @@ class MqttProbe:
 
     def _on_message(self, client, userdata, message):
         with self._cond:
-            self.received.append(Received(message.topic, message.payload, message.retain))
+            self.received.append(Received(message.topic, message.payload, message.retain,
+                                          getattr(message, "properties", None)))
             self._cond.notify_all()
 
     def start(self) -> "MqttProbe":

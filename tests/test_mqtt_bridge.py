@@ -1,4 +1,9 @@
-"""The MQTT bridge against a real mosquitto: topics, payloads, errors, counters."""
+"""The MQTT bridge against a real mosquitto: topics, payloads, errors, counters.
+
+The whole module runs twice: with MQTT 3.1.1 (the default) and with MQTT_PROTOCOL=5,
+where the bridge and the devices speak MQTT 5 (PROTOCOL 12).
+"""
+import functools
 import json
 import re
 import time
@@ -7,6 +12,47 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from support import wait_for
+
+
+@pytest.fixture(scope="module", params=["3.1.1", "5"], ids=["mqtt311", "mqtt5"])
+def mqtt_protocol(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_app(make_app, mqtt_protocol):
+    """conftest's make_app, with the module's protocol."""
+    return functools.partial(make_app, MQTT_PROTOCOL=mqtt_protocol)
+
+
+@pytest.fixture
+def probe_for(broker, mqtt_protocol):
+    """conftest's probes, speaking the module's protocol."""
+    from support import MqttProbe
+
+    probes: list[MqttProbe] = []
+
+    def make(prefix: str, subscribe: str | None = None) -> MqttProbe:
+        probes.append(MqttProbe(broker.port, subscribe or f"{prefix}/#", protocol=mqtt_protocol).start())
+        return probes[-1]
+
+    yield make
+    for probe in probes:
+        probe.stop()
+
+
+def test_the_bridge_speaks_the_configured_protocol(make_app, mqtt_protocol, probe_for):
+    """MQTT 5: a session that outlives the connection (expiry, not clean_session); 3.1.1: clean_session off."""
+    app = make_app()
+    client = app.components.bridge.connection.client
+    assert client.protocol == (5 if mqtt_protocol == "5" else 4)
+    assert app.status()["mqtt_status"]["broker_info"]["protocol"] == mqtt_protocol
+    if mqtt_protocol == "5":
+        assert client._clean_start is False
+        assert client._connect_properties.SessionExpiryInterval == 0xFFFFFFFF
+    else:
+        assert client._clean_session is False
+
 
 DEVICE = {"client_id": "esp32-1", "username": "Kitchen", "message": "23.5 °C",
           "data": {"temperature": 23.5, "humidity": 41}}
@@ -225,7 +271,8 @@ def test_silent_mqtt_users_are_marked_left(make_app, probe_for):
 
 
 @pytest.mark.parametrize("max_batch", [256, 8])  # 8: the network thread commits by itself too
-def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, broker, monkeypatch, max_batch):
+def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, broker, monkeypatch, max_batch,
+                                                                      mqtt_protocol):
     """Group commit: each PUBACK follows the commit of its message's batch, so a crash
     before that commit leaves the message with the broker, which sends it again."""
     import threading
@@ -262,9 +309,9 @@ def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, 
 
     store.append_to_batch, store.commit_batch, bridge._client.ack = counting_append, counting_commit, checking_ack
     count = 400
-    device = MqttProbe(broker.port)
+    device = MqttProbe(broker.port, protocol=mqtt_protocol)
     device.client.max_inflight_messages_set(0)  # the whole burst in flight at once
-    with MqttProbe(broker.port, f"{app.prefix}/messages/out") as probe, device:
+    with MqttProbe(broker.port, f"{app.prefix}/messages/out", protocol=mqtt_protocol) as probe, device:
         for i in range(count):
             device.client.publish(f"{app.prefix}/messages/in",
                                   json.dumps({"client_id": "esp-burst", "message": f"r{i}"}), qos=1)
@@ -274,3 +321,15 @@ def test_a_burst_is_acknowledged_only_after_the_commit_that_stored_it(make_app, 
         assert len(probe.on(f"{app.prefix}/messages/out")) == count
     assert early == [] and counts["committed"] == count
     assert counts["batches"] < count  # grouped, not one commit per message
+
+
+def test_device_messages_sent_while_the_bridge_is_stopped_arrive_after_it_starts(make_app, probe_for, tmp_path):
+    """The persistent session (3.1.1: clean_session off; 5: session expiry) keeps QoS 1 messages for us."""
+    client_id, database = "bridge-persistent", str(tmp_path / "persistent.db")
+    first = make_app(MQTT_CLIENT_ID=client_id, DATABASE_PATH=database)
+    prefix = first.prefix
+    first.stop()
+    probe = probe_for(prefix)
+    probe.publish(f"{prefix}/messages/in", {"client_id": "d1", "message": "while you were away"})
+    make_app(MQTT_CLIENT_ID=client_id, DATABASE_PATH=database, MQTT_TOPIC_PREFIX=prefix)
+    assert probe.wait(f"{prefix}/messages/out")[0].json()["content"] == "while you were away"
