@@ -58,6 +58,7 @@ from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceW
 from chatroom.ops.logs import quiet_library_loggers
 from chatroom.ops.metrics import ChatMetrics
 from chatroom.ops.startup import real_threading, settle_garbage_collector, startup_service_problem
+from chatroom.storage.publish_cursor import open_publish_cursor
 from chatroom.topology import Topology, build_topology
 from chatroom.web import access as web_access
 from chatroom.web import errors as web_errors
@@ -193,8 +194,13 @@ def create_app(settings: Settings) -> Flask:
 
     bridge = None
     if settings.mqtt_enable:
+        # The history is the outbox (PROTOCOL 12): one instance keeps a durable publish cursor.
+        # With several, each publishes what it accepted and none replays (docs/RELIABILITY.md).
+        cursor = (None if topology.several_instances
+                  else open_publish_cursor(settings.database_url, settings.database_path, store.path))
         bridge = MqttBridge(settings, rooms, intake,
-                            device_history=(store.latest_data, store.data_keys, store.recent_devices))
+                            device_history=(store.latest_data, store.data_keys, store.recent_devices),
+                            publish_cursor=cursor)
         rooms.subscribe("mqtt", bridge.on_room_event, events=(Message, SystemEvent))
         # Device state, availability and Home Assistant discovery: after `mqtt`, on a queue of its own.
         rooms.subscribe("devices", bridge.devices, events=(Message, SystemEvent))

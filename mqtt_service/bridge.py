@@ -31,6 +31,7 @@ from mqtt_service.connection import Connection
 from mqtt_service.connection_watch import ConnectionWatch
 from mqtt_service.dispatch import Dispatcher
 from mqtt_service.group_commit import GroupCommit
+from mqtt_service.history_replay import CursorStore, HistoryReplay, recall
 from mqtt_service.homeassistant.device_topics import DeviceTopics
 from mqtt_service.homeassistant.discovery import Discovery
 from mqtt_service.homeassistant.reannounce import Reannouncer
@@ -51,10 +52,12 @@ DEVICE_RETENTION_CHECK = 3600.0  # seconds between two looks for devices silent 
 
 class MqttBridge:
     def __init__(self, settings: Settings, rooms: Rooms, intake: Intake, device_history: tuple = (),
-                 log_budget: Throttle | None = None):
+                 log_budget: Throttle | None = None, publish_cursor: CursorStore | None = None):
         """`device_history`: (latest readings of a client_id, every data key of a client_id[,
         the devices heard from most recently]), read from the history store, for the device
-        topics. `log_budget`: client-error log lines of the whole process (shared with the web side)."""
+        topics. `log_budget`: client-error log lines of the whole process (shared with the web side).
+        `publish_cursor`: the durable cursor beside the history (PROTOCOL 12): chat messages the
+        broker never acknowledged are published from history after a restart or an overflow."""
         self.settings = settings
         self.rooms = rooms
         self.intake = intake
@@ -71,6 +74,11 @@ class MqttBridge:
                                      (self.topics.devices_root, f"{settings.ha_discovery_prefix}/"))
         self.outbox = Outbox(settings.mqtt_outbox_size, self.stats, self.watch)
         self.outbound = Outbound(self.topics, self.outbox, self.qos, compact=settings.mqtt_out_format == "compact")
+        self.replay: HistoryReplay | None = None
+        if publish_cursor is not None:
+            self.outbox.published = recall(publish_cursor, settings.mqtt_topic_prefix)
+            self.replay = HistoryReplay(publish_cursor, settings.mqtt_topic_prefix, self.outbox.published,
+                                        self.outbox, self.outbound.message_outgoing)
         self.devices = _device_topics(settings, instance, self.outbound.publish_retained, self.outbox, device_history)
         self.device_retention = Periodic(
             "device-retention", DEVICE_RETENTION_CHECK,
@@ -112,6 +120,8 @@ class MqttBridge:
         if self.settings.device_retention_days > 0:
             self.device_retention.start()
         self.group_commit.start()
+        if self.replay is not None:
+            self.replay.start()
         self.connection.connect()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -137,6 +147,8 @@ class MqttBridge:
         self.group_commit.close()
         self.outbox.disconnected()
         self.outbox.stop()
+        if self.replay is not None:  # after the last acknowledgement: the cursor says where we are
+            self.replay.stop()
         log.info("MQTT bridge stopped")
 
     # --- the room's side ----------------------------------------------------------------

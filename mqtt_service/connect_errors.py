@@ -61,7 +61,8 @@ def describe_text(text: str) -> str:
     return text
 
 
-def reason_text(reason_code: Any) -> str:
-    """A reason code with its number: `Not authorized (0x87)`, as MQTT 5 brokers send them."""
+def reason_text(reason_code: Any, mqtt5: bool = True) -> str:
+    """A reason code with its number, `Not authorized (0x87)`, as an MQTT 5 broker sent it
+    (with 3.1.1 paho makes one up for a lost connection: the words only)."""
     value = getattr(reason_code, "value", None)
-    return f"{reason_code} (0x{value:02X})" if isinstance(value, int) else str(reason_code)
+    return f"{reason_code} (0x{value:02X})" if mqtt5 and isinstance(value, int) else str(reason_code)

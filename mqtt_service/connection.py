@@ -158,7 +158,7 @@ class Connection:
     def on_connect(self, client: mqtt.Client, userdata: Any, connect_flags: mqtt.ConnectFlags,
                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
-            text = f"broker refused the connection: {reason_text(reason_code)}"
+            text = f"broker refused the connection: {reason_text(reason_code, self.mqtt5)}"
             if self.stats.last_error != text:  # one line per state change, not one per retry
                 log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL); "
                           "retrying with backoff", text)
@@ -238,13 +238,13 @@ class Connection:
             # Closed before the CONNACK: a TLS 1.3 broker refusing our certificate, or a
             # broker that does not speak our protocol version (RabbitMQ and MQTT 5).
             why = getattr(client, "last_transport_error", None) or (
-                f"the broker closed the connection before accepting it ({reason_text(reason_code)})"
+                f"the broker closed the connection before accepting it ({reason_text(reason_code, self.mqtt5)})"
                 + ("; does it speak MQTT 5? (MQTT_PROTOCOL, docs/BROKERS.md)" if self.mqtt5 else ""))
             self._attempt_failed(f"cannot connect to broker {self.settings.mqtt_broker}:"
                                  f"{self.settings.mqtt_port}: {why}")
             return
         why = getattr(client, "last_transport_error", None)
-        text = f"connection lost: {reason_text(reason_code)}" + (f" ({why})" if why else "")
+        text = f"connection lost: {reason_text(reason_code, self.mqtt5)}" + (f" ({why})" if why else "")
         self.stats.error(text)
         log.warning("MQTT %s; messages wait in the outbox until it returns", text)
         self.watch.closed()
@@ -258,7 +258,7 @@ class Connection:
     @guarded
     def on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                      properties: Properties | None) -> None:
-        refused = [reason_text(code) for code in reason_codes if code.is_failure]
+        refused = [reason_text(code, self.mqtt5) for code in reason_codes if code.is_failure]
         if refused:
             text = f"broker refused {len(refused)} of {len(reason_codes)} subscriptions: {', '.join(refused[:3])}"
             self.stats.error(text)
@@ -270,7 +270,7 @@ class Connection:
         # Runs under paho's message lock: touch only the stats and the ack condition.
         self.stats.add("messages_sent")
         if reason_code is not None and reason_code.is_failure:  # MQTT 5: the broker says why it refused
-            text = f"broker refused a publication: {reason_text(reason_code)}"
+            text = f"broker refused a publication: {reason_text(reason_code, self.mqtt5)}"
             if self.stats.last_error != text:  # one line per change, not one per publication
                 log.warning("MQTT %s (its ACL or limits)", text)
             self.stats.error(text)

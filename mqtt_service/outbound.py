@@ -7,6 +7,8 @@ kept while the broker is down (outbox.py).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from chatroom.core.model import Message, SystemEvent
 from mqtt_service.outbox import Outbox, Outgoing
 from mqtt_service.topics import Topics
@@ -23,17 +25,25 @@ class Outbound:
     def on_room_event(self, event: object) -> None:
         """Room listener: republish chat messages and system events."""
         if isinstance(event, Message):
-            topic = self.topics.messages_out(event.room)
-            text = event.to_compact_json() if self.compact else event.to_json()
+            self.outbox.publish(self.message_outgoing(event))
         elif isinstance(event, SystemEvent):
-            topic, text = self.topics.system(event.room), event.to_json()
-        else:
-            return
-        self.outbox.publish(Outgoing(topic, text.encode("utf-8"), self.qos))
+            self.outbox.publish(Outgoing(self.topics.system(event.room), event.to_json().encode("utf-8"), self.qos))
+
+    def message_outgoing(self, message: Message) -> Outgoing:
+        """A chat message's publication, marked with its room and seq: history has it (PROTOCOL 12)."""
+        text = message.to_compact_json() if self.compact else message.to_json()
+        return Outgoing(self.topics.messages_out(message.room), text.encode("utf-8"), self.qos,
+                        mark=(message.room, message.seq))
 
     def reply(self, topic: str, payload: bytes) -> None:
         """An error reply (inbound.py)."""
         self.outbox.publish(Outgoing(topic, payload, self.qos))
+
+    def publish_with_properties(self, topic: str, payload: bytes, properties: Any = None,
+                                retain: bool = False) -> None:
+        """MQTT 5: a publication carrying paho Properties (a reply's Correlation Data), in
+        order with everything else; with MQTT 3.1.1 the properties are left out."""
+        self.outbox.publish(Outgoing(topic, payload, self.qos, retain, properties=properties))
 
     def publish_retained(self, topic: str, payload: bytes, retain: bool = True) -> None:
         """For the device topics: retained, in order with everything else, kept while the broker is down."""

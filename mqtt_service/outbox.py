@@ -7,6 +7,10 @@ order, at most `bound` of them (beyond it the oldest is dropped and counted, wit
 line when that starts and one when it ends). While the broker is unreachable everything
 waits here; after a reconnect paho first re-sends what it had in flight, then a pump
 thread sends the backlog as acknowledgements make room (PROTOCOL 3 and 9).
+
+With a durable history (PROTOCOL 12, published.py) a chat message is marked with its room
+and seq: one the outbox lets go of is not lost but read again from history (with the room's
+newer ones it held), and the broker's acknowledgement of one moves the room's cursor.
 """
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from paho.mqtt.enums import MQTTErrorCode
 
 from mqtt_service.connection_watch import ConnectionWatch
+from mqtt_service.published import Mark, PublishedRooms
 from mqtt_service.stats import BridgeStats
 from mqtt_service.topics import topic_name_problem
 
@@ -38,6 +43,8 @@ class Outgoing:
     payload: bytes
     qos: int
     retain: bool = False
+    mark: Mark | None = None  # a chat message's (room, seq): history has it (published.py)
+    properties: Any = None  # MQTT 5: paho Properties of the publication (a Response Topic's reply)
 
 
 class Outbox:
@@ -61,14 +68,16 @@ class Outbox:
         # Publications handed to paho and not yet acknowledged. A plain lock: never re-entered.
         self._acks = threading.Condition(threading.Lock())
         self._unacked = 0
-        # mid -> qos of what paho holds unacknowledged: on a reconnect paho forgets its unsent
-        # QoS 0 packets (no ack will come for them). An ack may come before publish() returns.
-        self._pending: dict[int, int] = {}
+        # mid -> (qos, mark) of what paho holds unacknowledged: on a reconnect paho forgets its
+        # unsent QoS 0 packets (no ack will come for them). An ack may come before publish() returns.
+        self._pending: dict[int, tuple[int, Mark | None]] = {}
         self._acked_early: set[int] = set()
         self._hold_until = 0.0
         self._stopped = False
         # Every publication's topic is checked; a room's few topics are checked once (bounded).
         self._topic_problem = functools.lru_cache(maxsize=4096)(topic_name_problem)
+        # With a durable history: which chat messages went out, which come from history.
+        self.published: PublishedRooms | None = None
 
     # --- the bridge's side ----------------------------------------------------------
 
@@ -102,9 +111,31 @@ class Outbox:
             log.warning("MQTT publication dropped: %s (topic %r)", problem, item.topic[:200])
             return
         with self._lock:
-            if not (self._connected and not self._backlog and self._unacked < self.window
-                    and self._send(item)):
-                self._keep(item)
+            if item.mark is not None and self.published is not None and not self.published.admit(item.mark):
+                return  # sent already, or its room is read from history now
+            self._send_or_keep(item)
+
+    def _send_or_keep(self, item: Outgoing) -> None:
+        if not (self._connected and not self._backlog and self._unacked < self.window and self._send(item)):
+            self._keep(item)
+
+    def publish_replayed(self, item: Outgoing, generation: int) -> bool:
+        """A chat message read from history (history_replay.py). False: its room's replay
+        started over (the outbox let go of one again), so this one was not taken."""
+        assert item.mark is not None and self.published is not None
+        with self._lock:
+            if not self.published.admit(item.mark, generation):
+                return False
+            self._send_or_keep(item)
+            return True
+
+    def end_replay(self, room: str, generation: int, newest_stored: Callable[[], int]) -> bool:
+        """The replay read `room` to its end: its live messages enter again. Under the lock,
+        so a live message refused while the room was behind is either in history already
+        (`newest_stored` sees it, and the replay goes on) or not yet admitted."""
+        assert self.published is not None
+        with self._lock:
+            return self.published.caught_up(room, generation, newest_stored())
 
     def publish_first(self, item: Outgoing) -> None:
         """Ahead of any backlog (the bridge's `online` state on connect)."""
@@ -117,18 +148,22 @@ class Outbox:
         publications, then `after_drain` runs (at once when nothing waits). The backlog's size."""
         with self._lock:
             self._connected = True
+            forgotten = []
+            with self._acks:
+                # Unsent QoS 0 packets were forgotten by paho's reconnect: no ack will come.
+                for mid in [mid for mid, (qos, _) in self._pending.items() if qos == 0]:
+                    forgotten.append(self._pending.pop(mid)[1])
+                    self._unacked -= 1
+                self._acked_early.clear()
+                self._hold_until = time.monotonic() + RESEND_WAIT_SECONDS
+                self._acks.notify_all()
+            for mark in forgotten:  # their rooms are read from history again (oldest first: let_go trims)
+                if mark is not None:
+                    self._let_go(mark)
             waiting = len(self._items)
             self._backlog = waiting > 0
             if self._backlog:
                 self._after_drain = after_drain
-        with self._acks:
-            # Unsent QoS 0 packets were forgotten by paho's reconnect: no ack will come.
-            for mid in [mid for mid, qos in self._pending.items() if qos == 0]:
-                del self._pending[mid]
-                self._unacked -= 1
-            self._acked_early.clear()
-            self._hold_until = time.monotonic() + RESEND_WAIT_SECONDS
-            self._acks.notify_all()
         if not waiting:
             after_drain()
         return waiting
@@ -142,8 +177,11 @@ class Outbox:
     def acknowledged(self, mid: int) -> None:
         """paho's on_publish (runs under paho's message lock: only the ack condition here)."""
         with self._acks:
-            if self._pending.pop(mid, None) is None:
+            pending = self._pending.pop(mid, None)
+            if pending is None:
                 self._acked_early.add(mid)  # before _send registered it
+            elif pending[1] is not None and self.published is not None:
+                self.published.acknowledged(pending[1])
             self._unacked -= 1
             self._acks.notify_all()
 
@@ -180,12 +218,18 @@ class Outbox:
         with self._acks:
             self._unacked += 1
         try:
-            info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
+            if item.properties is None:
+                info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
+            else:
+                info = self._client.publish(item.topic, item.payload, item.qos, item.retain,
+                                            properties=item.properties)
         except Exception:  # paho refused it loudly: counted unacknowledged for ever otherwise
             with self._acks:
                 self._unacked -= 1
             self.stats.add("handler_errors")
             log.exception("MQTT publish on %r raised; the publication is dropped", item.topic[:200])
+            if item.mark is not None and self.published is not None:
+                self.published.acknowledged(item.mark)  # given up: the cursor must not wait for it
             return True  # not kept: it would raise again on every try
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                 # paho holds QoS>0 messages and sends them on reconnect (an ack will come)
@@ -193,8 +237,10 @@ class Outbox:
             with self._acks:
                 if info.mid in self._acked_early:
                     self._acked_early.discard(info.mid)
+                    if item.mark is not None and self.published is not None:
+                        self.published.acknowledged(item.mark)
                 else:
-                    self._pending[info.mid] = item.qos
+                    self._pending[info.mid] = (item.qos, item.mark)
             if self._paho_refused:
                 self._paho_refused = False
                 log.info("MQTT publications accepted by paho again")
@@ -208,18 +254,24 @@ class Outbox:
         return False
 
     def _keep(self, item: Outgoing, front: bool = False) -> None:
-        """Wait here (caller holds _lock); full, the oldest is dropped and counted."""
+        """Wait here (caller holds _lock); full, the oldest is dropped and counted (a chat
+        message with a durable history is let go instead: read again from history)."""
         if len(self._items) >= self.bound:
-            self.stats.add("messages_dropped")
             if not self._overflowing:
                 self._overflowing = True
                 self._overflow_drops = 0
                 log.warning("MQTT outbox full (%d messages): the oldest are dropped and counted until "
-                            "the broker takes them", self.bound)
-            self._overflow_drops += 1
+                            "the broker takes them%s", self.bound,
+                            " (chat messages are read again from history)" if self.published else "")
+            oldest = item if front else self._items.popleft()
+            if oldest.mark is None or not self._let_go(oldest.mark):
+                self.stats.add("messages_dropped")
+                self._overflow_drops += 1
             if front:
                 return  # it is the oldest
-            self._items.popleft()
+            if item.mark is not None and self.published is not None and \
+                    item.mark[1] > self.published.handed.get(item.mark[0], 0):
+                return  # its room was just let go of: history has it
         if front:
             self._items.appendleft(item)
         else:
@@ -228,6 +280,17 @@ class Outbox:
         if self._connected:
             with self._acks:
                 self._acks.notify_all()
+
+    def _let_go(self, mark: Mark) -> bool:
+        """A chat message leaves the outbox unsent (caller holds _lock): it and the room's
+        newer ones waiting here come from history instead. False: no durable history."""
+        if self.published is None or not self.published.let_go(mark):
+            return False
+        room = mark[0]
+        if any(waiting.mark is not None and waiting.mark[0] == room for waiting in self._items):
+            self._items = deque(waiting for waiting in self._items
+                                if waiting.mark is None or waiting.mark[0] != room)
+        return True
 
     def _ready(self) -> bool:
         # Called with _acks held.

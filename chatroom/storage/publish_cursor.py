@@ -1,0 +1,144 @@
+"""The bridge's publish cursor: per room, the newest `seq` the broker acknowledged on
+`P/…/messages/out`, kept beside the history it points into (PROTOCOL 12: the history is the outbox).
+
+A table of its own (`mqtt_publish_cursor`), in the history's SQLite file or PostgreSQL
+database, on a connection of its own: the history store (sqlite.py, postgres.py) is not
+touched. It reads the `messages` table those stores write (room, seq, body) to find what
+was stored after the cursor. Rows are per (scope, room): scope is the topic prefix the
+bridge publishes under; the row with room '' (no room is named so) marks a scope whose
+cursor exists, so a database older than the cursor is not replayed from its first message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from typing import Any, Protocol
+
+from chatroom.core.model import Message
+
+log = logging.getLogger(__name__)
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS mqtt_publish_cursor (
+    scope TEXT   NOT NULL,
+    room  TEXT   NOT NULL,
+    seq   BIGINT NOT NULL,
+    PRIMARY KEY (scope, room)
+)
+"""
+MARK = ""  # the room of the row that says a scope's cursor exists
+# Each room's newest stored seq, one index look-up per room (a loose index scan on (room, seq)).
+NEWEST_PER_ROOM = """
+WITH RECURSIVE rooms(room) AS (
+    SELECT MIN(room) FROM messages
+    UNION ALL
+    SELECT (SELECT MIN(room) FROM messages WHERE room > rooms.room) FROM rooms WHERE rooms.room IS NOT NULL
+)
+SELECT room, (SELECT MAX(seq) FROM messages WHERE messages.room = rooms.room) FROM rooms WHERE room IS NOT NULL
+"""
+
+
+class Database(Protocol):
+    """The few calls the cursor needs from a DB-API connection (sqlite3 or psycopg)."""
+
+    def execute(self, sql: str, params: Any = ...) -> Any: ...
+
+
+class PublishCursor:
+    """The cursor's SQL, one connection guarded by a lock (the bridge's cursor writer and
+    its history reader use it from two threads)."""
+
+    def __init__(self, db: Any, placeholder: str, path: str):
+        self._db = db
+        self._lock = threading.Lock()
+        self._p = placeholder
+        self.path = path
+        with self._lock:
+            self._db.execute(TABLE)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self._p)
+
+    def _rows(self, sql: str, params: tuple = ()) -> list:
+        with self._lock:
+            return list(self._db.execute(self._sql(sql), params).fetchall())
+
+    def load(self, scope: str) -> dict[str, int]:
+        """The cursor of every room of `scope`. The first time, every room starts at its newest
+        stored message: the history the database held before the cursor existed is not replayed."""
+        rows = self._rows("SELECT room, seq FROM mqtt_publish_cursor WHERE scope = ?", (scope,))
+        if rows:
+            return {room: seq for room, seq in rows if room != MARK}
+        newest = self.newest_per_room()
+        self.save(scope, {MARK: 0, **newest})
+        log.info("publish cursor for %r created at the newest message of %d rooms", scope, len(newest))
+        return newest
+
+    def save(self, scope: str, cursors: dict[str, int]) -> None:
+        """Move rooms' cursors forward (never back), in one transaction."""
+        upsert = self._sql("INSERT INTO mqtt_publish_cursor (scope, room, seq) VALUES (?, ?, ?) "
+                           "ON CONFLICT (scope, room) DO UPDATE SET seq = excluded.seq "
+                           "WHERE excluded.seq > mqtt_publish_cursor.seq")
+        with self._lock:
+            self._transaction(upsert, [(scope, room, seq) for room, seq in cursors.items()])
+
+    def _transaction(self, sql: str, rows: list[tuple]) -> None:
+        raise NotImplementedError
+
+    def newest_per_room(self) -> dict[str, int]:
+        return {room: seq for room, seq in self._rows(NEWEST_PER_ROOM) if seq is not None}
+
+    def newest(self, room: str) -> int:
+        rows = self._rows("SELECT MAX(seq) FROM messages WHERE room = ?", (room,))
+        return (rows[0][0] or 0) if rows else 0
+
+    def after(self, room: str, seq: int, limit: int) -> list[Message]:
+        """The room's stored messages after `seq`, in seq order, at most `limit`."""
+        rows = self._rows("SELECT body FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+                          (room, seq, limit))
+        return [Message.from_dict(json.loads(body)) for (body,) in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SqlitePublishCursor(PublishCursor):
+    def __init__(self, path: str):
+        # The history store made the file and switched it to WAL: readers never wait for its writer.
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA synchronous=NORMAL")
+        super().__init__(db, "?", path)
+
+    def _transaction(self, sql: str, rows: list[tuple]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+
+class PostgresPublishCursor(PublishCursor):
+    def __init__(self, url: str, path: str):
+        import psycopg  # only with DATABASE_URL
+
+        super().__init__(psycopg.connect(url, autocommit=True, connect_timeout=10,
+                                         application_name="chatroom-publish-cursor"), "%s", path)
+
+    def _transaction(self, sql: str, rows: list[tuple]) -> None:
+        with self._db.transaction():
+            with self._db.cursor() as cursor:
+                cursor.executemany(sql, rows)
+
+
+def open_publish_cursor(database_url: str, database_path: str, path: str) -> PublishCursor | None:
+    """The cursor beside the history (None for an in-memory SQLite history: nothing to point into)."""
+    if database_url:
+        return PostgresPublishCursor(database_url, path)
+    if database_path == ":memory:":
+        return None
+    return SqlitePublishCursor(database_path)

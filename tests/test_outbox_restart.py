@@ -1,0 +1,76 @@
+"""The history is the outbox (PROTOCOL 12): chat messages the broker never acknowledged
+survive a restart of the server, and go out in seq order, once."""
+import sqlite3
+
+import requests
+from conftest import app_env
+
+from support import TIMEOUT, MqttProbe, wait_for
+
+
+def cursor_of(database: str, scope: str, room: str = "lobby") -> int:
+    """The durable cursor as the server wrote it (chatroom/storage/publish_cursor.py)."""
+    with sqlite3.connect(database, timeout=TIMEOUT) as db:
+        row = db.execute("SELECT seq FROM mqtt_publish_cursor WHERE scope = ? AND room = ?", (scope, room)).fetchone()
+    return row[0] if row else 0
+
+
+def post(url: str, text: str) -> dict:
+    response = requests.post(f"{url}/api/messages", json={"username": "ops", "message": text}, timeout=TIMEOUT)
+    assert response.status_code == 201, response.text
+    return response.json()["message"]
+
+
+def test_messages_posted_while_the_broker_is_down_survive_a_killed_server(own_broker, tmp_path, server_for):
+    """Broker stopped, 12 web messages posted, the server SIGKILLed and started again, the broker
+    started: each of them on P/messages/out once, in seq order (counted after the stream settled)."""
+    env = app_env(own_broker, tmp_path, MQTT_CLIENT_ID="bridge-restart")
+    prefix, database = env["MQTT_TOPIC_PREFIX"], env["DATABASE_PATH"]
+    probe = MqttProbe(own_broker.port, f"{prefix}/messages/out", client_id="restart-watcher",
+                      clean_session=False).start()
+    try:
+        server = server_for(env)
+        before = post(server.url, "before")
+        probe.wait(f"{prefix}/messages/out")
+        # Acknowledged and written down: a crash from here on does not send it again.
+        wait_for(lambda: cursor_of(database, prefix) == before["seq"], what="the cursor written")
+        own_broker.stop()
+        wait_for(lambda: server.status_code() == 503, what="the server noticed the outage")
+        sent = [post(server.url, f"while down {i}") for i in range(12)]
+        server.stop(sig=9)  # SIGKILL: the in-memory outbox is gone
+        server = server_for(env, wait_connected=False)
+        own_broker.start()
+        wait_for(lambda: server.status_code() == 200, timeout=60, what="reconnected")
+        probe.wait(f"{prefix}/messages/out", count=13, timeout=60)
+        # Settled: the cursor reached the last one, so nothing more is on its way.
+        wait_for(lambda: cursor_of(database, prefix) == sent[-1]["seq"], timeout=60, what="all acknowledged")
+        outs = [r.json() for r in probe.on(f"{prefix}/messages/out")]
+        assert [m["seq"] for m in outs] == [before["seq"]] + [m["seq"] for m in sent]
+        assert [m["message_id"] for m in outs[1:]] == [m["message_id"] for m in sent]
+        assert "history holds messages the broker never acknowledged in 1 rooms" in server.logs(whole=True)
+    finally:
+        probe.stop()
+
+
+def test_the_cursor_on_postgresql_starts_at_the_newest_message_and_only_moves_forward(postgres_url):
+    """The same cursor beside a PostgreSQL history: created at the newest stored message (old
+    history is not replayed), moved forward only, and it reads what was stored after it."""
+    from chatroom.core.model import Message
+    from chatroom.storage.postgres import PostgresStore
+    from chatroom.storage.publish_cursor import open_publish_cursor
+
+    store = PostgresStore(postgres_url)
+    cursor = open_publish_cursor(postgres_url, "", store.path)
+    try:
+        for seq in (1, 2, 3):
+            store.append(Message(username="u", content=f"m{seq}", room="pg", source="http", seq=seq))
+        assert cursor.load("p") == {"pg": 3}
+        store.append(Message(username="u", content="m4", room="pg", source="http", seq=4))
+        assert cursor.newest_per_room() == {"pg": 4} and cursor.newest("pg") == 4
+        assert [m.content for m in cursor.after("pg", 2, 10)] == ["m3", "m4"]
+        cursor.save("p", {"pg": 4})
+        cursor.save("p", {"pg": 2})  # an older acknowledgement never moves it back
+        assert cursor.load("p") == {"pg": 4} and cursor.load("other") == {"pg": 4}
+    finally:
+        cursor.close()
+        store.close()
