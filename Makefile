@@ -32,7 +32,8 @@ INSTANCES ?= 2
 cluster: $(VENV)/.installed
 	$(PY) -m tools.cluster --instances $(INSTANCES)
 
-# Tests start their own mosquitto, redis-server and nginx (the docs' proxy blocks), drive Debian's
+# Tests start their own mosquitto, redis-server, nginx (the docs' proxy blocks), a RabbitMQ node and a
+# nats-server (tests/test_brokers_*.py, on ports of their own), make certificates with openssl, drive Debian's
 # chromium, build sketches with g++ and run the Node.js client: all must be installed.
 system-test-deps:
 	@missing=""; \
@@ -42,6 +43,9 @@ system-test-deps:
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	  else echo "Missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; fi; \

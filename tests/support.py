@@ -418,3 +418,109 @@ class Clock:
 
     def __call__(self):
         return self.t
+
+
+class RabbitMQServer:
+    """A RabbitMQ node of the test's own (name, ports, data, logs and epmd in `workdir`) with
+    its MQTT plugin on a free port; the machine's own node (5672) is never touched."""
+
+    def __init__(self, workdir: Path):
+        self.script = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's /usr/sbin one switches users
+        if not os.path.exists(self.script):
+            raise RuntimeError("rabbitmq-server is not installed: apt-get install rabbitmq-server (make test does it)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port, self.amqp_port, self.dist_port, self.epmd_port = (free_port() for _ in range(4))
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "rabbitmq.out"
+        (workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\nlog.console = false\n")
+        (workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (workdir / "rabbitmq-env.conf").write_text("")  # not the machine's (it names its own node)
+
+    def env(self) -> dict:
+        w = self.workdir
+        return {**os.environ, "HOME": str(w), "RABBITMQ_NODENAME": f"chat-test-{self.port}@localhost",
+                "RABBITMQ_NODE_PORT": str(self.amqp_port), "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "ERL_EPMD_PORT": str(self.epmd_port), "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_MNESIA_BASE": str(w / "mnesia"), "RABBITMQ_LOG_BASE": str(w / "log"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
+                "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq"), "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
+                "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"), "RABBITMQ_ADVANCED_CONFIG_FILE": str(w / "advanced.config")}
+
+    def start(self) -> "RabbitMQServer":
+        (self.workdir / "rabbitmq.pid").unlink(missing_ok=True)
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen([self.script], cwd=str(self.workdir), env=self.env(), stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, timeout=90,
+                 what=f"RabbitMQ's MQTT listener on {self.port}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"RabbitMQ failed to start: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        """A clean stop: SIGTERM to the Erlang VM (its PID from RABBITMQ_PID_FILE), then the script ends."""
+        if self.proc is None:
+            return
+        pid_file = self.workdir / "rabbitmq.pid"
+        if pid_file.exists() and pid_file.read_text().strip():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc, signal.SIGKILL)
+        self.proc = None
+        wait_for(lambda: not port_open(self.port), what="RabbitMQ's MQTT listener closed")
+
+    def close(self) -> None:
+        """Stop the node and the epmd it started on its own port."""
+        self.stop()
+        subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"], env=self.env(), capture_output=True,
+                       timeout=30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class NatsServer:
+    """nats-server with JetStream and its MQTT listener, on free ports, data in `workdir`."""
+
+    def __init__(self, workdir: Path):
+        self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("nats-server is not installed: apt-get install nats-server (make test does it)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port, self.client_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "nats.log"
+        self.conf = workdir / "nats.conf"
+        self.conf.write_text(
+            f"listen: 127.0.0.1:{self.client_port}\nserver_name: chat-test-{self.port}\n"
+            f'jetstream {{ store_dir: "{workdir / "jetstream"}" }}\n'
+            f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n")
+
+    def start(self) -> "NatsServer":
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf), "-l", str(self.log)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_listening(self.proc, self.port, "nats-server", self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM)
+            self.proc = None
+
+    close = stop
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
