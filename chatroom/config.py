@@ -208,6 +208,11 @@ class Settings:
         elif settings.mqtt_ca_certs and not os.path.isfile(settings.mqtt_ca_certs):
             reader.problems.append(f"MQTT_CA_CERTS: no readable file at {settings.mqtt_ca_certs!r}")
         reader.problems.extend(_client_certificate_problems(settings))
+        if settings.mqtt_broker_kind == "nats":  # NATS subjects: it closes the connection on these
+            for name, prefix in (("MQTT_TOPIC_PREFIX", settings.mqtt_topic_prefix),
+                                 ("HA_DISCOVERY_PREFIX", settings.ha_discovery_prefix)):
+                if "." in prefix or " " in prefix:
+                    reader.problems.append(f"{name}: nats refuses '.' and ' ' in topics (got {prefix!r})")
         if settings.mqtt_shared_group and settings.mqtt_broker_kind in ("rabbitmq", "nats"):
             reader.problems.append(f"MQTT_SHARED_GROUP: {settings.mqtt_broker_kind} has no shared subscriptions: "
                                    "every instance would hear every device message (docs/BROKERS.md)")

@@ -26,7 +26,7 @@ from chatroom.core.limits import Throttle
 from chatroom.core.room import Rooms
 from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.ops.housekeeping import Periodic
-from mqtt_service.broker_profile import plan_for
+from mqtt_service.broker_profile import plan_for, topic_problem_for
 from mqtt_service.connection import Connection
 from mqtt_service.connection_watch import ConnectionWatch
 from mqtt_service.dispatch import Dispatcher
@@ -73,6 +73,7 @@ class MqttBridge:
         self.watch = ConnectionWatch(self.stats, settings.mqtt_client_id,
                                      (self.topics.devices_root, f"{settings.ha_discovery_prefix}/"))
         self.outbox = Outbox(settings.mqtt_outbox_size, self.stats, self.watch)
+        self.outbox.broker_topic_problem = topic_problem_for(self.plan.profile)
         self.outbound = Outbound(self.topics, self.outbox, self.qos, compact=settings.mqtt_out_format == "compact")
         self.replay: HistoryReplay | None = None
         if publish_cursor is not None:

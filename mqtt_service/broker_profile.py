@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("mqtt_service.bridge")
 
@@ -24,6 +24,8 @@ class BrokerProfile:
     # Retained messages reach subscribers of wildcard filters too (RabbitMQ 3.10: exact topics only).
     retained_to_wildcards: bool = True
     max_qos: int = 2
+    # Characters a topic must not hold (NATS maps topics to subjects and closes the connection).
+    forbidden_in_topics: str = ""
 
     def gaps(self) -> list[str]:
         """What this broker lacks, and what the bridge does instead: one phrase each."""
@@ -36,6 +38,8 @@ class BrokerProfile:
             gaps.append("no retained messages (bridge state and device topics reach only connected subscribers)")
         elif not self.retained_to_wildcards:
             gaps.append("retained messages reach exact-topic subscribers only (subscribe to P/bridge/state itself)")
+        if self.forbidden_in_topics:
+            gaps.append("no '.' or ' ' in topics (publications to such topics are dropped and counted)")
         if self.max_qos < 2:
             gaps.append(f"QoS at most {self.max_qos} (the bridge publishes and subscribes with QoS {self.max_qos})")
         return gaps
@@ -48,7 +52,7 @@ PROFILES = {
     "mosquitto": BrokerProfile("mosquitto"),
     "rabbitmq": BrokerProfile("rabbitmq", mqtt5=False, shared_subscriptions=False, retained_to_wildcards=False,
                               max_qos=1),
-    "nats": BrokerProfile("nats", mqtt5=False, shared_subscriptions=False, max_qos=1),
+    "nats": BrokerProfile("nats", mqtt5=False, shared_subscriptions=False, max_qos=1, forbidden_in_topics=". "),
 }
 
 
@@ -86,3 +90,15 @@ def connack_gaps(properties: Any, profile: BrokerProfile) -> BrokerProfile | Non
         max_qos=min(profile.max_qos, int(getattr(properties, "MaximumQoS", 2))),
     )
     return told if told != profile else None
+
+
+def topic_problem_for(profile: BrokerProfile) -> Callable[[str], str | None] | None:
+    """What this broker refuses in a topic name beyond MQTT's own rules (None: nothing)."""
+    forbidden = profile.forbidden_in_topics
+    if not forbidden:
+        return None
+
+    def problem(topic: str) -> str | None:
+        found = [char for char in forbidden if char in topic]
+        return f"{profile.kind} refuses {' and '.join(repr(c) for c in found)} in topics" if found else None
+    return problem

@@ -78,6 +78,8 @@ class Outbox:
         self._topic_problem = functools.lru_cache(maxsize=4096)(topic_name_problem)
         # With a durable history: which chat messages went out, which come from history.
         self.published: PublishedRooms | None = None
+        # What the broker refuses in a topic beyond MQTT's rules (broker_profile.py: NATS).
+        self.broker_topic_problem: Callable[[str], str | None] | None = None
 
     # --- the bridge's side ----------------------------------------------------------
 
@@ -103,7 +105,7 @@ class Outbox:
         if self.watch.refused(item.topic):
             self.stats.add("messages_dropped")  # the broker refuses these (see ConnectionWatch)
             return
-        problem = self._topic_problem(item.topic)
+        problem = self._problem(item.topic)
         if problem is not None:
             # Poison: the broker would drop our connection for it, and paho would send
             # it again after every reconnect. Dropped here, once, counted.
@@ -126,8 +128,14 @@ class Outbox:
         with self._lock:
             if not self.published.admit(item.mark, generation):
                 return False
+            if self._problem(item.topic) is not None:  # dropped live already: given up, not retried
+                self.published.acknowledged(item.mark)
+                return True
             self._send_or_keep(item)
             return True
+
+    def _problem(self, topic: str) -> str | None:
+        return self._topic_problem(topic) or (self.broker_topic_problem(topic) if self.broker_topic_problem else None)
 
     def end_replay(self, room: str, generation: int, newest_stored: Callable[[], int]) -> bool:
         """The replay read `room` to its end: its live messages enter again. Under the lock,

@@ -38,3 +38,28 @@ def test_device_will_makes_it_leave(server, tmp_path):
 
 def test_qos1_loses_nothing_across_a_broker_restart(server, tmp_path):
     qos1_loses_nothing_across_a_broker_restart(server, tmp_path, KIND)
+
+
+
+def test_a_dotted_device_id_relays_and_a_dotted_prefix_is_refused(server, tmp_path):
+    """NATS closes the connection on a '.' in a topic: device ids are slugged in topics (no
+    reconnect, nothing dropped), and a prefix with a '.' stops the start with one line."""
+    import pytest as _pytest
+    from broker_checks import start_app
+
+    from chatroom.config import ConfigError, Settings
+    from support import MqttProbe
+
+    app = start_app(server, tmp_path, KIND)
+    try:
+        with MqttProbe(server.port, f"{app.prefix}/messages/out") as device:
+            device.publish(f"{app.prefix}/messages/in", {"client_id": "esp.kitchen", "message": "dotted",
+                                                         "data": {"temperature": 21}})
+            assert device.wait(f"{app.prefix}/messages/out")[0].json()["client_id"] == "esp.kitchen"
+        app.drain()
+        status = app.status()["mqtt_status"]
+        assert (status["messages_dropped"], status["reconnect_count"], status["is_connected"]) == (0, 0, True)
+    finally:
+        app.stop()
+    with _pytest.raises(ConfigError, match="MQTT_TOPIC_PREFIX: nats refuses"):
+        Settings.from_env({"MQTT_BROKER_KIND": "nats", "MQTT_TOPIC_PREFIX": "home.chat"})
