@@ -95,7 +95,8 @@ class MqttBridge:
             on_message=self.dispatcher.on_message, announce=self._announce_all,
             after_online=self.devices.on_connect, stopping=stopping, plan=self.plan)
         self.status_report = StatusReport(settings, rooms, self.stats, self.outbox, self.devices,
-                                          protocol=self.plan.protocol)
+                                          protocol=self.plan.protocol,
+                                          history=self.replay.numbers if self.replay is not None else None)
         self._running = False
 
     # --- lifecycle --------------------------------------------------------------------

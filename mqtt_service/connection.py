@@ -44,6 +44,8 @@ RECONNECT_DELAY = (1, 30)  # paho's backoff between two attempts, seconds
 # MQTT 5: the session outlives the connection for ever, as 3.1.1's clean_session=False does
 # (the broker may cap it: mosquitto's persistent_client_expiration, EMQX's session expiry).
 SESSION_EXPIRY = 0xFFFFFFFF
+RETAIN_NOT_SUPPORTED = 0x9A  # MQTT 5 CONNACK: the broker takes no retained messages (nor a retained will)
+UNSUPPORTED_PROTOCOL = (0x01, 0x84)  # 3.1.1's and MQTT 5's "unacceptable protocol version"
 
 Announce = Callable[[str, str], None]  # (bridge event, text): a system event for the rooms
 OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
@@ -75,6 +77,7 @@ class Connection:
         self.subscriptions: list[str] = []  # of the current (or last) connection
         self._ever_connected = False
         self._told_gaps = False
+        self._connack_refused = False
         self.subscription_memory = SubscriptionMemory(os.path.dirname(os.path.abspath(settings.database_path)))
 
     # --- lifecycle --------------------------------------------------------------------
@@ -157,8 +160,14 @@ class Connection:
     @guarded
     def on_connect(self, client: mqtt.Client, userdata: Any, connect_flags: mqtt.ConnectFlags,
                    reason_code: ReasonCode, properties: Properties | None) -> None:
+        self._connack_refused = reason_code.is_failure  # the disconnect that follows says nothing new
+        if reason_code.is_failure and self.mqtt5 and reason_code.value == RETAIN_NOT_SUPPORTED:
+            self._without_retain(client, "the broker refused our retained will (0x9A)")
+            return  # paho's next attempt goes without it
         if reason_code.is_failure:
             text = f"broker refused the connection: {reason_text(reason_code, self.mqtt5)}"
+            if reason_code.value in UNSUPPORTED_PROTOCOL:
+                text += f" (MQTT_PROTOCOL={self.plan.protocol}: set the version the broker speaks, docs/BROKERS.md)"
             if self.stats.last_error != text:  # one line per state change, not one per retry
                 log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL); "
                           "retrying with backoff", text)
@@ -207,10 +216,23 @@ class Connection:
         self._told_gaps = True
         text = f"the broker lacks: {'; '.join(told.gaps())} (its CONNACK says so)"
         log.warning("MQTT %s", text)
+        self.outbox.max_qos = told.max_qos
+        if not told.retained and self.client is not None:
+            self._without_retain(self.client, "its CONNACK says Retain Available 0")
         if self.settings.mqtt_shared_group and not told.shared_subscriptions:
             self.stats.error("the broker has no shared subscriptions: MQTT_SHARED_GROUP cannot work there")
             log.error("MQTT the broker has no shared subscriptions: MQTT_SHARED_GROUP cannot work there "
                       "(docs/BROKERS.md)")
+
+    def _without_retain(self, client: mqtt.Client, why: str) -> None:
+        """A broker without retained messages refuses a retained will and closes the connection
+        on a retained publication: the state and device topics go out unretained."""
+        if not self.outbox.retain_available:
+            return
+        self.outbox.retain_available = False
+        client.will_set(self.state_topic, dumps({"state": "offline"}), qos=1, retain=False)
+        log.warning("MQTT %s: the bridge's state, will and device topics go out unretained "
+                    "(late subscribers miss them)", why)
 
     def _online(self, text: str) -> None:
         """After (re)connecting and sending the backlog: so these neither jump the queue
@@ -234,6 +256,9 @@ class Connection:
         was_connected = self.outbox.disconnected()
         if self.stopping.is_set():
             return
+        if not was_connected and self._connack_refused:
+            self._connack_refused = False
+            return  # on_connect told why
         if not was_connected:
             # Closed before the CONNACK: a TLS 1.3 broker refusing our certificate, or a
             # broker that does not speak our protocol version (RabbitMQ and MQTT 5).

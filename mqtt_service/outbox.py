@@ -80,6 +80,9 @@ class Outbox:
         self.published: PublishedRooms | None = None
         # What the broker refuses in a topic beyond MQTT's rules (broker_profile.py: NATS).
         self.broker_topic_problem: Callable[[str], str | None] | None = None
+        # What an MQTT 5 broker's CONNACK said it takes (connection.py): retained messages, the highest QoS.
+        self.retain_available = True
+        self.max_qos = 2
 
     # --- the bridge's side ----------------------------------------------------------
 
@@ -225,12 +228,12 @@ class Outbox:
         self.watch.sent(item.topic)
         with self._acks:
             self._unacked += 1
+        qos, retain = min(item.qos, self.max_qos), item.retain and self.retain_available
         try:
             if item.properties is None:
-                info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
+                info = self._client.publish(item.topic, item.payload, qos, retain)
             else:
-                info = self._client.publish(item.topic, item.payload, item.qos, item.retain,
-                                            properties=item.properties)
+                info = self._client.publish(item.topic, item.payload, qos, retain, properties=item.properties)
         except Exception:  # paho refused it loudly: counted unacknowledged for ever otherwise
             with self._acks:
                 self._unacked -= 1
@@ -241,14 +244,14 @@ class Outbox:
             return True  # not kept: it would raise again on every try
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                 # paho holds QoS>0 messages and sends them on reconnect (an ack will come)
-                info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and item.qos > 0):
+                info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0):
             with self._acks:
                 if info.mid in self._acked_early:
                     self._acked_early.discard(info.mid)
                     if item.mark is not None and self.published is not None:
                         self.published.acknowledged(item.mark)
                 else:
-                    self._pending[info.mid] = (item.qos, item.mark)
+                    self._pending[info.mid] = (qos, item.mark)
             if self._paho_refused:
                 self._paho_refused = False
                 log.info("MQTT publications accepted by paho again")

@@ -96,6 +96,7 @@ class PublishedRooms:
         """These were not written: write them with the next change."""
         with self._lock:
             self._dirty.update(changes)
+            self.changed.set()
 
     # --- paho's side -------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """The bridge's `/mqtt/status` snapshot: connection, counters, outbox, devices, MQTT members."""
 from __future__ import annotations
 
+from typing import Callable
+
 from chatroom.config import Settings
 from chatroom.core.errors import Unavailable
 from chatroom.core.model import Source
@@ -14,10 +16,12 @@ STATUS_USERS_SHOWN = 500  # /mqtt/status lists at most this many MQTT users (the
 
 class StatusReport:
     def __init__(self, settings: Settings, rooms: Rooms, stats: BridgeStats, outbox: Outbox,
-                 devices: DeviceTopics, protocol: str = ""):
-        """`protocol`: the MQTT version the bridge speaks (MQTT_PROTOCOL unless the broker lacks it)."""
+                 devices: DeviceTopics, protocol: str = "", history: Callable[[], dict] | None = None):
+        """`protocol`: the MQTT version the bridge speaks (MQTT_PROTOCOL unless the broker lacks it);
+        `history`: the history-as-outbox numbers (history_replay.py), when it is on."""
         self.settings = settings
         self.protocol = protocol
+        self.history = history
         self.rooms = rooms
         self.stats = stats
         self.outbox = outbox
@@ -48,6 +52,9 @@ class StatusReport:
             "mqtt_users_count": len(members) if members is not None else None,
             **self.stats.snapshot(),
             "outbox_size": self.outbox.size,
+            # PROTOCOL 12: rooms whose chat messages come from history now, messages published
+            # from it, chat messages the outbox let go of; null with several instances.
+            "history_outbox": self.history() if self.history is not None else None,
             # What devices leave retained on the broker (PROTOCOL 9): tracked now, cleared so
             # far (evicted, expired, forgotten), messages of new devices beyond the minute's budget.
             "devices": {"tracked": self.devices.tracked, "cleared": self.devices.cleared,

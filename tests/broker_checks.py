@@ -111,3 +111,16 @@ def device_will_makes_it_leave(server, tmp_path: Path, kind: str) -> None:
             assert leave[0].json()["username"] == "Porch"
     finally:
         app.stop()
+
+
+def mqtt5_without_a_kind_is_one_clear_error(server, tmp_path: Path, expected: str) -> None:
+    """MQTT_PROTOCOL=5 at a broker that speaks 3.1.1 only, its kind not named: not connected,
+    503, last_error says why (`expected`), the bridge keeps retrying."""
+    app = RunningApp(app_env(PortOnly(server.port), tmp_path, MQTT_PROTOCOL="5"))
+    app.components.start()
+    try:
+        error = wait_for(lambda: app.status()["mqtt_status"]["last_error"], timeout=30, what="the refusal")
+        assert expected in error, error
+        assert app.http.get("/mqtt/status").status_code == 503
+    finally:
+        app.stop()

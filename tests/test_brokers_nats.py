@@ -7,6 +7,7 @@ import pytest
 from broker_checks import (
     bridge_state_is_retained_and_its_will_says_offline,
     device_will_makes_it_leave,
+    mqtt5_without_a_kind_is_one_clear_error,
     qos1_loses_nothing_across_a_broker_restart,
     relays_both_ways_and_says_what_the_broker_lacks,
 )
@@ -63,3 +64,7 @@ def test_a_dotted_device_id_relays_and_a_dotted_prefix_is_refused(server, tmp_pa
         app.stop()
     with _pytest.raises(ConfigError, match="MQTT_TOPIC_PREFIX: nats refuses"):
         Settings.from_env({"MQTT_BROKER_KIND": "nats", "MQTT_TOPIC_PREFIX": "home.chat"})
+
+
+def test_mqtt5_without_the_broker_kind_is_one_clear_error(server, tmp_path):
+    mqtt5_without_a_kind_is_one_clear_error(server, tmp_path, "Unsupported protocol version (0x84) (MQTT_PROTOCOL=5")

@@ -7,6 +7,7 @@ import pytest
 from broker_checks import (
     bridge_state_is_retained_and_its_will_says_offline,
     device_will_makes_it_leave,
+    mqtt5_without_a_kind_is_one_clear_error,
     qos1_loses_nothing_across_a_broker_restart,
     relays_both_ways_and_says_what_the_broker_lacks,
 )
@@ -38,3 +39,7 @@ def test_device_will_makes_it_leave(server, tmp_path):
 
 def test_qos1_loses_nothing_across_a_broker_restart(server, tmp_path):
     qos1_loses_nothing_across_a_broker_restart(server, tmp_path, KIND)
+
+
+def test_mqtt5_without_the_broker_kind_is_one_clear_error(server, tmp_path):
+    mqtt5_without_a_kind_is_one_clear_error(server, tmp_path, "does it speak MQTT 5?")

@@ -333,3 +333,36 @@ def test_device_messages_sent_while_the_bridge_is_stopped_arrive_after_it_starts
     probe.publish(f"{prefix}/messages/in", {"client_id": "d1", "message": "while you were away"})
     make_app(MQTT_CLIENT_ID=client_id, DATABASE_PATH=database, MQTT_TOPIC_PREFIX=prefix)
     assert probe.wait(f"{prefix}/messages/out")[0].json()["content"] == "while you were away"
+
+
+def test_a_publication_can_carry_mqtt5_properties_for_an_answer(make_app, probe_for, broker, mqtt_protocol):
+    """For device requests (issue 25): a request's Response Topic and Correlation Data are read
+    from the paho message; an answer published with them carries the Correlation Data back
+    (MQTT 5), or goes without properties (3.1.1)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from mqtt_service.mqtt5 import reply_properties, response_of
+    from support import MqttProbe
+
+    app = make_app()
+    answers = probe_for(app.prefix, subscribe=f"{app.prefix}/answers/#")
+    requester = MqttProbe(broker.port, f"{app.prefix}/requests/#", protocol=mqtt_protocol).start()
+    try:
+        request = Properties(PacketTypes.PUBLISH)
+        request.ResponseTopic, request.CorrelationData = f"{app.prefix}/answers/esp-1", b"req-42"
+        requester.client.publish(f"{app.prefix}/requests/x", b"{}", qos=1,
+                                 properties=request if mqtt_protocol == "5" else None).wait_for_publish(20)
+        received = requester.wait(f"{app.prefix}/requests/x")[0]
+        asked = response_of(received)
+        if mqtt_protocol == "3.1.1":
+            assert asked is None
+            asked = (f"{app.prefix}/answers/esp-1", b"req-42")
+        assert asked == (f"{app.prefix}/answers/esp-1", b"req-42")
+        app.components.bridge.outbound.publish_with_properties(asked[0], b'{"ok": true}', reply_properties(asked[1]))
+        answer = answers.wait(asked[0])[0]
+        assert answer.json() == {"ok": True}
+        correlation = getattr(answer.properties, "CorrelationData", None)
+        assert correlation == (b"req-42" if mqtt_protocol == "5" else None)
+    finally:
+        requester.stop()

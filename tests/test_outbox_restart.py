@@ -24,7 +24,8 @@ def post(url: str, text: str) -> dict:
 def test_messages_posted_while_the_broker_is_down_survive_a_killed_server(own_broker, tmp_path, server_for):
     """Broker stopped, 12 web messages posted, the server SIGKILLed and started again, the broker
     started: each of them on P/messages/out once, in seq order (counted after the stream settled)."""
-    env = app_env(own_broker, tmp_path, MQTT_CLIENT_ID="bridge-restart")
+    # eventlet, as deployed: the cursor's writes must never make a green thread wait for SQLite's lock.
+    env = app_env(own_broker, tmp_path, MQTT_CLIENT_ID="bridge-restart", ASYNC_MODE="eventlet")
     prefix, database = env["MQTT_TOPIC_PREFIX"], env["DATABASE_PATH"]
     probe = MqttProbe(own_broker.port, f"{prefix}/messages/out", client_id="restart-watcher",
                       clean_session=False).start()
@@ -48,6 +49,8 @@ def test_messages_posted_while_the_broker_is_down_survive_a_killed_server(own_br
         assert [m["seq"] for m in outs] == [before["seq"]] + [m["seq"] for m in sent]
         assert [m["message_id"] for m in outs[1:]] == [m["message_id"] for m in sent]
         assert "history holds messages the broker never acknowledged in 1 rooms" in server.logs(whole=True)
+        history = server.status()[1]["mqtt_status"]["history_outbox"]
+        assert (history["replayed"], history["rooms_behind"], history["unacknowledged"]) == (12, 0, 0)
     finally:
         probe.stop()
 
@@ -74,3 +77,28 @@ def test_the_cursor_on_postgresql_starts_at_the_newest_message_and_only_moves_fo
     finally:
         cursor.close()
         store.close()
+
+
+def test_published_rooms_admit_each_seq_once_and_the_cursor_waits_for_the_oldest():
+    """The bookkeeping behind the replay (mqtt_service/published.py), without a broker."""
+    from mqtt_service.published import PublishedRooms
+
+    rooms = PublishedRooms({"lobby": 2, "quiet": 5}, behind={"lobby"})
+    # lobby is behind: live messages wait for the replay, which admits in its generation only
+    assert not rooms.admit(("lobby", 3))
+    assert rooms.replay_points() == [("lobby", 2, 0)]
+    assert rooms.admit(("lobby", 3), generation=0) and rooms.admit(("lobby", 4), generation=0)
+    assert not rooms.admit(("lobby", 4), generation=0)  # once
+    assert not rooms.caught_up("lobby", 0, newest_stored=5)  # history holds more
+    assert rooms.caught_up("lobby", 0, newest_stored=4) and rooms.admit(("lobby", 5))
+    # acknowledgements out of order: the cursor moves only past acknowledged ones
+    rooms.acknowledged(("lobby", 4))
+    assert rooms.take_changes() == {}
+    rooms.acknowledged(("lobby", 3))
+    assert rooms.take_changes() == {"lobby": 4}
+    # the outbox lets 5 go: lobby is behind again, a new generation, read from 4 on
+    assert rooms.let_go(("lobby", 5)) and rooms.is_behind("lobby")
+    assert rooms.replay_points() == [("lobby", 4, 1)]
+    assert not rooms.admit(("lobby", 5), generation=0) and rooms.admit(("lobby", 5), generation=1)
+    assert not rooms.let_go(("quiet", 6))  # never admitted: nothing to let go
+    assert rooms.admit(("quiet", 6)) and not rooms.admit(("quiet", 6))

@@ -81,6 +81,7 @@ def test_outbox_overflow_loses_no_chat_message_history_has_them(own_broker, tmp_
         app.drain()
         status = app.status()["mqtt_status"]
         assert status["outbox_size"] <= 5 and status["messages_dropped"] == 1  # the offline event
+        assert status["history_outbox"]["let_go"] >= 1 and status["history_outbox"]["rooms_behind"] == 1
         own_broker.start()
         probe.wait(f"{app.prefix}/messages/out", count=8, match=lambda m: m["content"] != "before", timeout=60)
         wait_for(lambda: app.status()["mqtt_status"]["outbox_size"] == 0, what="outbox drained")

@@ -40,6 +40,10 @@ SELECT room, (SELECT MAX(seq) FROM messages WHERE messages.room = rooms.room) FR
 """
 
 
+class Busy(Exception):
+    """The database's write lock is taken (the history's open batch): try again shortly."""
+
+
 class Database(Protocol):
     """The few calls the cursor needs from a DB-API connection (sqlite3 or psycopg)."""
 
@@ -111,6 +115,18 @@ class SqlitePublishCursor(PublishCursor):
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         db.execute("PRAGMA synchronous=NORMAL")
         super().__init__(db, "?", path)
+        # From here on a write never waits for the store's open batch: SQLite's busy wait
+        # sleeps in C, which under eventlet stops every green thread, the one that would
+        # commit the batch too. A busy write fails at once (`Busy`) and is tried again later.
+        db.execute("PRAGMA busy_timeout = 0")
+
+    def save(self, scope: str, cursors: dict[str, int]) -> None:
+        try:
+            super().save(scope, cursors)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise Busy(str(exc)) from exc
+            raise
 
     def _transaction(self, sql: str, rows: list[tuple]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
