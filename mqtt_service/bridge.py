@@ -129,6 +129,8 @@ class MqttBridge:
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline`, flush the outbox (bounded by `timeout`), disconnect."""
         if not self._running or self._client is None:
+            if self.replay is not None:
+                self.replay.stop()  # never started: closes the cursor's database
             return
         deadline = time.monotonic() + timeout
         self.connection.stopping.set()
