@@ -166,11 +166,12 @@ class Connection:
             return  # paho's next attempt goes without it
         if reason_code.is_failure:
             text = f"broker refused the connection: {reason_text(reason_code, self.mqtt5)}"
+            hint = "check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL"
             if reason_code.value in UNSUPPORTED_PROTOCOL:
                 text += f" (MQTT_PROTOCOL={self.plan.protocol}: set the version the broker speaks, docs/BROKERS.md)"
+                hint = "or name the broker in MQTT_BROKER_KIND"
             if self.stats.last_error != text:  # one line per state change, not one per retry
-                log.error("MQTT %s (check MQTT_USERNAME/MQTT_PASSWORD and the broker's ACL); "
-                          "retrying with backoff", text)
+                log.error("MQTT %s (%s); retrying with backoff", text, hint)
             self.stats.error(text)
             self.stats.add("connections_refused")
             return
