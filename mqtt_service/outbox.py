@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -38,6 +38,7 @@ class Outgoing:
     payload: bytes
     qos: int
     retain: bool = False
+    properties: Any = None  # MQTT 5 publish properties (a response's Correlation Data)
 
 
 class Outbox:
@@ -180,7 +181,9 @@ class Outbox:
         with self._acks:
             self._unacked += 1
         try:
-            info = self._client.publish(item.topic, item.payload, item.qos, item.retain)
+            info = (self._client.publish(item.topic, item.payload, item.qos, item.retain)
+                    if item.properties is None else
+                    self._client.publish(item.topic, item.payload, item.qos, item.retain, properties=item.properties))
         except Exception:  # paho refused it loudly: counted unacknowledged for ever otherwise
             with self._acks:
                 self._unacked -= 1

@@ -291,7 +291,7 @@ def _code_topics() -> dict[str, str]:
     built: dict[str, str] = {}
     topics = Topics("P")
     for name, method in inspect.getmembers(topics, inspect.ismethod):
-        if name.startswith("_") or name in ("parse", "subscriptions"):
+        if name.startswith("_") or name in ("parse", "parse_device", "subscriptions", "device_subscriptions"):
             continue
         parameters = inspect.signature(method).parameters.values()
         required = any(parameter.default is inspect.Parameter.empty for parameter in parameters)
@@ -301,6 +301,8 @@ def _code_topics() -> dict[str, str]:
     for only in (False, True):
         for topic in topics.subscriptions(device_topics_only=only):
             built.setdefault(_canonical(topic), f"Topics.subscriptions(device_topics_only={only})")
+    for topic in topics.device_subscriptions(home_assistant=True):
+        built.setdefault(_canonical(topic), "Topics.device_subscriptions()")
     for instance in (None, HOLE):
         discovery = Discovery("P", HOLE, HOLE, instance)
         built[_canonical(discovery.bridge().topic)] = f"Discovery(instance_id={instance}).bridge()"

@@ -132,6 +132,8 @@ class SystemEvent:
     timestamp: str = field(default_factory=utc_timestamp)
     previous: str | None = None  # a rename's old name
     client_id: str | None = field(default=None, repr=False)  # a device's, for listeners; not sent
+    # More fields of the event, sent after the common ones (a command's: PROTOCOL 11).
+    details: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         body = {
@@ -144,6 +146,8 @@ class SystemEvent:
         }
         if self.previous is not None:
             body["previous"] = self.previous
+        if self.details:
+            body.update((key, value) for key, value in self.details.items() if key not in body)
         return body
 
     def to_json(self) -> str:
