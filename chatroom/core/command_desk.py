@@ -153,8 +153,8 @@ class CommandDesk:
             if declared.client_id == device:
                 return declared.client_id
         key = self.rooms.name_key(device.strip())
-        exact = [d for d in candidates if self.rooms.name_key(d.username) == key]
-        found = exact or [d for d in candidates if self.rooms.name_key(_base_name(d.username)) == key]
+        found = [d for d in candidates
+                 if key in (self.rooms.name_key(d.username), self.rooms.name_key(_base_name(d.username)))]
         if len(found) == 1:
             return found[0].client_id
         if found:
