@@ -91,7 +91,7 @@ def test_history_and_members_requests_are_answered_with_the_request_id(server, p
 
 def test_a_history_answer_stays_under_64_kib(server, probe):
     prefix = server.env["MQTT_TOPIC_PREFIX"]
-    for n in range(20):  # 20 x 6 000 bytes of CJK text
+    for _ in range(20):  # 20 x 6 000 bytes of CJK text
         assert requests.post(f"{server.url}/api/messages", timeout=TIMEOUT,
                              json={"username": "poet", "message": "诗" * 2000, "room": "long"}).status_code == 201
     probe.publish(f"{prefix}/devices/reader-1/requests", {"request_id": "big", "request": "history",
