@@ -4,7 +4,9 @@ receipts for stored messages on `P/devices/<id>/receipts`.
 Requests come on the device's own `P/devices/<id>/requests` (a broker ACL binds it to the
 device's login): `history` (the room's messages after `after_seq`, oldest first, as
 `GET /api/messages` gives them) and `members` (as `GET /api/users`). Answers stay under
-64 KiB (cut, with `truncated: true`); requests spend the device's own rate-limit bucket.
+64 KiB (cut, with `truncated: true`); requests spend the device's own rate-limit bucket,
+and all answers together a byte budget (`AnswerBudget`): 5 000 requests for 64 KiB answers
+from 500 invented ids otherwise parked 300 MB of answers in paho and the outbox.
 An MQTT 5 request's Response Topic (under the device's own subtree: the bridge writes
 nowhere a device chooses) and Correlation Data are honoured.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -36,8 +39,32 @@ MAX_LIMIT = 100
 DEFAULT_LIMIT = 50
 SEQS_REMEMBERED = 10_000  # server message id -> seq, for the receipts of duplicates
 REQUESTS = ("history", "members")
+# All devices together: answer bytes per second, and the burst (docs/SECURITY.md, measured).
+ANSWER_BYTES_PER_SECOND = 512 * 1024
+ANSWER_BURST_BYTES = 4 * 1024 * 1024
 
 Reject = Callable[[str, ValidationError], None]
+
+
+class AnswerBudget:
+    """A token bucket of answer bytes for all devices together."""
+
+    def __init__(self, per_second: float = ANSWER_BYTES_PER_SECOND, burst: float = ANSWER_BURST_BYTES,
+                 clock: Callable[[], float] = time.monotonic):
+        self.per_second, self.burst, self.clock = per_second, burst, clock
+        self._tokens, self._last = burst, clock()
+        self._lock = threading.Lock()
+
+    def has(self, size: int) -> bool:
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.per_second)
+            self._last = now
+            return self._tokens >= size
+
+    def spend(self, size: int) -> None:
+        with self._lock:
+            self._tokens -= size
 
 
 def _request_id(raw: Any) -> str | int:
@@ -67,6 +94,7 @@ class DeviceRequests:
         self.stats = stats
         self.reject = reject
         self.limiter = limiter
+        self.budget = AnswerBudget()
         self._seqs: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -82,12 +110,14 @@ class DeviceRequests:
         try:
             if self.limiter.wait_time(level) > 0:
                 raise ValidationError("rate_limited", "too many requests; slow down")
+            if not self.budget.has(MAX_ANSWER_BYTES):
+                raise ValidationError("rate_limited", "the server answers too many requests just now; try again")
             self.limiter.take(level)
             answer: dict[str, Any] = {"request_id": request_id, "ok": True, "result": self._answer(request)}
         except ValidationError as exc:
             answer = {"request_id": request_id, "ok": False, "code": exc.code, "error": exc.message}
         self.stats.add("requests_answered")
-        self._respond(level, answer, properties)
+        self.budget.spend(self._respond(level, answer, properties))
 
     def _answer(self, request: dict) -> dict:
         kind = request.get("request")
@@ -125,7 +155,7 @@ class DeviceRequests:
     def _below(self, room: str, after_seq: int, before_seq: int, limit: int) -> list[Message]:
         return [m for m in self.rooms.history_of(room, limit, before_seq=before_seq) if m.seq > after_seq]
 
-    def _respond(self, level: str, answer: dict, properties: Any) -> None:
+    def _respond(self, level: str, answer: dict, properties: Any) -> int:
         # The level as the device published it (a hashed id's level is already plain).
         topic, reply_properties = f"{self.topics.devices_root}{level}/responses", None
         response_topic = getattr(properties, "ResponseTopic", None)
@@ -136,7 +166,9 @@ class DeviceRequests:
             if correlation is not None:
                 reply_properties = Properties(PacketTypes.PUBLISH)
                 reply_properties.CorrelationData = correlation
-        self.outbox.publish(Outgoing(topic, dumps(answer).encode("utf-8"), self.qos, properties=reply_properties))
+        payload = dumps(answer).encode("utf-8")
+        self.outbox.publish(Outgoing(topic, payload, self.qos, properties=reply_properties))
+        return len(payload)
 
     # --- receipts --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 from chatroom.core.model import Message
 from chatroom.core.room import Rooms
 from chatroom.storage.sqlite import MessageStore
-from mqtt_service.device_requests import MAX_ANSWER_BYTES, DeviceRequests
+from mqtt_service.device_requests import MAX_ANSWER_BYTES, AnswerBudget, DeviceRequests
 from mqtt_service.stats import BridgeStats
 from mqtt_service.topics import Topics
 from support import TIMEOUT, MqttProbe, ServerProcess
@@ -145,3 +145,19 @@ def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation
     assert first.topic == "P/devices/dev/inbox/42" and first.properties.CorrelationData == b"\x00corr-42"
     assert json.loads(first.payload)["request_id"] == "r"
     assert second.topic == "P/devices/dev/responses" and second.properties is None
+
+
+def test_answers_of_all_devices_together_spend_one_byte_budget():
+    device_requests, outbox = _requests(Rooms(MessageStore(":memory:")))
+    now = [0.0]
+    # Room for one more answer of the largest size, and a small one spends some of it.
+    device_requests.budget = AnswerBudget(per_second=1000, burst=MAX_ANSWER_BYTES + 50, clock=lambda: now[0])
+    payload = json.dumps({"request_id": 1, "request": "members"}).encode()
+    for level in ("a", "b", "c"):
+        device_requests.handle(level, f"P/devices/{level}/requests", payload)
+    answers = [json.loads(item.payload) for item in outbox.sent]
+    assert [answer["ok"] for answer in answers] == [True, False, False]  # the first spent what the rest need
+    assert answers[1]["code"] == answers[2]["code"] == "rate_limited"
+    now[0] += MAX_ANSWER_BYTES / 1000  # refilled
+    device_requests.handle("d", "P/devices/d/requests", payload)
+    assert json.loads(outbox.sent[-1].payload)["ok"] is True
