@@ -15,8 +15,9 @@ from support import TIMEOUT
 
 class Device:
     def __init__(self, port: int, prefix: str, client_id: str, commands: dict, name: str | None = None,
-                 room: str | None = None, answer: str = "ok"):
-        """`answer`: "ok" (echo the value as result), "refuse" (ok:false) or "silent" (no ack)."""
+                 room: str | None = None, answer: str = "ok", password: str | None = None):
+        """`answer`: "ok" (echo the value as result), "refuse" (ok:false) or "silent" (no ack);
+        `password`: log in as `client_id` (a broker with the shipped ACL)."""
         self.prefix, self.client_id, self.commands = prefix, client_id, commands
         self.name, self.room, self.answer = name or client_id, room, answer
         self.commands_received: list[dict] = []
@@ -24,6 +25,8 @@ class Device:
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:8]}")
         self.client.will_set(self._topic("users/leave"), "", qos=1)
+        if password is not None:
+            self.client.username_pw_set(client_id, password)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.connect("127.0.0.1", port)
