@@ -253,3 +253,24 @@ def test_a_device_that_declares_nothing_has_no_commands(server, broker):
     assert (response.status_code, response.json()["code"]) == (400, "bad_field")
     listed = requests.get(f"{server.url}/api/commands", timeout=TIMEOUT).json()["devices"]
     assert "plain-1" not in [d["client_id"] for d in listed]
+
+
+def test_the_command_route_is_token_guarded_and_rate_limited(make_app, broker):
+    app = make_app(API_TOKEN="s3cret", RATE_LIMIT="1/60")
+    auth = {"Authorization": "Bearer s3cret"}
+    lamp = Device(broker.port, app.prefix, "rl-1", {"power": BOOL})
+    try:
+        lamp.join()
+        wait_for(lambda: app.http.get("/api/devices/rl-1/commands", headers=auth).status_code == 200,
+                 what="rl-1 declared")
+        body = {"command": "power", "value": True}
+        assert app.http.post("/api/devices/rl-1/commands", json=body).status_code == 401
+        assert app.http.post("/api/devices/rl-1/commands", json={**body, "value": "hot"},
+                             headers=auth).status_code == 400  # refused: takes no token
+        assert app.http.post("/api/devices/rl-1/commands", json=body, headers=auth).get_json()["ok"]
+        limited = app.http.post("/api/devices/rl-1/commands", json=body, headers=auth)
+        assert (limited.status_code, limited.get_json()["code"]) == (429, "rate_limited")
+        assert int(limited.headers["Retry-After"]) > 0
+        assert len(lamp.wait_commands(1)) == 1
+    finally:
+        lamp.stop()

@@ -144,3 +144,11 @@ def test_a_device_is_named_by_id_by_its_name_and_a_shared_fleet_name_is_ambiguou
             desk.resolve("lobby", ambiguous)
     with pytest.raises(ValidationError, match="no device"):
         desk.resolve("lobby", "Heater")
+
+
+def test_without_a_connected_bridge_a_command_is_bridge_off_and_nothing_waits():
+    desk, _ = _desk()
+    desk.transport = None  # MQTT_ENABLE=false
+    with pytest.raises(ValidationError) as off:
+        desk.submit("a", "led", True, Asker("T", Source.HTTP), 5)
+    assert off.value.code == "bridge_off" and desk.status()["pending"] == 0
