@@ -183,6 +183,8 @@ class DeviceRequests:
 
     def receipt(self, client_id: str, message_id: Any, accepted: Accepted) -> None:
         """Once stored: `{message_id, seq, room, status}` on the sender's receipts topic."""
+        # Group commit: "once stored" means committed (and numbered), not only in the open batch.
+        self.rooms.flush()
         if accepted.outcome == Outcome.DUPLICATE:
             with self._lock:
                 seq = self._seqs.get(accepted.message_id or "")
@@ -190,7 +192,6 @@ class DeviceRequests:
         else:
             assert accepted.message is not None  # a posted message
             seq, status = accepted.message.seq, "stored"
-        self.rooms.flush()  # group commit: "once stored" means committed, not only in the open batch
         body = {"message_id": message_id, "seq": seq, "room": accepted.room, "status": status}
         self.stats.add("receipts_sent")
         self.outbox.publish(Outgoing(self.topics.device_receipts(client_id), dumps(body).encode("utf-8"), self.qos))

@@ -323,8 +323,8 @@ class CommandDesk:
         event = details["event"]
 
         def as_event(message: Message) -> SystemEvent:
-            return SystemEvent(event, text, room, username, timestamp=message.timestamp,
-                               details={**details, "seq": message.seq})
+            return SystemEvent(event, text, room, username, timestamp=message.timestamp, details=details,
+                               record=message)
 
         # client_id stays None: the record is not the device's reading (state, /api/readings).
         self.rooms.post(room, username, text, source, type=RECORD, data=details, event_of=as_event)
