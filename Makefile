@@ -42,6 +42,8 @@ system-test-deps:
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	  else echo "Missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; fi; \

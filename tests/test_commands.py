@@ -4,6 +4,9 @@ Debian's chromium. One server for the module; each test keeps to its own devices
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import uuid
 
 import jinja2
@@ -14,7 +17,7 @@ from conftest import app_env
 from fake_openai import FakeOpenAI
 from ha_schema import validate
 
-from support import TIMEOUT, MqttProbe, ServerProcess, SocketIOClient, wait_for
+from support import ROOT, TIMEOUT, MqttProbe, ServerProcess, SocketIOClient, wait_for
 
 BOOL = {"type": "bool"}
 
@@ -274,3 +277,33 @@ def test_the_command_route_is_token_guarded_and_rate_limited(make_app, broker):
         assert len(lamp.wait_commands(1)) == 1
     finally:
         lamp.stop()
+
+
+def test_the_readme_command_round_trip_works_as_written(server, broker, probe):
+    """README's three lines (mosquitto_pub, a mosquitto_sub | jq loop, curl), run by the shell
+    against this server: only the prefix, the broker's port and the server's address change."""
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if "lamp-1" in line]
+    assert len(lines) == 3, lines
+
+    def ours(line: str) -> str:
+        return (line.replace("chatroom/", f"{prefix}/").replace("localhost:5000", server.url)
+                .replace("mosquitto_pub ", f"mosquitto_pub -p {broker.port} ")
+                .replace("mosquitto_sub ", f"mosquitto_sub -p {broker.port} "))
+
+    join, loop, curl = map(ours, lines)
+    subprocess.run(["sh", "-c", join], check=True, timeout=TIMEOUT)
+    wait_for(lambda: declared(server, "lamp-1"), what="lamp-1 declared")
+    device = subprocess.Popen(["sh", "-c", loop.rstrip("& ")], start_new_session=True)
+    try:
+        # The loop answers once it is subscribed: a stray command's ack proves it listens.
+        ignored = server.status()[1]["mqtt_status"]["acks_ignored"]
+        stray = json.dumps({"command_id": "stray", "command": "power", "value": False})
+        wait_for(lambda: probe.publish(f"{prefix}/devices/lamp-1/commands", stray) or
+                 server.status()[1]["mqtt_status"]["acks_ignored"] > ignored, what="the shell device listening")
+        answer = subprocess.run(["sh", "-c", curl], check=True, capture_output=True, timeout=TIMEOUT + 30)
+        assert json.loads(answer.stdout)["ok"] is True and json.loads(answer.stdout)["result"] is True
+    finally:
+        os.killpg(device.pid, signal.SIGTERM)
+        device.wait(TIMEOUT)
