@@ -90,7 +90,8 @@ class MqttBridge:
         self.group_commit = GroupCommit(rooms, self.stats, MAX_BATCH)
         stopping = threading.Event()
         self.dispatcher = Dispatcher(self.stats, self.inbound.handle, self.ha_status_topic,
-                                     self._on_ha_status, self.group_commit, stopping, device_in=self.extras.route)
+                                     self._on_ha_status, self.group_commit, stopping, device_in=self.extras.route,
+                                     devices_root=self.topics.devices_root)
         self.connection = Connection(
             settings, self.topics, self.stats, self.watch, self.outbox, state_topic=self.state_topic,
             qos=self.qos, extra_filters=([self.ha_status_topic] if settings.ha_discovery else [])

@@ -30,12 +30,17 @@ class DeviceExtras:
 
     def prepare(self, kind: str, obj: dict) -> object:
         """The declaration the input carries (None: none), or bad_field."""
-        return parse_declaration(obj.get("commands")) if kind in (MESSAGES_IN, USERS_JOIN) else None
+        raw = obj.get("commands")
+        return None if raw is None or kind not in (MESSAGES_IN, USERS_JOIN) else parse_declaration(raw)
 
     def accepted(self, kind: str, submission: Submission, accepted: Accepted, obj: dict, prepared: object) -> None:
         client_id = submission.client_id
         if not isinstance(client_id, str):  # the intake validated it: a device always names itself
             return
+        message = accepted.message
+        if (prepared is None and client_id not in self.declared and "receipt" not in obj
+                and (message is None or message.client_message_id is None)):
+            return  # a device that declares nothing and asks for nothing: the usual path, as before
         if accepted.user is not None and kind in (MESSAGES_IN, USERS_JOIN):
             if isinstance(prepared, dict):
                 self.declared.declare(client_id, accepted.user.username, accepted.room, prepared)
