@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from chatroom.core.errors import ValidationError
 from chatroom.core.limits import RateLimiter
-from chatroom.core.model import Message, dumps
+from chatroom.core.model import UNNUMBERED, Message, dumps
 from chatroom.core.room import Rooms
 from chatroom.core.room_types import Outcome
 from chatroom.core.submission import Accepted
@@ -38,6 +38,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 50
 SEQS_REMEMBERED = 10_000  # server message id -> seq, for the receipts of duplicates
+UNNUMBERED_SWEEP = 1024   # drafts waiting for their seq (a batch holds at most a few hundred)
 REQUESTS = ("history", "members")
 # All devices together: answer bytes per second, and the burst (docs/SECURITY.md, measured).
 ANSWER_BYTES_PER_SECOND = 512 * 1024
@@ -96,6 +97,7 @@ class DeviceRequests:
         self.limiter = limiter
         self.budget = AnswerBudget()
         self._seqs: OrderedDict[str, int] = OrderedDict()
+        self._unnumbered: OrderedDict[str, Message] = OrderedDict()
         self._lock = threading.Lock()
 
     # --- requests ----------------------------------------------------------------------
@@ -173,21 +175,46 @@ class DeviceRequests:
     # --- receipts --------------------------------------------------------------------------
 
     def remember(self, accepted: Accepted) -> None:
-        """A device message that carried its own id was stored: its seq, for a later duplicate's receipt."""
-        if accepted.message is None or accepted.message.client_message_id is None:
+        """A device message that carried its own id was stored: its seq, for a later duplicate's
+        receipt. Where the store numbers a batch when it commits (several instances) the message
+        waits here until it has its seq."""
+        message = accepted.message
+        if message is None or message.client_message_id is None:
             return
         with self._lock:
-            self._seqs[accepted.message.message_id] = accepted.message.seq
-            while len(self._seqs) > SEQS_REMEMBERED:
-                self._seqs.popitem(last=False)
+            if message.seq == UNNUMBERED:
+                self._unnumbered[message.message_id] = message
+                if len(self._unnumbered) >= UNNUMBERED_SWEEP:
+                    self._sweep()
+            else:
+                self._keep(message.message_id, message.seq)
+
+    def _keep(self, message_id: str, seq: int) -> None:
+        self._seqs[message_id] = seq
+        while len(self._seqs) > SEQS_REMEMBERED:
+            self._seqs.popitem(last=False)
+
+    def _sweep(self) -> None:
+        """Numbered drafts join the seqs; the oldest still unnumbered beyond the bound are
+        forgotten (a batch that was lost). Caller holds _lock."""
+        for message_id, message in list(self._unnumbered.items()):
+            if message.seq != UNNUMBERED:
+                del self._unnumbered[message_id]
+                self._keep(message_id, message.seq)
+        while len(self._unnumbered) >= UNNUMBERED_SWEEP:
+            self._unnumbered.popitem(last=False)
+
+    def _seq_of(self, message_id: str) -> int | None:
+        with self._lock:
+            self._sweep()
+            return self._seqs.get(message_id)
 
     def receipt(self, client_id: str, message_id: Any, accepted: Accepted) -> None:
         """Once stored: `{message_id, seq, room, status}` on the sender's receipts topic."""
         # Group commit: "once stored" means committed (and numbered), not only in the open batch.
         self.rooms.flush()
         if accepted.outcome == Outcome.DUPLICATE:
-            with self._lock:
-                seq = self._seqs.get(accepted.message_id or "")
+            seq = self._seq_of(accepted.message_id or "")
             status = "duplicate"
         else:
             assert accepted.message is not None  # a posted message

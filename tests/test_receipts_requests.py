@@ -11,8 +11,10 @@ from conftest import app_env
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from chatroom.core.model import Message
+from chatroom.core.model import UNNUMBERED, Message
 from chatroom.core.room import Rooms
+from chatroom.core.room_types import Outcome
+from chatroom.core.submission import Accepted
 from chatroom.storage.sqlite import MessageStore
 from mqtt_service.device_requests import MAX_ANSWER_BYTES, AnswerBudget, DeviceRequests
 from mqtt_service.stats import BridgeStats
@@ -161,3 +163,16 @@ def test_answers_of_all_devices_together_spend_one_byte_budget():
     now[0] += MAX_ANSWER_BYTES / 1000  # refilled
     device_requests.handle("d", "P/devices/d/requests", payload)
     assert json.loads(outbox.sent[-1].payload)["ok"] is True
+
+
+def test_a_duplicate_of_a_message_numbered_at_commit_gets_its_seq():
+    """Several instances: the store numbers a batch when it commits, after the receipt's seq
+    was asked for the first time; a later duplicate still gets the original's seq."""
+    device_requests, outbox = _requests(Rooms(MessageStore(":memory:")))
+    draft = Message(username="d", content="x", room="lobby", source="mqtt", seq=UNNUMBERED,
+                    client_id="d", client_message_id="m-1")
+    device_requests.remember(Accepted(Outcome.POSTED, "lobby", message=draft, message_id=draft.message_id))
+    draft.number(12)  # the batch committed
+    device_requests.receipt("d", "m-1", Accepted(Outcome.DUPLICATE, "lobby", message_id=draft.message_id))
+    assert json.loads(outbox.sent[-1].payload) == {"message_id": "m-1", "seq": 12, "room": "lobby",
+                                                   "status": "duplicate"}
