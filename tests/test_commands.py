@@ -98,6 +98,9 @@ def test_an_http_command_reaches_the_device_and_its_ack_is_the_answer(server, de
     assert [m["data"]["event"] for m in records] == ["command", "command_result"]
     assert records[0]["seq"] < records[1]["seq"] and records[0]["client_id"] is None
     assert records[1]["content"] == result["message"]
+    metrics = requests.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+    answered = [line for line in metrics.splitlines() if line.startswith("chatroom_commands_answered_total ")]
+    assert answered and float(answered[0].split()[1]) >= 1
 
 
 def test_bad_commands_are_refused_with_their_code_and_reach_no_device(server, device):
