@@ -175,6 +175,14 @@ def test_home_assistant_controls_drive_the_device_and_follow_its_acks(server, de
         configs = {component: ha_probe.wait(f"{ha}/{component}/chatroom_lamp-ha/command_{name}/config")[0].json()
                    for component, name in (("switch", "power"), ("number", "level"), ("select", "scene"),
                                            ("text", "label"))}
+        # Home Assistant's birth announces the controls again; a narrower declaration clears the rest.
+        ha_probe.publish(f"{ha}/status", "online")
+        ha_probe.wait(f"{ha}/switch/chatroom_lamp-ha/command_power/config", 2)
+        lamp.join({"power": BOOL, "level": {"type": "number", "min": 0, "max": 100}})
+        for gone in (f"{ha}/text/chatroom_lamp-ha/command_label/config",
+                     f"{ha}/select/chatroom_lamp-ha/command_scene/config"):
+            wait_for(lambda: any(r.payload == b"" for r in ha_probe.on(gone)), what=f"{gone} cleared")
+        assert all(r.payload for r in ha_probe.on(f"{ha}/number/chatroom_lamp-ha/command_level/config"))
     for component, config in configs.items():
         validate(component, config)
     switch = configs["switch"]
