@@ -242,13 +242,16 @@ def test_a_page_toggle_and_cmd_drive_a_device(server, device, browser):
     from playwright.sync_api import expect
 
     lamp = device("lamp-page", {"power": BOOL, "level": {"type": "number", "min": 0, "max": 100},
-                                "scene": {"type": "enum", "options": ["day", "night"]}}, name="Desk <b>lamp</b>")
+                                "scene": {"type": "enum", "options": ["day", "night", "<img src=x onerror=alert(1)>"]}},
+                  name="Desk <b>lamp</b>")
     page = open_chat(browser, server, "Pat")
     controls = page.locator('li.device-controls[data-device="lamp-page"]')
     expect(controls.locator(".who")).to_have_text("Desk <b>lamp</b>")  # text, never markup
     controls.locator('[data-command="power"] input[type=checkbox]').check()
     assert lamp.wait_commands(1)[0]["value"] is True
     expect(controls.locator('[data-command="power"] output')).to_have_text('ok: {"now":true}')
+    expect(controls.locator('[data-command="scene"] option').last).to_have_text("<img src=x onerror=alert(1)>")
+    assert controls.locator("img").count() == 0
     controls.locator('[data-command="scene"] select').select_option("night")
     assert lamp.wait_commands(2)[1]["value"] == "night"
     send(page, "/cmd lamp-page level 40")
