@@ -259,6 +259,11 @@ def test_a_page_toggle_and_cmd_drive_a_device(server, device, browser):
     assert (third["command"], third["value"], third["from"]) == ("level", 40, "Pat")
     expect(page.locator("#messages .system-command_result").last).to_contain_text("level done")
     page.context.close()
+    # A page that joins later reads the audit trail from history as system lines, not as readings.
+    later = open_chat(browser, server, "Quinn")
+    expect(later.locator("#messages .system-command_result").last).to_contain_text("level done")
+    expect(later.locator("#readings")).not_to_contain_text("command_id")
+    later.context.close()
 
 
 def test_a_device_that_declares_nothing_has_no_commands(server, broker):
