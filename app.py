@@ -48,6 +48,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatroom.assistant.listener import Assistant
 from chatroom.assistant.openai_backend import OpenAIBackend
 from chatroom.config import ConfigError, Settings
+from chatroom.core.command_desk import CommandDesk
+from chatroom.core.commands import DeclaredCommands
 from chatroom.core.intake import DEDUP_SECONDS, Intake
 from chatroom.core.limits import RateLimiter
 from chatroom.core.model import Message, SystemEvent, utc_timestamp
@@ -63,6 +65,7 @@ from chatroom.topology import Topology, build_topology
 from chatroom.web import access as web_access
 from chatroom.web import errors as web_errors
 from chatroom.web.access import Access
+from chatroom.web.commands_api import create_commands_blueprint, install_socket_commands
 from chatroom.web.mqtt_status import create_status_blueprint
 from chatroom.web.routes import MAX_BODY_BYTES, create_chat_blueprint
 from chatroom.web.serving import ConnectionGate, connection_gate, port_problem, serve
@@ -189,7 +192,11 @@ def create_app(settings: Settings) -> Flask:
     # Several instances: a backlog goes to the Redis channel in one publication (issue 24).
     rooms.subscribe("socketio", publisher, many=publisher.publish_all if topology.several_instances else None)
 
-    assistant = Assistant(settings, rooms, OpenAIBackend(settings) if settings.assistant_enabled else None)
+    # Declared device commands (PROTOCOL 11): the bridge sends them, the web side and the assistant ask.
+    desk = CommandDesk(rooms, DeclaredCommands(settings.max_devices))
+    install_socket_commands(socketio, namespace, desk, intake)
+    assistant = Assistant(settings, rooms, OpenAIBackend(settings) if settings.assistant_enabled else None,
+                          desk=desk)
     rooms.subscribe("assistant", assistant, events=(Message,))
 
     bridge = None
@@ -200,7 +207,7 @@ def create_app(settings: Settings) -> Flask:
                   else open_publish_cursor(settings.database_url, settings.database_path, store.path))
         bridge = MqttBridge(settings, rooms, intake,
                             device_history=(store.latest_data, store.data_keys, store.recent_devices),
-                            publish_cursor=cursor)
+                            publish_cursor=cursor, desk=desk)
         rooms.subscribe("mqtt", bridge.on_room_event, events=(Message, SystemEvent))
         # Device state, availability and Home Assistant discovery: after `mqtt`, on a queue of its own.
         rooms.subscribe("devices", bridge.devices, events=(Message, SystemEvent))
@@ -214,12 +221,14 @@ def create_app(settings: Settings) -> Flask:
     if settings.async_mode == "eventlet":
         metrics.add_source("chatroom_http", connections.status, ConnectionGate.METRICS)
     metrics.add_source("chatroom_assistant", assistant.status, Assistant.METRICS)
+    metrics.add_source("chatroom_commands", desk.status, CommandDesk.METRICS)
 
     web_access.install(app, access)
     web_errors.install(app)
     app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render, access))
+    app.register_blueprint(create_commands_blueprint(desk, intake))
     app.register_blueprint(create_status_blueprint(bridge.status if bridge else None,
-                                                   bridge.devices.forget if bridge else None,
+                                                   bridge.forget if bridge else None,
                                                    rooms, intake, assistant.status, settings.instance_id,
                                                    store.size_bytes))
     app.extensions["chatroom"] = Components(

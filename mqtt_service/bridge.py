@@ -9,7 +9,9 @@ Each part has one job (docs/ARCHITECTURE.md):
 - outbound.py, outbox.py: room events out on `P/messages/out` / `P/system`, device
   topics and replies, in order, bounded; connection_watch.py: connections the broker
   keeps closing (a take-over of our client id, refused publications);
-- homeassistant/: per-device retained topics and discovery; status.py: `/mqtt/status`.
+- homeassistant/: per-device retained topics and discovery; status.py: `/mqtt/status`;
+- device_commands.py, device_requests.py, device_extras.py: devices told and asked
+  (PROTOCOL 11): commands and their acks, Home Assistant's controls, receipts, requests.
 """
 from __future__ import annotations
 
@@ -21,17 +23,24 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from chatroom.config import Settings
+from chatroom.core.command_desk import CommandDesk
+from chatroom.core.commands import DeclaredCommands
+from chatroom.core.errors import ValidationError
 from chatroom.core.intake import Intake
-from chatroom.core.limits import Throttle
+from chatroom.core.limits import RateLimiter, Throttle
 from chatroom.core.room import Rooms
 from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.ops.housekeeping import Periodic
 from mqtt_service.broker_profile import plan_for, topic_problem_for
 from mqtt_service.connection import Connection
 from mqtt_service.connection_watch import ConnectionWatch
+from mqtt_service.device_commands import DeviceCommands
+from mqtt_service.device_extras import DeviceExtras
+from mqtt_service.device_requests import DeviceRequests
 from mqtt_service.dispatch import Dispatcher
 from mqtt_service.group_commit import GroupCommit
 from mqtt_service.history_replay import CursorStore, HistoryReplay, recall
+from mqtt_service.homeassistant.command_entities import CommandEntities
 from mqtt_service.homeassistant.device_topics import DeviceTopics
 from mqtt_service.homeassistant.discovery import Discovery
 from mqtt_service.homeassistant.reannounce import Reannouncer
@@ -52,12 +61,14 @@ DEVICE_RETENTION_CHECK = 3600.0  # seconds between two looks for devices silent 
 
 class MqttBridge:
     def __init__(self, settings: Settings, rooms: Rooms, intake: Intake, device_history: tuple = (),
-                 log_budget: Throttle | None = None, publish_cursor: CursorStore | None = None):
+                 log_budget: Throttle | None = None, publish_cursor: CursorStore | None = None,
+                 desk: CommandDesk | None = None):
         """`device_history`: (latest readings of a client_id, every data key of a client_id[,
         the devices heard from most recently]), read from the history store, for the device
         topics. `log_budget`: client-error log lines of the whole process (shared with the web side).
         `publish_cursor`: the durable cursor beside the history (PROTOCOL 12): chat messages the
-        broker never acknowledged are published from history after a restart or an overflow."""
+        broker never acknowledged are published from history after a restart or an overflow.
+        `desk`: declared commands and their answers (PROTOCOL 11), shared with the web side."""
         self.settings = settings
         self.rooms = rooms
         self.intake = intake
@@ -85,13 +96,19 @@ class MqttBridge:
             "device-retention", DEVICE_RETENTION_CHECK,
             lambda: self.devices.expire(time.time() - settings.device_retention_days * 86400))
         self.inbound = Inbound(self.topics, intake, self.stats, self.outbound.reply, log_budget)
+        self.desk = desk or CommandDesk(rooms, DeclaredCommands(settings.max_devices))
+        self.extras = _device_extras(settings, self.topics, self.outbox, self.desk, self.devices.discovery,
+                                     self.stats, rooms, self._reject_device)
+        self.inbound.extras = self.extras
         self.group_commit = GroupCommit(rooms, self.stats, MAX_BATCH)
         stopping = threading.Event()
         self.dispatcher = Dispatcher(self.stats, self.inbound.handle, self.ha_status_topic,
-                                     self.devices.on_ha_status, self.group_commit, stopping)
+                                     self._on_ha_status, self.group_commit, stopping, device_in=self.extras.route,
+                                     devices_root=self.topics.devices_root)
         self.connection = Connection(
             settings, self.topics, self.stats, self.watch, self.outbox, state_topic=self.state_topic,
-            qos=self.qos, extra_filters=[self.ha_status_topic] if settings.ha_discovery else [],
+            qos=self.qos, extra_filters=([self.ha_status_topic] if settings.ha_discovery else [])
+            + self.topics.device_subscriptions(settings.ha_discovery, settings.mqtt_shared_group),
             on_message=self.dispatcher.on_message, announce=self._announce_all,
             after_online=self.devices.on_connect, stopping=stopping, plan=self.plan)
         self.status_report = StatusReport(settings, rooms, self.stats, self.outbox, self.devices,
@@ -166,6 +183,23 @@ class MqttBridge:
         for room in dict.fromkeys([DEFAULT_ROOM, *self.rooms.rooms_with_members()]):
             self.rooms.announce(room, event, text)
 
+    def _reject_device(self, topic: str, exc: ValidationError) -> None:
+        """A bad publication on a device's own subtree: one throttled reply on P/errors,
+        answered for the device the topic names (its own topic: a broker ACL proves it)."""
+        found = self.topics.parse_device(topic)
+        if exc.client_id is None and found is not None and found[1] != "set":
+            exc.client_id = Inbound._plain_id(found[0])
+        self.inbound.reject(topic, exc, ("device", found[0] if found else topic[:200]))
+
+    def _on_ha_status(self, payload: bytes) -> None:
+        self.devices.on_ha_status(payload)
+        self.extras.commands.on_ha_status(payload)
+
+    def forget(self, client_id: str) -> list[str] | None:
+        """A device gone for good: its retained topics cleared, its declaration forgotten."""
+        self.desk.declared.forget(client_id)
+        return self.devices.forget(client_id)
+
     def status(self) -> dict:
         """The `/mqtt/status` snapshot."""
         return self.status_report.snapshot(self._running, self.connection.subscriptions)
@@ -190,6 +224,17 @@ class MqttBridge:
 
     def _run_flusher(self) -> None:
         self.group_commit.run()
+
+
+def _device_extras(settings: Settings, topics: Topics, outbox: Outbox, desk: CommandDesk, discovery: Discovery,
+                   stats: BridgeStats, rooms: Rooms, reject) -> DeviceExtras:
+    """Commands, Home Assistant's controls, receipts and requests (PROTOCOL 11)."""
+    entities = CommandEntities(discovery, topics) if settings.ha_discovery else None
+    commands = DeviceCommands(topics, outbox, settings.mqtt_qos, desk, desk.declared, stats, reject, entities,
+                              Reannouncer(lambda deadline: outbox.wait_until(outbox.has_room, deadline)))
+    requests = DeviceRequests(topics, outbox, settings.mqtt_qos, rooms, stats, reject,
+                              RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds))
+    return DeviceExtras(topics, desk.declared, commands, requests)
 
 
 def _device_topics(settings: Settings, instance: str, publish: Callable[[str, bytes, bool], None],

@@ -25,11 +25,16 @@ FIRST_RETRY, LAST_RETRY = 0.2, 5.0  # seconds between two tries of a held messag
 
 class Dispatcher:
     def __init__(self, stats: BridgeStats, handle: Callable[[str, bytes], None], ha_status_topic: str,
-                 on_ha_status: Callable[[bytes], None], group_commit: GroupCommit, stopping: threading.Event):
+                 on_ha_status: Callable[[bytes], None], group_commit: GroupCommit, stopping: threading.Event,
+                 device_in: Callable[[MQTTMessage, bytes], bool] | None = None, devices_root: str = ""):
         """`handle(topic, payload)`: an inbound publication (raises Unavailable to be held);
-        `stopping`: set when the bridge stops (a held message is then given up)."""
+        `stopping`: set when the bridge stops (a held message is then given up); `device_in`:
+        a publication on a device's own subtree (acks, requests, Home Assistant's commands),
+        True when it was one (mqtt_service/device_extras.py)."""
         self.stats = stats
         self.handle = handle
+        self.device_in = device_in
+        self.devices_root = devices_root  # only topics under it can be a device's own (a cheap test first)
         self.ha_status_topic = ha_status_topic
         self.on_ha_status = on_ha_status
         self.group_commit = group_commit
@@ -52,7 +57,9 @@ class Dispatcher:
         delay = FIRST_RETRY
         while True:
             try:
-                self.handle(message.topic, payload)
+                if self.device_in is None or not message.topic.startswith(self.devices_root) or not self.device_in(
+                        message, payload):
+                    self.handle(message.topic, payload)
                 return
             except Unavailable as exc:
                 if self.stopping.is_set():

@@ -11,13 +11,13 @@ Two kinds of inbound topic (PROTOCOL 2 and 10):
 from __future__ import annotations
 
 import logging
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Protocol
 
 from chatroom.core.errors import ClaimRefused, Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import Throttle
 from chatroom.core.model import Source, dumps, utc_timestamp
-from chatroom.core.submission import Outcome, Submission
+from chatroom.core.submission import Accepted, Outcome, Submission
 from chatroom.core.validation import client_id_of, optional, parse_json_object
 from mqtt_service.stats import BridgeStats
 from mqtt_service.topics import MESSAGES_IN, USERS_JOIN, USERS_LEAVE, Topics
@@ -31,6 +31,14 @@ REPLIES_PER_MINUTE = 10
 LOG_LINES_PER_MINUTE = 60
 
 Reply = Callable[[str, bytes], None]  # (topic, payload): publish an error reply
+
+
+class Extras(Protocol):
+    """What a device may add to a message or join (PROTOCOL 11: declared commands, a receipt):
+    checked before the intake (a bad one rejects the input whole), acted on once accepted."""
+
+    def prepare(self, kind: str, obj: dict) -> object: ...
+    def accepted(self, kind: str, submission: Submission, accepted: Accepted, obj: dict, prepared: object) -> None: ...
 
 
 def _object_or_empty(payload: bytes) -> dict:
@@ -61,6 +69,7 @@ class Inbound:
         self.reply = reply
         self._reply_throttle = Throttle(count=REPLIES_PER_MINUTE, seconds=60.0)
         self._log_budget = log_budget or Throttle(count=LOG_LINES_PER_MINUTE, seconds=60.0, max_keys=1)
+        self.extras: Extras | None = None  # mqtt_service/device_extras.py, set by the bridge
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Payload -> Submission -> intake; a refusal -> one reply on P/errors.
@@ -73,7 +82,11 @@ class Inbound:
                 raise ValidationError("bad_field", "not an inbound topic of a valid room")
             # On a device topic the topic says everything: an empty payload (a bare will) is {}.
             obj = {} if parsed.client_id is not None and not payload.strip() else parse_json_object(payload)
-            self._dispatch(parsed.kind, self._submission(parsed.room, obj, parsed.client_id))
+            submission = self._submission(parsed.room, obj, parsed.client_id)
+            prepared = self.extras.prepare(parsed.kind, obj) if self.extras is not None else None
+            accepted = self._dispatch(parsed.kind, submission)
+            if self.extras is not None and accepted is not None:
+                self.extras.accepted(parsed.kind, submission, accepted, obj, prepared)
         except Unavailable:
             raise
         except ValidationError as exc:
@@ -117,14 +130,17 @@ class Inbound:
         """The topic's id for an error reply, if it is a valid one."""
         return client_id_of({"client_id": device_id})
 
-    def _dispatch(self, kind: str, submission: Submission) -> None:
+    def _dispatch(self, kind: str, submission: Submission) -> Accepted | None:
         if kind == MESSAGES_IN:
-            if self.intake.post(submission).outcome == Outcome.DUPLICATE:
+            accepted = self.intake.post(submission)
+            if accepted.outcome == Outcome.DUPLICATE:
                 self.stats.add("messages_duplicate")
-        elif kind == USERS_JOIN:
-            self.intake.join(submission)
-        elif kind == USERS_LEAVE:
-            self.intake.leave(submission)
+            return accepted
+        if kind == USERS_JOIN:
+            return self.intake.join(submission)
+        if kind == USERS_LEAVE:
+            return self.intake.leave(submission)
+        return None
 
     def reject(self, topic: str, exc: ValidationError, sender: Hashable) -> None:
         """Count every rejection; answer it on P/errors at most a few times a minute per

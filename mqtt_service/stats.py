@@ -18,6 +18,12 @@ COUNTERS = (
     "connections_refused", # connection attempts the broker refused (bad login, not authorised)
     "handler_errors",      # exceptions caught in our paho callbacks
     "errors_suppressed",   # rejections not logged or answered on P/errors (throttled per sender)
+    # Devices told and asked (PROTOCOL 11)
+    "acks_ignored",        # command acks for no command sent to that device
+    "ha_commands_ignored", # Home Assistant set topics of no declaring device (or too large)
+    "ha_controls_deferred",  # declaring devices whose controls wait: over the per-minute budget
+    "receipts_sent",       # receipts for stored (or duplicate) device messages
+    "requests_answered",   # device requests answered (ok or not)
 )
 
 

@@ -79,6 +79,52 @@ class Topics:
     def device_availability(self, client_id: str) -> str:
         return f"{self.devices_root}{topic_id(client_id)}/availability"
 
+    # --- a device told and asked (PROTOCOL 11; docs/PROTOCOL.md "Devices that can be told and asked")
+    def device_commands(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/commands"
+
+    def device_command_ack(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/commands/ack"
+
+    def device_receipts(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/receipts"
+
+    def device_requests(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/requests"
+
+    def device_responses(self, client_id: str) -> str:
+        return f"{self.devices_root}{topic_id(client_id)}/responses"
+
+    def device_set(self, client_id: str, command: str) -> str:
+        """Home Assistant's command topic of a declared command (its plain payload)."""
+        return f"{self.devices_root}{topic_id(client_id)}/set/{command}"
+
+    def device_controls(self, client_id: str) -> str:
+        """Retained: the last acknowledged value of each declared command (Home Assistant's state)."""
+        return f"{self.devices_root}{topic_id(client_id)}/controls"
+
+    def device_subscriptions(self, home_assistant: bool = True, shared_group: str = "") -> list[str]:
+        """What the bridge hears of the devices' own subtrees. Acks are never shared: the
+        instance that sent a command waits for its answer (MQTT_SHARED_GROUP)."""
+        shared = [f"{self.devices_root}+/requests"] + ([f"{self.devices_root}+/set/+"] if home_assistant else [])
+        if shared_group:
+            shared = [f"$share/{shared_group}/{topic}" for topic in shared]
+        return [f"{self.devices_root}+/commands/ack", *shared]
+
+    def parse_device(self, topic: str) -> tuple[str, str, str | None] | None:
+        """`P/devices/T/commands/ack` -> (T, "ack", None); `P/devices/T/requests` -> (T,
+        "requests", None); `P/devices/T/set/C` -> (T, "set", C); None for anything else."""
+        if not topic.startswith(self.devices_root):
+            return None
+        parts = topic[len(self.devices_root):].split("/")
+        if len(parts) == 3 and parts[1:] == ["commands", "ack"]:
+            return parts[0], "ack", None
+        if len(parts) == 2 and parts[1] == "requests":
+            return parts[0], "requests", None
+        if len(parts) == 3 and parts[1] == "set":
+            return parts[0], "set", parts[2]
+        return None
+
     def messages_in(self, room: str = DEFAULT_ROOM) -> str:
         return f"{self._room_base(room)}/{MESSAGES_IN}"
 

@@ -56,6 +56,9 @@
     parser: parser,
     auth: (send) => send({ token: localStorage.getItem(TOKEN_KEY) || "" }),
   });
+  // static/commands.js (device controls, /cmd) works beside this page through these.
+  window.chatPage = { socket: socket, authHeaders: authHeaders, capMarks: capMarks };
+  const announceRoom = (state) => document.dispatchEvent(new CustomEvent("chat:room", { detail: state }));
   const seen = new Set();          // message_ids already shown (history + live overlap)
   const streams = new Map();       // ai message_id -> {item, text}: the bubble and the raw text so far
   const readings = new Map();      // client_id -> {username, data, timestamp, series}
@@ -126,6 +129,12 @@
   }
 
   function messageNode(msg) {
+    if (msg.type === "system_message") {  // a stored command record (PROTOCOL 11) reads as its event
+      const line = el("li", "msg msg-system system-" + String(own(msg.data, "event") || "record"));
+      line.appendChild(systemText({ message: msg.content, username: msg.username }));
+      line.appendChild(el("time", "when", timeOf(msg.timestamp)));
+      return line;
+    }
     const item = el("li", "msg msg-" + (msg.type === "ai_response" ? "ai" : msg.source));
     item.dataset.seq = msg.seq;
     item.dataset.messageId = msg.message_id;
@@ -293,6 +302,7 @@
   }
 
   function noteReading(msg) {
+    if (msg.type === "system_message") return;  // a command record's data is not a reading
     const id = msg.client_id || msg.username;
     let device = readings.get(id);
     if (device) readings.delete(id);  // re-inserted below: the Map's order is "least recently heard" first
@@ -541,6 +551,7 @@
       }
       renderUsers(ack.users);
       showJoined(joined);
+      announceRoom(joined);
       $("side").classList.remove("open");
       refreshRooms();
       flushUnsent();
@@ -557,6 +568,10 @@
     const input = $("message");
     const text = input.value;
     if (!text.trim()) return;
+    if (window.chatCommands && window.chatCommands.fromComposer(text)) {  // `/cmd …`: static/commands.js
+      input.value = "";
+      return;
+    }
     // Queued first: a socket that is down (or drops before the ack) sends it after the rejoin.
     const id = newId();
     unsent.push({ text: text, id: id, inFlight: false });
@@ -581,6 +596,7 @@
       $("send-form").hidden = true;
       $("room-name").textContent = "";
       renderUsers([]);
+      announceRoom(null);
     });
   });
 

@@ -2,7 +2,9 @@
 
 Serves POST /v1/chat/completions with and without `stream`. Tell it how to
 behave with `behave(...)`: the reply text, a delay before answering or between
-chunks, an HTTP status to fail with, or a gate to hold replies until released.
+chunks, an HTTP status to fail with, a gate to hold replies until released, or
+`tool_calls` ([{"name", "arguments": dict}]) to answer with instead of text
+(streamed in pieces, as OpenAI streams them).
 It records every request body and Authorization header it saw.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ class FakeOpenAI:
         self.delay = 0.0          # seconds before the first byte
         self.chunk_delay = 0.0    # seconds between streamed chunks
         self.fail_status: int | None = None
+        self.tool_calls: list[dict] = []  # answered instead of the reply text when set
         self.gate: threading.Event | None = None  # hold answers until set
         self.in_flight = 0
         self.max_in_flight = 0
@@ -103,6 +106,8 @@ class FakeOpenAI:
                     time.sleep(fake.delay)  # the fake model being slow, on purpose
                 if fake.fail_status:
                     return self._json(fake.fail_status, {"error": {"message": "fake failure", "type": "server_error"}})
+                if body.get("stream") and fake.tool_calls:
+                    return self._stream_tool_calls(body)
                 if body.get("stream"):
                     return self._stream(body)
                 return self._json(200, {
@@ -126,6 +131,27 @@ class FakeOpenAI:
                     self._event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
                                 body)
                 self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, body)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+            def _stream_tool_calls(self, body):
+                """Each call's name in its first piece, its arguments in two more (as OpenAI does)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for index, call in enumerate(fake.tool_calls):
+                    arguments = json.dumps(call["arguments"])
+                    half = len(arguments) // 2
+                    first = {"index": index, "id": f"call_{index}", "type": "function",
+                             "function": {"name": call["name"], "arguments": ""}}
+                    self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [first]},
+                                              "finish_reason": None}]}, body)
+                    for piece in (arguments[:half], arguments[half:]):
+                        self._event({"choices": [{"index": 0, "delta": {"tool_calls": [
+                            {"index": index, "function": {"arguments": piece}}]}, "finish_reason": None}]}, body)
+                self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}, body)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from chatroom.config import Settings  # noqa: E402
 from mqtt_service.bridge import MqttBridge  # noqa: E402
+from mqtt_service.homeassistant.command_entities import COMPONENTS as COMMAND_COMPONENTS  # noqa: E402
+from mqtt_service.homeassistant.command_entities import CommandEntities  # noqa: E402
 from mqtt_service.homeassistant.discovery import Discovery  # noqa: E402
 from mqtt_service.topics import Topics  # noqa: E402
 
@@ -291,16 +293,18 @@ def _code_topics() -> dict[str, str]:
     built: dict[str, str] = {}
     topics = Topics("P")
     for name, method in inspect.getmembers(topics, inspect.ismethod):
-        if name.startswith("_") or name in ("parse", "subscriptions"):
+        if name.startswith("_") or name in ("parse", "parse_device", "subscriptions", "device_subscriptions"):
             continue
         parameters = inspect.signature(method).parameters.values()
-        required = any(parameter.default is inspect.Parameter.empty for parameter in parameters)
-        calls = ([] if required else [()]) + ([(HOLE,)] if parameters else [])
+        required = sum(parameter.default is inspect.Parameter.empty for parameter in parameters)
+        calls = ([] if required else [()]) + ([(HOLE,) * max(required, 1)] if parameters else [])
         for args in calls:
             built.setdefault(_canonical(method(*args)), f"Topics.{name}({', '.join(map(repr, args))})")
     for only in (False, True):
         for topic in topics.subscriptions(device_topics_only=only):
             built.setdefault(_canonical(topic), f"Topics.subscriptions(device_topics_only={only})")
+    for topic in topics.device_subscriptions(home_assistant=True):
+        built.setdefault(_canonical(topic), "Topics.device_subscriptions()")
     for instance in (None, HOLE):
         discovery = Discovery("P", HOLE, HOLE, instance)
         built[_canonical(discovery.bridge().topic)] = f"Discovery(instance_id={instance}).bridge()"
@@ -309,6 +313,9 @@ def _code_topics() -> dict[str, str]:
     for value in (1.5, True, "text"):
         component = discovery.component_of(value)
         built[_canonical(discovery.config_topic(component, HOLE, HOLE))] = f"Discovery.config_topic({component!r})"
+    entities = CommandEntities(discovery, topics)
+    for component in COMMAND_COMPONENTS:
+        built[_canonical(entities.config_topic(component, HOLE, HOLE))] = f"CommandEntities.config_topic({component!r})"
     one = {"MQTT_TOPIC_PREFIX": "P", "HA_DISCOVERY_PREFIX": HOLE, "DATABASE_PATH": ":memory:"}
     several = {**one, "REDIS_URL": "redis://localhost", "MQTT_SHARED_GROUP": "g", "INSTANCE_ID": HOLE}
     for env in (one, several):

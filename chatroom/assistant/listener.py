@@ -17,8 +17,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from chatroom.assistant.openai_backend import AssistantError, ChatBackend
+from chatroom.assistant import device_tools
+from chatroom.assistant.openai_backend import AssistantError, ChatBackend, ToolCall
 from chatroom.config import Settings
+from chatroom.core.command_desk import CommandDesk
 from chatroom.core.model import AI_RESPONSE, Message, Source
 from chatroom.core.room import Rooms
 from chatroom.core.room_types import AssistantDelta
@@ -60,8 +62,12 @@ class Assistant:
         "average_latency_ms": ("gauge", "Average time to a complete answer, ms"),
     }
 
-    def __init__(self, settings: Settings, rooms: Rooms, backend: ChatBackend | None):
+    def __init__(self, settings: Settings, rooms: Rooms, backend: ChatBackend | None,
+                 desk: CommandDesk | None = None):
+        """`desk`: the room's devices' declared commands, which the assistant may send when
+        asked (assistant/device_tools.py)."""
         self.settings = settings
+        self.desk = desk
         self.rooms = rooms
         self.backend = backend
         self.name = settings.ai_name
@@ -172,10 +178,21 @@ class Assistant:
             try:
                 if self.backend is None:  # answers are queued only when the assistant is on
                     raise AssistantError("the assistant is off")
-                pieces = []
-                for delta in self.backend.stream(self.context_for(message)):
+                pieces: list[str] = []
+                calls: list[ToolCall] = []
+                tools = device_tools.tools_for(self.desk, message.room) if self.desk is not None else None
+                context = self.context_for(message)
+                if tools:
+                    context[0] = {**context[0], "content": f"{context[0]['content']} {device_tools.PROMPT}"}
+                for delta in self.backend.stream(context, tools) if tools else self.backend.stream(context):
+                    if isinstance(delta, ToolCall):
+                        calls.append(delta)
+                        continue
                     pieces.append(delta)
                     self.rooms.stream(AssistantDelta(message.room, message.message_id, reply_id, delta))
+                if calls and self.desk is not None:  # announced in the room as commands by the desk
+                    pieces.append("\n" + device_tools.carry_out(self.desk, message.room, calls,
+                                                                f"{self.name} for {message.username}"))
                 text = "".join(pieces).strip()
                 if not text:
                     raise AssistantError("the assistant gave an empty answer")

@@ -2,6 +2,7 @@
 streaming. The listener (chatroom/assistant/listener.py) sees only `ChatBackend`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, cast
 
 from chatroom.config import Settings
@@ -14,9 +15,17 @@ class AssistantError(Exception):
     """A failure with a short reason that is safe to show in the room."""
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """The model asks to call a tool (a declared device command: assistant/device_tools.py)."""
+
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
 class ChatBackend(Protocol):
-    def stream(self, messages: list[dict]) -> Iterable[str]:
-        """Yield the reply's text pieces; raise AssistantError with a human reason."""
+    def stream(self, messages: list[dict], tools: list[dict] | None = None) -> Iterable[str | ToolCall]:
+        """Yield the reply's text pieces, then any tool calls; raise AssistantError with a human reason."""
 
 
 class OpenAIBackend:
@@ -36,15 +45,27 @@ class OpenAIBackend:
             max_retries=1,  # the SDK retries only transient errors (429, 5xx, connection, timeout)
         )
 
-    def stream(self, messages: list[dict]) -> Iterator[str]:
+    def stream(self, messages: list[dict], tools: list[dict] | None = None) -> Iterator[str | ToolCall]:
         openai = self._openai
+        calls: dict[int, list[str]] = {}  # index -> [name, arguments so far]: they come in pieces
         try:
+            extra = {"tools": tools} if tools else {}
             chunks = self.client.chat.completions.create(model=self.model, stream=True,
                                                          messages=cast("list[ChatCompletionMessageParam]", messages),
-                                                         max_tokens=self.max_tokens)
+                                                         max_tokens=self.max_tokens, **extra)  # type: ignore[call-overload]
             for chunk in chunks:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+                delta = chunk.choices[0].delta if chunk.choices else None
+                if delta is None:
+                    continue
+                if delta.content:
+                    yield delta.content
+                for piece in delta.tool_calls or ():
+                    call = calls.setdefault(piece.index, ["", ""])
+                    if piece.function is not None:
+                        call[0] += piece.function.name or ""
+                        call[1] += piece.function.arguments or ""
+            for index in sorted(calls):
+                yield ToolCall(*calls[index])
         except openai.APITimeoutError:
             raise AssistantError(f"the assistant did not answer within {self.timeout:g} s") from None
         except openai.RateLimitError:

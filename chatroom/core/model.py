@@ -132,9 +132,14 @@ class SystemEvent:
     timestamp: str = field(default_factory=utc_timestamp)
     previous: str | None = None  # a rename's old name
     client_id: str | None = field(default=None, repr=False)  # a device's, for listeners; not sent
+    # More fields of the event, sent after the common ones (a command's: PROTOCOL 11).
+    details: dict | None = field(default=None, repr=False)
+    # The stored record of this event (a command's): its seq is sent, read when sent (a
+    # batch's drafts are numbered when it commits, before its events are delivered).
+    record: "Message | None" = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        body = {
+        body: dict[str, Any] = {
             "type": "system_message",
             "event": self.event,
             "message": self.message,
@@ -144,6 +149,10 @@ class SystemEvent:
         }
         if self.previous is not None:
             body["previous"] = self.previous
+        if self.details:
+            body.update((key, value) for key, value in self.details.items() if key not in body)
+        if self.record is not None:
+            body["seq"] = self.record.seq
         return body
 
     def to_json(self) -> str:

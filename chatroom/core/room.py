@@ -266,8 +266,10 @@ class Rooms:
              sender: MemberKey | None = None, client_id: str | None = None,
              data: dict | None = None, client_message_id: str | None = None,
              type: str = USER_MESSAGE, reply_to: str | None = None,
-             message_id: str | None = None, units: dict | None = None) -> Message:
-        """Store a chat message, give it the room's next seq and hand it to listeners."""
+             message_id: str | None = None, units: dict | None = None,
+             event_of: Callable[[Message], RoomEvent] | None = None) -> Message:
+        """Store a chat message, give it the room's next seq and hand it to listeners
+        (`event_of(message)` instead, when given: a stored record listeners see as an event)."""
         # A caller may choose the id: the assistant streams under the id its reply will have,
         # the intake remembers a message's id for dedup before it is stored.
         given_id = {} if message_id is None else {"message_id": message_id}
@@ -306,7 +308,7 @@ class Rooms:
                     self._drop_posted_of_empty_rooms()
             except Unavailable:  # stored already: lost bookkeeping must not make the sender retry
                 log.warning("bookkeeping of a message in %s skipped: shared state unavailable", room)
-            self._publish(message)
+            self._publish(message if event_of is None else event_of(message))
             return message
 
     def announce(self, room: str, event: str, text: str, username: str | None = None) -> SystemEvent:

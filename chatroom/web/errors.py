@@ -13,7 +13,8 @@ from werkzeug.exceptions import HTTPException
 from chatroom.core.errors import RelayError
 
 STATUS_OF_CODE = {"rate_limited": 429, "too_large": 413, "name_taken": 409, "unavailable": 503,
-                  "unauthorized": 401, "unknown_device": 404, "bridge_off": 503}
+                  "unauthorized": 401, "unknown_device": 404, "bridge_off": 503, "device_offline": 409,
+                  "timeout": 504}
 API_PATHS = ("/api/", "/mqtt/", "/healthz", "/metrics")
 
 

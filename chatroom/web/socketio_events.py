@@ -148,6 +148,10 @@ class ChatNamespace(Namespace):
         with self._lock:
             return {key for key in keys if key[1] in self._room_of_sid}
 
+    def room_of(self, sid: str) -> str | None:
+        """The room a socket is in (web/commands_api.py's `send_command`)."""
+        return self._current_room(sid)
+
     def _current_room(self, sid: str) -> str | None:
         with self._lock:
             return self._room_of_sid.get(sid)

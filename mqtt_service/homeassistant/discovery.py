@@ -114,21 +114,7 @@ class Discovery:
             "name": entity_name(key),
             "unique_id": f"{self.node(client_id)}_{key_id(key)}",
             "state_topic": self.state_topic(client_id),
-            "availability": [
-                {"topic": self.availability_topic(client_id)},
-                # One bridge's will says the relay is gone; of several instances, one is not the relay.
-                *([] if self.instance_id else
-                  [{"topic": self.bridge_state_topic, "value_template": "{{ value_json.state }}"}]),
-            ],
-            "availability_mode": "all",
-            "device": {
-                "identifiers": [self.node(client_id)],
-                "name": device_name,
-                "model": "MQTT device",
-                "manufacturer": "chatroom relay",
-                "via_device": self.bridge_id,
-            },
-            "origin": ORIGIN,
+            **self.device_part(client_id, device_name),
         }
         if component == "binary_sensor":
             payload["value_template"] = f"{{{{ 'ON' if {value_of} else 'OFF' }}}}"
@@ -151,6 +137,27 @@ class Discovery:
             if state_class:
                 payload["state_class"] = state_class
         return Announcement(self.config_topic(component, client_id, key), payload)
+
+    def device_part(self, client_id: str, device_name: str) -> dict[str, Any]:
+        """What every entity of a device shares: availability, the device, the origin
+        (its declared commands' entities too: homeassistant/command_entities.py)."""
+        return {
+            "availability": [
+                {"topic": self.availability_topic(client_id)},
+                # One bridge's will says the relay is gone; of several instances, one is not the relay.
+                *([] if self.instance_id else
+                  [{"topic": self.bridge_state_topic, "value_template": "{{ value_json.state }}"}]),
+            ],
+            "availability_mode": "all",
+            "device": {
+                "identifiers": [self.node(client_id)],
+                "name": device_name,
+                "model": "MQTT device",
+                "manufacturer": "chatroom relay",
+                "via_device": self.bridge_id,
+            },
+            "origin": ORIGIN,
+        }
 
     def bridge(self) -> Announcement:
         """The bridge itself, as a device with a connectivity sensor (the via_device of all others)."""

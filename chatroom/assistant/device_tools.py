@@ -1,0 +1,85 @@
+"""The assistant acts (PROTOCOL 11): the declared commands of the devices in a room, offered
+to the model as one tool, and the model's calls carried out through the command desk.
+
+The tool names only what the room's devices declared; whatever the model writes is checked
+again by the desk like any command (an undeclared command, a value outside its type, a
+device name that fits two devices: refused, and the assistant says so in the room). Each
+command is announced in the room like any other (`command`, `command_result`).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chatroom.assistant.openai_backend import ToolCall
+from chatroom.core.command_desk import Asker, CommandDesk, CommandTimeout
+from chatroom.core.errors import RelayError
+from chatroom.core.model import Source, dumps
+
+TOOL_NAME = "send_device_command"
+MAX_CALLS = 3          # commands one answer may send
+MAX_DEVICES = 20       # devices described to the model (a room may hold more)
+COMMAND_SECONDS = 10.0
+PROMPT = ("You can send declared commands to the devices of this room with the tool "
+          f"{TOOL_NAME}, but only when a person asks for it. If the request could mean several "
+          "devices or commands, do not call the tool: ask which one.")
+
+
+def tools_for(desk: CommandDesk, room: str) -> list[dict] | None:
+    """The tool describing the room's online devices' declared commands (None: nothing to offer)."""
+    devices = [declared for declared in desk.declared.in_room(room) if desk.online(declared)][:MAX_DEVICES]
+    if not devices:
+        return None
+    lines = [f"- {declared.username} (client_id {declared.client_id}): " + "; ".join(
+        f"{name} {dumps(spec.to_dict())}" for name, spec in declared.commands.items()) for declared in devices]
+    commands = sorted({name for declared in devices for name in declared.commands})
+    return [{
+        "type": "function",
+        "function": {
+            "name": TOOL_NAME,
+            "description": "Send a declared command to a device of this room. Devices and their commands:\n"
+                           + "\n".join(lines),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "device": {"type": "string", "description": "the device's client_id or its name"},
+                    "command": {"type": "string", "enum": commands},
+                    "value": {"description": "the command's value, of its declared type",
+                              "type": ["boolean", "number", "string"]},
+                },
+                "required": ["device", "command", "value"],
+            },
+        },
+    }]
+
+
+def carry_out(desk: CommandDesk, room: str, calls: list[ToolCall], asker_name: str) -> str:
+    """Send what the model asked for; the text the assistant answers with (what it did or why not)."""
+    if len(calls) > MAX_CALLS:
+        return f"I did not send anything: that is {len(calls)} commands at once; ask for at most {MAX_CALLS}."
+    return "\n".join(_one(desk, room, call, asker_name) for call in calls)
+
+
+def _one(desk: CommandDesk, room: str, call: ToolCall, asker_name: str) -> str:
+    if call.name != TOOL_NAME:
+        return f"I did not send it: I have no tool {call.name[:40]!r}."
+    try:
+        arguments: Any = json.loads(call.arguments or "{}")
+    except ValueError:
+        return "I did not send it: I could not read my own command."
+    if not isinstance(arguments, dict):
+        return "I did not send it: I could not read my own command."
+    try:
+        client_id = desk.resolve(room, arguments.get("device"))
+        answer = desk.run(client_id, arguments.get("command"), arguments.get("value"),
+                          Asker(asker_name, Source.AI), COMMAND_SECONDS, from_text=True)
+    except CommandTimeout as exc:
+        return f"I sent {arguments.get('command')!s:.32} but the device did not answer: {exc.message}."
+    except RelayError as exc:
+        return f"I did not send it: {exc.message}."
+    device = desk.declared.get(client_id)
+    name = device.username if device else client_id
+    if not answer.ok:
+        return f"{name} refused {arguments.get('command')!s:.32}: {answer.error}."
+    done = f"Done: {name} {arguments.get('command')!s:.32} = {dumps(arguments.get('value'))[:64]}"
+    return done + (f" ({dumps(answer.result)[:200]})." if answer.result is not None else ".")

@@ -1,0 +1,154 @@
+"""The rules of declared commands, in process (no broker): what a declaration may say, how
+values are read, and the bounds a stranger meets (declarations, waiting commands, acks)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from chatroom.core.command_desk import Asker, CommandDesk, CommandTimeout
+from chatroom.core.commands import MAX_COMMANDS, CommandSpec, DeclaredCommands, parse_declaration
+from chatroom.core.errors import ValidationError
+from chatroom.core.model import Source
+from chatroom.core.room import Rooms
+from chatroom.storage.sqlite import MessageStore
+
+
+def refused(raw) -> str:
+    with pytest.raises(ValidationError) as caught:
+        parse_declaration(raw)
+    assert caught.value.code == "bad_field"
+    return caught.value.message
+
+
+def test_a_declaration_is_checked_whole():
+    declared = parse_declaration({"led": {"type": "bool"}, "level": {"type": "number", "min": 0, "max": 10.5},
+                                  "mode": {"type": "enum", "options": ["a", "b"]}, "note": {"type": "text", "max": 8}})
+    assert declared == {"led": CommandSpec("bool"), "level": CommandSpec("number", 0, 10.5),
+                        "mode": CommandSpec("enum", options=("a", "b")), "note": CommandSpec("text", max=8)}
+    assert parse_declaration(None) is None and parse_declaration({}) == {}
+    assert "more than 16" in refused({f"c{n}": {"type": "bool"} for n in range(MAX_COMMANDS + 1)})
+    assert "command name" in refused({"two words": {"type": "bool"}})
+    assert "command name" in refused({"a/b": {"type": "bool"}})
+    assert "does not take" in refused({"led": {"type": "bool", "min": 1}})
+    assert "type of" in refused({"led": {"type": "switch"}})
+    assert "above its max" in refused({"level": {"type": "number", "min": 5, "max": 1}})
+    assert "step" in refused({"level": {"type": "number", "step": 0}})
+    assert "finite" in refused({"level": {"type": "number", "max": float("inf")}})
+    assert "distinct" in refused({"mode": {"type": "enum", "options": ["a", "a"]}})
+    assert "options" in refused({"mode": {"type": "enum", "options": []}})
+    assert "1 to 255" in refused({"note": {"type": "text", "max": 256}})
+    refused([{"type": "bool"}])
+
+
+def test_values_are_checked_and_plain_text_is_read_as_the_type():
+    level = CommandSpec("number", 0, 100)
+    assert level.check(40) == 40 and level.coerce("40") == 40 and level.coerce(" 2.5 ") == 2.5
+    for bad in (101, True, "40", float("nan")):
+        with pytest.raises(ValidationError):
+            level.check(bad)
+    switch = CommandSpec("bool")
+    assert switch.coerce("ON") is True and switch.coerce("off") is False and switch.check(False) is False
+    with pytest.raises(ValidationError):
+        switch.coerce("maybe")
+    with pytest.raises(ValidationError):
+        CommandSpec("text", max=3).check("four")
+    with pytest.raises(ValidationError):
+        CommandSpec("text").check("line\nbreak")
+
+
+def test_declarations_are_bounded_and_the_least_recently_heard_gives_way():
+    declared = DeclaredCommands(max_devices=3)
+    changes = []
+    declared.on_change(lambda client_id, now, before: changes.append((client_id, now is not None)))
+    for n in range(10):
+        declared.declare(f"d{n}", f"D{n}", "lobby", {"led": CommandSpec("bool")})
+    assert len(declared) == 3 and [d.client_id for d in declared.all()] == ["d7", "d8", "d9"]
+    assert ("d0", False) in changes and declared.evicted == 7
+    declared.declare("quiet", "Q", "lobby", None)  # declaring nothing costs nothing
+    assert "quiet" not in declared and len(declared) == 3
+    declared.declare("d9", "D9", "lobby", {})  # withdrawn
+    assert "d9" not in declared and changes[-1] == ("d9", False)
+
+
+class Silent:
+    """A transport that sends nowhere: nothing ever answers."""
+
+    def __init__(self):
+        self.sent = []
+
+    def connected(self) -> bool:
+        return True
+
+    def send_command(self, client_id: str, payload: bytes) -> None:
+        self.sent.append((client_id, payload))
+
+
+def _desk(max_pending: int = 2, per_device: int = 1) -> tuple[CommandDesk, Rooms]:
+    rooms = Rooms(MessageStore(":memory:"))
+    desk = CommandDesk(rooms, DeclaredCommands(), max_pending=max_pending, per_device=per_device)
+    desk.transport = Silent()
+    for client_id in ("a", "b", "c"):
+        rooms.join("lobby", (Source.MQTT, client_id), client_id, Source.MQTT, client_id=client_id)
+        desk.declared.declare(client_id, client_id, "lobby", {"led": CommandSpec("bool")})
+    return desk, rooms
+
+
+def test_waiting_commands_are_bounded_in_all_and_per_device():
+    desk, _ = _desk()
+    asker = Asker("T", Source.HTTP)
+    first = desk.submit("a", "led", True, asker, 5)
+    with pytest.raises(ValidationError) as per_device:
+        desk.submit("a", "led", False, asker, 5)
+    desk.submit("b", "led", True, asker, 5)
+    with pytest.raises(ValidationError) as in_all:
+        desk.submit("c", "led", True, asker, 5)
+    assert per_device.value.code == in_all.value.code == "rate_limited"
+    assert desk.status()["pending"] == 2 and desk.stats.refused_busy == 2
+    assert desk.on_ack("a", {"command_id": first.command_id, "ok": True}) == "answered"
+    assert desk.wait(first).ok and desk.status()["pending"] == 1
+
+
+def test_acks_count_only_from_the_device_the_command_went_to():
+    desk, rooms = _desk()
+    pending = desk.submit("a", "led", True, Asker("T", Source.HTTP), 0.05)
+    assert desk.on_ack("b", {"command_id": pending.command_id, "ok": True}) == "ignored"
+    assert desk.on_ack("a", {"command_id": "never-sent", "ok": True}) == "ignored"
+    for bad in ({"ok": True}, {"command_id": pending.command_id}, {"command_id": pending.command_id, "ok": True,
+                                                                   "result": "x" * 2000}):
+        with pytest.raises(ValidationError):
+            desk.on_ack("a", bad)
+    with pytest.raises(CommandTimeout):
+        desk.wait(pending)
+    assert desk.on_ack("a", {"command_id": pending.command_id, "ok": False, "error": "jammed"}) == "late"
+    assert desk.stats.acks_ignored == 2 and desk.stats.acks_invalid == 3 and desk.stats.late == 1
+    statuses = [m.data["status"] for m in rooms.history_of("lobby", 10) if m.data and "status" in m.data]
+    assert statuses == ["timeout", "late"]
+
+
+def test_an_answer_wakes_the_waiter_from_another_thread():
+    desk, _ = _desk()
+    pending = desk.submit("a", "led", True, Asker("T", Source.HTTP), 20)
+    threading.Thread(target=desk.on_ack, args=("a", {"command_id": pending.command_id, "ok": True,
+                                                     "result": 1})).start()
+    assert desk.wait(pending).result == 1
+
+
+def test_a_device_is_named_by_id_by_its_name_and_a_shared_fleet_name_is_ambiguous():
+    desk, rooms = _desk()
+    desk.declared.declare("f1", "Fan", "lobby", {"led": CommandSpec("bool")})
+    desk.declared.declare("f2", "Fan (2)", "lobby", {"led": CommandSpec("bool")})
+    assert desk.resolve("lobby", "a") == "a" and desk.resolve("lobby", "fan (2)") == "f2"
+    for ambiguous in ("Fan", "fan"):
+        with pytest.raises(ValidationError, match="ambiguous"):
+            desk.resolve("lobby", ambiguous)
+    with pytest.raises(ValidationError, match="no device"):
+        desk.resolve("lobby", "Heater")
+
+
+def test_without_a_connected_bridge_a_command_is_bridge_off_and_nothing_waits():
+    desk, _ = _desk()
+    desk.transport = None  # MQTT_ENABLE=false
+    with pytest.raises(ValidationError) as off:
+        desk.submit("a", "led", True, Asker("T", Source.HTTP), 5)
+    assert off.value.code == "bridge_off" and desk.status()["pending"] == 0
