@@ -5,6 +5,9 @@
 //   node clients/nodejs_client.js --name cron --send "backup done"       # send once, exit 0
 //   node clients/nodejs_client.js --listen                               # print the room
 //   node clients/nodejs_client.js --username esp-a --password s3cret --send "hi"   # a broker login
+//   node clients/nodejs_client.js --client-id lamp-1 --commands '{"led":{"type":"bool"}}' --on-command ./led.sh
+//   node clients/nodejs_client.js --server http://localhost:5000 --command lamp-1 led true
+//   node clients/nodejs_client.js --client-id lamp-1 --history-since 120
 //
 // Same flags as clients/python_client.py. It publishes on its own device topics
 // (PROTOCOL 10: messages/in/<client_id>, users/join/<client_id>, users/leave/<client_id>),
@@ -15,13 +18,15 @@
 // will on its users/leave topic so the room sees it go if it drops. --send waits for the
 // room to confirm. Exit status: 0 done, 1 the server rejected something we sent
 // (or no broker, or the broker refused our login), 2 bad arguments, 3 no confirmation.
-// Room text is printed with control characters escaped.
+// Room text is printed with control characters escaped. Commands and requests (PROTOCOL 11:
+// --on-command, --command, --history-since) are in device_commands.js, next to this file.
 "use strict";
 
 const mqtt = require("mqtt");
 const os = require("os");
 const readline = require("readline");
 const crypto = require("crypto");
+const commands = require("./device_commands");
 
 const HEARTBEAT_SECONDS = 200;  // the server's MQTT_USER_TIMEOUT (600 s) / 3
 const CONFIRM_SECONDS = 10;
@@ -29,7 +34,9 @@ const CONFIRM_SECONDS = 10;
 const HELP = `usage: nodejs_client.js [--broker HOST] [--port N] [--name NAME] [--client-id ID]
                         [--room ROOM] [--prefix PREFIX] [--send TEXT] [--listen]
                         [--heartbeat SECONDS] [--username USERNAME] [--password PASSWORD]
-                        [--shared-topics]
+                        [--shared-topics] [--on-command HANDLER --commands JSON]
+                        [--command DEVICE COMMAND VALUE] [--history-since SEQ]
+                        [--server URL] [--token TOKEN] [--timeout SECONDS]
 
 Chat room client over MQTT.
 
@@ -49,7 +56,22 @@ Chat room client over MQTT.
   --shared-topics   publish on the shared messages/in, users/join, users/leave topics with
                     the client id in the payload (servers older than device topics),
                     instead of messages/in/<client_id>, ...
-  --help            this text`;
+  --help            this text
+
+commands and requests (PROTOCOL 11):
+  --on-command HANDLER  be a device: declare --commands in the join and run the program
+                    HANDLER for each command (argv: COMMAND VALUE-as-JSON; stdin: the
+                    command JSON); its exit status and output are the ack
+  --commands JSON   the commands this device declares, e.g. '{"led": {"type": "bool"}}'
+                    (types bool, number with min/max, enum with options, text)
+  --command DEVICE COMMAND VALUE  ask the chat server (--server, HTTP) to send COMMAND
+                    with VALUE (JSON, or else text) to the device DEVICE; print its answer
+  --history-since SEQ  ask the server over MQTT for the room's messages after SEQ,
+                    print them, exit
+  --server URL      the chat server for --command (default: $CHATROOM_URL, else
+                    http://localhost:5000)
+  --token TOKEN     the server's API_TOKEN for --command (default: $API_TOKEN)
+  --timeout SECONDS how long --command and --history-since wait for an answer (default 10)`;
 
 // Why clientId cannot be the last level of a device topic (null when it can).
 function topicLevelProblem(clientId) {
@@ -66,22 +88,48 @@ function parseArgs(argv) {
   const args = { broker: "localhost", port: 1883, name: ("js-" + os.hostname()).slice(0, 32),
                  clientId: null, room: "lobby", prefix: "chatroom", send: null, listen: false,
                  heartbeat: HEARTBEAT_SECONDS, username: process.env.MQTT_USERNAME || null,
-                 password: process.env.MQTT_PASSWORD || null, sharedTopics: false };
+                 password: process.env.MQTT_PASSWORD || null, sharedTopics: false,
+                 onCommand: null, commands: null, command: null, historySince: null,
+                 server: process.env.CHATROOM_URL || "http://localhost:5000", token: process.env.API_TOKEN || null,
+                 timeout: 10 };
   const valued = { "--broker": "broker", "--port": "port", "--name": "name", "--client-id": "clientId",
                    "--room": "room", "--prefix": "prefix", "--send": "send", "--heartbeat": "heartbeat",
-                   "--username": "username", "--password": "password" };
+                   "--username": "username", "--password": "password", "--on-command": "onCommand",
+                   "--commands": "commands", "--history-since": "historySince", "--server": "server",
+                   "--token": "token", "--timeout": "timeout" };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === "--help" || flag === "-h") { console.log(HELP); process.exit(0); }
     else if (flag === "--listen") args.listen = true;
     else if (flag === "--shared-topics") args.sharedTopics = true;
+    else if (flag === "--command" && i + 3 < argv.length) { args.command = argv.slice(i + 1, i + 4); i += 3; }
     else if (valued[flag] && i + 1 < argv.length) args[valued[flag]] = argv[++i];
     else { console.error(`unknown or incomplete argument: ${flag}\n\n${HELP}`); process.exit(2); }
   }
   args.port = Number(args.port);
   args.heartbeat = Number(args.heartbeat);
+  checkCommandArgs(args);
   if (args.clientId === null) args.clientId = args.username || "js-" + crypto.randomBytes(4).toString("hex");
   return args;
+}
+
+// The combinations that make no sense end with exit 2 and a clear message.
+function checkCommandArgs(args) {
+  const fail = (why) => { console.error(`${why}\n\n${HELP}`); process.exit(2); };
+  const modes = [["--send", args.send], ["--command", args.command], ["--history-since", args.historySince !== null],
+                 ["--on-command", args.onCommand]].filter(([, on]) => on).map(([flag]) => flag);
+  if (modes.length > 1) fail(`${modes.join(" and ")} cannot be combined`);
+  if (!args.onCommand !== !args.commands) fail("--on-command HANDLER and --commands JSON go together");
+  if (args.commands) {
+    try { args.commands = commands.parseDeclaration(args.commands); } catch (e) { fail(e.message); }
+    if (commands.handlerProblem(args.onCommand)) fail(commands.handlerProblem(args.onCommand));
+  }
+  if (args.historySince !== null) {
+    args.historySince = Number(args.historySince);
+    if (!Number.isInteger(args.historySince) || args.historySince < 0) fail("--history-since needs a seq of 0 or more");
+  }
+  args.timeout = Number(args.timeout);
+  if (!(args.timeout > 0 && args.timeout <= 120)) fail("--timeout must be more than 0 and at most 120 seconds");
 }
 
 // With a clientId (device topics, PROTOCOL 10) the inbound topics end in it, so a broker
@@ -91,6 +139,13 @@ function topicsFor(prefix, room, clientId = null) {
   const own = clientId === null ? "" : `/${clientId}`;
   return { in: `${base}/messages/in${own}`, out: `${base}/messages/out`, join: `${base}/users/join${own}`,
            leave: `${base}/users/leave${own}`, system: `${base}/system`, errors: `${prefix}/errors` };
+}
+
+// PROTOCOL 11: commands for us, our acks, our requests and their answers.
+function deviceTopicsFor(prefix, clientId) {
+  const own = `${prefix}/devices/${commands.topicId(clientId)}`;
+  return { commands: `${own}/commands`, ack: `${own}/commands/ack`, requests: `${own}/requests`,
+           responses: `${own}/responses` };
 }
 
 function pad(n) { return String(n).padStart(2, "0"); }
@@ -116,8 +171,11 @@ function formatEvent(event) {
   return `[${stamp}] ${safe(event.username)}: ${safe(event.content)}${readings}`;
 }
 
-function main() {
+async function main() {
   const args = parseArgs(process.argv.slice(2));
+  if (args.command) {  // HTTP only: no broker needed
+    process.exit(await commands.runCommand(args.server, args.token, args.name, ...args.command, args.timeout));
+  }
   if (!args.sharedTopics && topicLevelProblem(args.clientId)) {
     console.error(topicLevelProblem(args.clientId));
     process.exit(2);
@@ -128,17 +186,22 @@ function main() {
       + `not ${JSON.stringify(args.clientId)}`);
   }
   const topics = topicsFor(args.prefix, args.room, args.sharedTopics ? null : args.clientId);
-  const listen = args.listen || !args.send;
+  const own = deviceTopicsFor(args.prefix, args.clientId);
+  const asking = args.historySince !== null;  // only asks: never joins, so no will either
+  const listen = args.listen || !(args.send || args.onCommand || asking);
   const client = mqtt.connect({
     host: args.broker, port: args.port, clientId: args.clientId, clean: true, reconnectPeriod: 2000,
     connectTimeout: 15000,
     ...(args.username ? { username: args.username, password: args.password || undefined } : {}),
-    will: { topic: topics.leave, payload: JSON.stringify({ client_id: args.clientId }), qos: 1, retain: false },
+    ...(asking ? {} : { will: { topic: topics.leave, payload: JSON.stringify({ client_id: args.clientId }), qos: 1, retain: false } }),
   });
   let joined = false;
   let closing = false;
   let rejected = false;
   const pending = new Map();  // our message_id -> resolve(true) once seen on messages/out
+  const answers = new Map();  // our request_id -> resolve(answer)
+  const runner = args.onCommand ? new commands.CommandRunner(args.onCommand, args.commands,
+    (ack) => publish(own.ack, ack).catch(() => {}), safe) : null;
 
   const publish = (topic, body) => new Promise((resolve, reject) =>
     client.publish(topic, JSON.stringify(body), { qos: 1 }, (err) => (err ? reject(err) : resolve())));
@@ -157,8 +220,17 @@ function main() {
     return verdict;
   };
 
-  const join = () => publish(topics.join, { client_id: args.clientId, username: args.name });
-  if (args.heartbeat > 0) {
+  // Declared again with every join and heartbeat.
+  const join = () => publish(topics.join, { client_id: args.clientId, username: args.name,
+                                            ...(args.commands ? { commands: args.commands } : {}) });
+  // Asks on our requests topic; resolves to the answer with the same request_id, or null.
+  const request = (body) => new Promise((resolve) => {
+    const requestId = crypto.randomUUID();
+    const timer = setTimeout(() => { answers.delete(requestId); resolve(null); }, args.timeout * 1000);
+    answers.set(requestId, (answer) => { clearTimeout(timer); answers.delete(requestId); resolve(answer); });
+    publish(own.requests, { request_id: requestId, ...body }).catch(() => {});
+  });
+  if (args.heartbeat > 0 && !asking) {
     // The server counts a repeated join as a sign of life and says nothing about it.
     setInterval(() => { if (client.connected && !closing) join().catch(() => {}); }, args.heartbeat * 1000).unref();
   }
@@ -167,7 +239,7 @@ function main() {
     if (closing) return;
     closing = true;
     if (rejected) code = 1;
-    try { if (client.connected) await publish(topics.leave, { client_id: args.clientId }); } catch (e) { /* gone */ }
+    try { if (client.connected && !asking) await publish(topics.leave, { client_id: args.clientId }); } catch (e) { /* gone */ }
     client.end(false, {}, () => process.exit(code));
   };
 
@@ -176,10 +248,21 @@ function main() {
   }, 15000);
 
   client.on("connect", async () => {
+    if (asking) {
+      // Subscribed to our answers (the SUBACK came) before the first request goes.
+      client.subscribe({ [topics.errors]: { qos: 1 }, [own.responses]: { qos: 1 } }, async (err) => {
+        if (joined) return;
+        joined = true;
+        clearTimeout(giveUp);
+        await leaveAndExit(err ? 1 : await commands.printHistory(request, args.room, args.historySince, formatEvent));
+      });
+      return;
+    }
     // messages/out always: it is how --send learns that the room took the message.
     const subs = { [topics.errors]: { qos: 1 }, [topics.out]: { qos: 1 } };
     if (listen) subs[topics.system] = { qos: 1 };
-    client.subscribe(subs);
+    if (runner) subs[own.commands] = { qos: 1 };
+    client.subscribe(subs);  // before the join: no command or answer can pass us by
     await join();  // again on every reconnect
     if (joined) return;
     joined = true;
@@ -190,7 +273,7 @@ function main() {
         console.error(`no confirmation from the chat server within ${CONFIRM_SECONDS} s (is it running and bridged to this broker?)`);
       }
       await leaveAndExit(verdict === null ? 3 : verdict ? 0 : 1);
-    } else if (!args.listen) {
+    } else if (!args.listen && !runner) {
       console.error(`joined ${args.room} as ${args.name}; type to send, Ctrl-D to leave`);
       const input = readline.createInterface({ input: process.stdin });
       input.on("line", (line) => { if (line.trim()) say(line.trim()); });
@@ -199,9 +282,14 @@ function main() {
   });
 
   client.on("message", (topic, payload) => {
+    if (runner && topic === own.commands) { runner.submit(payload); return; }
     let event;
     try { event = JSON.parse(payload.toString("utf8")); } catch (e) { return; }
     if (!event || typeof event !== "object") return;
+    if (topic === own.responses) {
+      if (answers.has(event.request_id)) answers.get(event.request_id)(event);
+      return;
+    }
     if (topic === topics.errors) {
       if (event.client_id === args.clientId) {
         console.error(`! rejected (${safe(event.code)}): ${safe(event.error)}`);
@@ -229,4 +317,4 @@ function main() {
 }
 
 if (require.main === module) main();
-module.exports = { formatEvent, parseArgs, safe, topicLevelProblem, topicsFor };
+module.exports = { deviceTopicsFor, formatEvent, parseArgs, safe, topicLevelProblem, topicsFor };

@@ -5,6 +5,9 @@
     python clients/python_client.py --name cron --send "backup done"           # send once, exit 0
     python clients/python_client.py --listen                                   # print the room
     python clients/python_client.py --username esp-a --password s3cret --send "hi"  # a broker login
+    python clients/python_client.py --client-id lamp-1 --commands '{"led":{"type":"bool"}}' --on-command ./led.sh
+    python clients/python_client.py --server http://localhost:5000 --command lamp-1 led true
+    python clients/python_client.py --client-id lamp-1 --history-since 120
 
 It publishes on its own device topics (PROTOCOL 10): messages/in/<client_id>,
 users/join/<client_id>, users/leave/<client_id>, which a broker ACL can bind to its
@@ -17,7 +20,11 @@ connection dies. `--send` waits for the room to confirm the message. Exit status
 0 done, 1 the server rejected something we sent (or no broker, or the broker
 refused our login), 2 bad arguments, 3 no confirmation from the server.
 Text from the room is printed with control characters escaped.
-Needs only `pip install paho-mqtt`.
+Commands and requests (PROTOCOL 11, docs/CLIENTS.md): --on-command makes this client a
+device that declares --commands in its join and runs a handler for each command;
+--command asks the server (HTTP) to command a device and prints its answer;
+--history-since asks the server over MQTT for the room's messages after a seq.
+Needs only `pip install paho-mqtt`, and device_commands.py and command_line.py next to this file.
 """
 from __future__ import annotations
 
@@ -32,7 +39,10 @@ import threading
 import unicodedata
 import uuid
 from datetime import datetime
+from typing import Callable
 
+import command_line
+import device_commands
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -71,7 +81,8 @@ class ChatClient:
     def __init__(self, broker: str, port: int, name: str, client_id: str, room: str = "lobby",
                  prefix: str = "chatroom", listen: bool = False, output=sys.stdout,
                  heartbeat: float = HEARTBEAT_SECONDS, device_topics: bool = True,
-                 username: str | None = None, password: str | None = None):
+                 username: str | None = None, password: str | None = None, commands: dict | None = None,
+                 on_command: Callable[[bytes], None] | None = None, member: bool = True):
         if device_topics and topic_level_problem(client_id):
             raise ValueError(topic_level_problem(client_id))
         self.name, self.client_id, self.room = name, client_id, room
@@ -84,6 +95,13 @@ class ChatClient:
             for kind in ("messages/in", "users/join", "users/leave"):
                 self.topics[kind] += f"/{client_id}"
         self.errors_topic = f"{prefix}/errors"
+        # PROTOCOL 11: commands for us, our acks, our requests and their answers.
+        own = f"{prefix}/devices/{device_commands.topic_id(client_id)}"
+        self.commands_topic, self.ack_topic = f"{own}/commands", f"{own}/commands/ack"
+        self.requests_topic, self.responses_topic = f"{own}/requests", f"{own}/responses"
+        self.commands, self.on_command = commands, on_command
+        self.member = member  # False: only asks (--history-since); never joins, so no will either
+        self._answers: dict[str, dict | None] = {}  # request_id -> its response, once it came
         self.listen = listen
         self.output = output
         self.heartbeat = heartbeat
@@ -97,24 +115,27 @@ class ChatClient:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         if username:
             self.client.username_pw_set(username, password or None)
-        self.client.will_set(self.topics["users/leave"], json.dumps({"client_id": client_id}), qos=1)
+        if member:
+            self.client.will_set(self.topics["users/leave"], json.dumps({"client_id": client_id}), qos=1)
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
 
     def start(self, timeout: float = 15) -> bool:
         self.client.connect_async(self.broker, self.port, keepalive=30)
         self.client.loop_start()
-        if self.heartbeat > 0:
+        if self.heartbeat > 0 and self.member:
             threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
         self.joined.wait(timeout)
         return self.joined.is_set() and self.refused is None
 
     def _join(self):
-        return self.client.publish(self.topics["users/join"],
-                                   json.dumps({"client_id": self.client_id, "username": self.name},
-                                              ensure_ascii=False), qos=1)
+        body = {"client_id": self.client_id, "username": self.name}
+        if self.commands:
+            body["commands"] = self.commands  # declared again with every join and heartbeat
+        return self.client.publish(self.topics["users/join"], json.dumps(body, ensure_ascii=False), qos=1)
 
     def _heartbeats(self) -> None:
         # The server counts a repeated join as a sign of life and says nothing about it.
@@ -134,9 +155,19 @@ class ChatClient:
         subscriptions = [(self.errors_topic, 1), (self.topics["messages/out"], 1)]
         if self.listen:
             subscriptions.append((self.topics["system"], 1))
+        if self.on_command:
+            subscriptions.append((self.commands_topic, 1))
+        if not self.member:
+            subscriptions = [(self.errors_topic, 1), (self.responses_topic, 1)]
         client.subscribe(subscriptions)
-        # Join (again) on every connect: the server ignores a repeat join.
-        threading.Thread(target=self._confirm_join, args=(self._join(),), daemon=True).start()
+        if self.member:
+            # Join (again) on every connect: the server ignores a repeat join. The
+            # subscriptions above come first, so no command or answer can pass us by.
+            threading.Thread(target=self._confirm_join, args=(self._join(),), daemon=True).start()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        if not self.member:
+            self.joined.set()  # subscribed to our answers: requests may go
 
     def _confirm_join(self, info) -> None:
         info.wait_for_publish(15)
@@ -152,6 +183,15 @@ class ChatClient:
         except ValueError:
             return
         if not isinstance(event, dict):
+            return
+        if message.topic == self.commands_topic and self.on_command:
+            self.on_command(message.payload)
+            return
+        if message.topic == self.responses_topic:
+            with self._verdict:
+                if event.get("request_id") in self._answers:
+                    self._answers[event["request_id"]] = event
+                    self._verdict.notify_all()
             return
         if message.topic == self.errors_topic:
             if event.get("client_id") == self.client_id:
@@ -188,10 +228,25 @@ class ChatClient:
                 return False
             return True if self._sent[message_id].is_set() else None
 
+    def request(self, body: dict, timeout: float) -> dict | None:
+        """Ask on our requests topic; the answer with the same request_id, None if none came."""
+        request_id = str(uuid.uuid4())
+        with self._verdict:
+            self._answers[request_id] = None
+        self.client.publish(self.requests_topic, json.dumps({"request_id": request_id, **body}),
+                            qos=1).wait_for_publish(timeout)
+        with self._verdict:
+            self._verdict.wait_for(lambda: self._answers[request_id] is not None, timeout)
+            return self._answers.pop(request_id)
+
+    def acknowledge(self, ack: dict) -> None:
+        """Our answer to a command (PROTOCOL 11), on our commands/ack topic."""
+        self.client.publish(self.ack_topic, json.dumps(ack, ensure_ascii=False), qos=1)
+
     def close(self) -> None:
         """Leave the room, then disconnect cleanly (no will is sent)."""
         self._closing.set()
-        if self.client.is_connected():
+        if self.client.is_connected() and self.member:
             self.client.publish(self.topics["users/leave"], json.dumps({"client_id": self.client_id}),
                                 qos=1).wait_for_publish(5)
         self.client.disconnect()
@@ -234,12 +289,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="publish on the shared messages/in, users/join, users/leave topics with the "
                              "client id in the payload (servers older than device topics), instead of "
                              "messages/in/<client_id>, ...")
-    return parser.parse_args(argv)
+    command_line.add_arguments(parser)
+    args = parser.parse_args(argv)
+    command_line.check_arguments(parser, args)
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.command:  # HTTP only: no broker needed
+        return command_line.run_command(args.server, args.token, args.name, *args.command, args.timeout)
     client_id = args.client_id if args.client_id is not None else args.username or f"py-{uuid.uuid4().hex[:8]}"
     device_topics = not args.shared_topics
     if device_topics and topic_level_problem(client_id):
@@ -249,9 +309,15 @@ def main(argv=None) -> int:
         print(f"note: a broker that binds logins to device topics (clients/mosquitto/acl.example) lets "
               f"user {args.username!r} publish only as client id {args.username!r}, not {client_id!r}",
               file=sys.stderr)
+    asking = args.history_since is not None
     client = ChatClient(args.broker, args.port, args.name, client_id, args.room, args.prefix,
-                        listen=args.listen or not args.send, heartbeat=args.heartbeat,
-                        device_topics=device_topics, username=args.username, password=args.password)
+                        listen=args.listen or not (args.send or args.on_command or asking),
+                        heartbeat=args.heartbeat, device_topics=device_topics, username=args.username,
+                        password=args.password, commands=args.commands, member=not asking)
+    if args.on_command:
+        runner = device_commands.CommandRunner(args.on_command, args.commands, client.acknowledge,
+                                               sys.stdout, safe)
+        client.on_command = runner.submit
     if not client.start():
         if client.refused:
             print(f"the broker at {args.broker}:{args.port} refused the connection: {client.refused} "
@@ -270,7 +336,10 @@ def main(argv=None) -> int:
                 print(f"no confirmation from the chat server within {CONFIRM_SECONDS} s "
                       "(is it running and bridged to this broker?)", file=sys.stderr)
                 status = 3
-        elif args.listen:
+        elif asking:
+            status = command_line.print_history(client.request, args.room, args.history_since,
+                                                   args.timeout, format_event)
+        elif args.listen or args.on_command:
             stop.wait()
         else:
             print(f"joined {args.room} as {args.name}; type to send, Ctrl-D to leave", file=sys.stderr)

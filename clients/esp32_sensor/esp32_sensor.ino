@@ -2,6 +2,11 @@
 // humidity reading every 30 s as a chat message with a `data` object, so the
 // readings show up on the web page and in GET /api/readings.
 //
+// It can also be told (PROTOCOL 11): its join declares one command, `led` (true/false),
+// which switches LED_PIN; the server's command arrives on chatroom/devices/<client_id>/commands
+// and the sketch answers on chatroom/devices/<client_id>/commands/ack. From a shell:
+//   python clients/python_client.py --command esp32-aabbcc led true
+//
 // It publishes on its own device topics (PROTOCOL 10): chatroom/messages/in/<client_id>,
 // chatroom/users/join/<client_id> and chatroom/users/leave/<client_id> (also its will),
 // which a broker ACL can bind to its login (clients/mosquitto/acl.example), so no other
@@ -50,6 +55,11 @@ const unsigned long READING_INTERVAL_MS = 30000;
 #define SENSOR_DHT22 1
 #endif
 #define DHT_PIN 4
+
+// The LED the `led` command switches (GPIO 2 is the blue LED of most ESP32 DevKit boards).
+#ifndef LED_PIN
+#define LED_PIN 2
+#endif
 // ---------------------------------------------------------------------------
 
 #if SENSOR_DHT22
@@ -81,6 +91,9 @@ PubSubClient mqtt(network);
 
 char clientId[65];
 char topicIn[160], topicOut[160], topicJoin[160], topicLeave[160], topicErrors[96];
+char topicCommands[160], topicAck[160];
+bool commandsEnabled = false;  // only with a client_id the server uses as a topic level as it is
+bool ledOn = false;
 char leavePayload[160];
 unsigned long lastReadingAt = 0;
 unsigned long lastReconnectAttempt = 0;
@@ -103,6 +116,15 @@ void buildTopics() {
   snprintf(topicJoin, sizeof(topicJoin), "%s/users/join%s%s", base, own, id);
   snprintf(topicLeave, sizeof(topicLeave), "%s/users/leave%s%s", base, own, id);
   snprintf(topicErrors, sizeof(topicErrors), "%s/errors", TOPIC_PREFIX);
+  // The server names P/devices/<id>/ by the client_id itself when it is only letters,
+  // digits, '-' and '_' (any other id gets a hashed name, which this sketch does not compute).
+  commandsEnabled = strspn(clientId, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") ==
+                    strlen(clientId);
+  snprintf(topicCommands, sizeof(topicCommands), "%s/devices/%s/commands", TOPIC_PREFIX, clientId);
+  snprintf(topicAck, sizeof(topicAck), "%s/devices/%s/commands/ack", TOPIC_PREFIX, clientId);
+  if (!commandsEnabled) {
+    Serial.println("note: client id has characters other than letters, digits, - and _: no commands");
+  }
 }
 
 void buildClientId() {
@@ -125,8 +147,42 @@ void buildClientId() {
 }
 
 void onMqttMessage(char *topic, byte *payload, unsigned int length) {
+  if (commandsEnabled && strcmp(topic, topicCommands) == 0) {
+    handleCommand(payload, length);
+    return;
+  }
   // Room traffic (and our own errors) to the serial monitor.
   Serial.printf("[%s] %.*s\n", topic, (int)length, (const char *)payload);
+}
+
+// {"command_id","command","value","from","timestamp"} -> switch the LED, then answer
+// {"command_id","ok":true,"result":<the LED's state>} or {"command_id","ok":false,"error"}.
+// Setting the LED twice to one value changes nothing, so a QoS 1 redelivery is harmless.
+void handleCommand(const byte *payload, unsigned int length) {
+  JsonDocument command;
+  // A const input makes ArduinoJson copy the strings: payload lives in PubSubClient's
+  // buffer, which the ack's publish below overwrites.
+  if (deserializeJson(command, (const char *)payload, length) || !command["command_id"].is<const char *>()) {
+    Serial.println("ignored a command without a command_id (nothing to answer)");
+    return;
+  }
+  JsonDocument ack;
+  ack["command_id"] = command["command_id"];
+  if (command["command"] != "led") {
+    ack["ok"] = false;
+    ack["error"] = "unknown command";
+  } else if (!command["value"].is<bool>()) {
+    ack["ok"] = false;
+    ack["error"] = "led expects true or false";
+  } else {
+    ledOn = command["value"].as<bool>();
+    digitalWrite(LED_PIN, ledOn ? HIGH : LOW);
+    ack["ok"] = true;
+    ack["result"] = ledOn;
+  }
+  publishJson(topicAck, ack);
+  Serial.printf("command %s from %s: %s\n", command["command"] | "?", command["from"] | "?",
+                ack["ok"].as<bool>() ? (ledOn ? "LED on" : "LED off") : ack["error"].as<const char *>());
 }
 
 bool publishJson(const char *topic, JsonDocument &doc) {
@@ -151,6 +207,9 @@ bool connectMqtt() {
   // Subscribe first: the room's answer to our join must not pass us by.
   mqtt.subscribe(topicOut, 1);
   mqtt.subscribe(topicErrors, 1);
+  if (commandsEnabled) {
+    mqtt.subscribe(topicCommands, 1);
+  }
   sendJoin();  // again after every reconnect; the server ignores repeats
   lastJoinAt = millis();
   Serial.printf("MQTT connected as %s\n", clientId);
@@ -161,6 +220,9 @@ void sendJoin() {
   JsonDocument join;
   join["client_id"] = clientId;
   join["username"] = DISPLAY_NAME;
+  if (commandsEnabled) {
+    join["commands"]["led"]["type"] = "bool";  // declared with every join and heartbeat
+  }
   publishJson(topicJoin, join);
 }
 
@@ -202,6 +264,8 @@ void publishReading() {
 
 void setup() {
   Serial.begin(115200);
+  pinMode(LED_PIN, OUTPUT);
+  digitalWrite(LED_PIN, LOW);
 #if SENSOR_DHT22
   dht.begin();
 #endif

@@ -30,6 +30,15 @@ long random(long howbig);
 long random(long howsmall, long howbig);
 inline float temperatureRead() { return 47.3f; }  // the ESP32's die temperature
 
+// GPIO: a pin's level is kept, and every write is printed (`pin 2 = HIGH`) so a test sees it.
+#define HIGH 0x1
+#define LOW 0x0
+#define INPUT 0x01
+#define OUTPUT 0x03
+void pinMode(uint8_t pin, uint8_t mode);
+void digitalWrite(uint8_t pin, uint8_t value);
+int digitalRead(uint8_t pin);
+
 class String {
  public:
   String() {}

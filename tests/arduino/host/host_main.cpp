@@ -35,6 +35,18 @@ unsigned long millis() { return (unsigned long)((wall_seconds() - started_at) * 
 
 void delay(unsigned long ms) { usleep((useconds_t)(ms * 1000.0 / time_scale())); }
 
+static uint8_t pin_levels[64];
+
+void pinMode(uint8_t, uint8_t) {}
+
+void digitalWrite(uint8_t pin, uint8_t value) {
+  pin_levels[pin % 64] = value ? HIGH : LOW;
+  std::printf("pin %u = %s\n", (unsigned)pin, value ? "HIGH" : "LOW");
+  std::fflush(stdout);
+}
+
+int digitalRead(uint8_t pin) { return pin_levels[pin % 64]; }
+
 long random(long howbig) { return howbig > 0 ? std::rand() % howbig : 0; }
 long random(long howsmall, long howbig) { return howsmall + random(howbig - howsmall); }
 
