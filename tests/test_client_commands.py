@@ -130,6 +130,21 @@ def test_on_command_flags_are_checked_before_connecting(kind, broker, tmp_path):
         assert done.returncode == 2 and reason in done.stderr, (args, done.stderr)
 
 
+def test_history_since_exits_3_when_no_server_answers(kind, broker):
+    """Nobody answers requests under this prefix: after --timeout the client says so, exits 3, and
+    asked on its own requests topic without joining (no join, no leave, no will)."""
+    prefix = unique_prefix()
+    with MqttProbe(broker.port, f"{prefix}/#") as probe:
+        done = subprocess.run(client_argv(kind, broker.port, prefix, "--client-id", "asker", "--history-since", "7",
+                                          "--timeout", "1"), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3 and "no answer" in done.stderr, done.stderr
+        request = probe.wait(f"{prefix}/devices/asker/requests")[0].json()
+        assert {k: v for k, v in request.items() if k != "request_id"} == {
+            "request": "history", "room": "lobby", "after_seq": 7, "limit": 100}
+        assert isinstance(request["request_id"], str) and request["request_id"]
+        assert [r.topic for r in probe.received] == [f"{prefix}/devices/asker/requests"]
+
+
 def test_esp32_sketch_declares_its_led_and_acks_commands(own_broker, tmp_path):
     """The sketch (g++, the real PubSubClient and ArduinoJson) declares `led` (bool) in its join,
     switches LED_PIN for a command on chatroom/devices/<id>/commands and acks it with the LED's
