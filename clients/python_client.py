@@ -178,14 +178,14 @@ class ChatClient:
             log.warning("connection lost (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message):
+        if message.topic == self.commands_topic and self.on_command:
+            self.on_command(message.payload)  # it reads (and answers) the payload itself
+            return
         try:
             event = json.loads(message.payload)
         except ValueError:
             return
         if not isinstance(event, dict):
-            return
-        if message.topic == self.commands_topic and self.on_command:
-            self.on_command(message.payload)
             return
         if message.topic == self.responses_topic:
             with self._verdict:

@@ -220,7 +220,8 @@ def test_python_interactive_sends_each_line(make_app, probe_for):
 
 @pytest.mark.parametrize("kind", ["python", "node"])
 def test_client_help_lists_the_flags(kind, request):
-    """`--help` names every flag the contract lists, and the login and --shared-topics flags."""
+    """`--help` names every flag the contract lists, the login and --shared-topics flags, and those for
+    commands and requests (tests/test_client_commands.py)."""
     if kind == "node":
         request.getfixturevalue("node_modules")
     argv = ([sys.executable, str(CLIENTS / "python_client.py")] if kind == "python"
@@ -228,7 +229,9 @@ def test_client_help_lists_the_flags(kind, request):
     result = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for flag in ("--broker", "--port", "--name", "--client-id", "--room", "--send", "--listen", "--heartbeat",
-                 "--username", "--password", "--shared-topics", "MQTT_USERNAME", "MQTT_PASSWORD"):
+                 "--username", "--password", "--shared-topics", "MQTT_USERNAME", "MQTT_PASSWORD",
+                 "--on-command", "--commands", "--command", "--history-since", "--server", "--token", "--timeout",
+                 "API_TOKEN"):
         assert flag in result.stdout, flag
 
 
