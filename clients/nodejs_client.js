@@ -165,7 +165,9 @@ function formatEvent(event) {
   const date = new Date(event.timestamp);
   const when = isNaN(date) ? new Date() : date;
   const stamp = `${pad(when.getHours())}:${pad(when.getMinutes())}:${pad(when.getSeconds())}`;
-  if (event.type === "system_message") return `[${stamp}] * ${safe(event.message)}`;
+  // A live event says it in `message`; a stored one (a command's audit record, on messages/out
+  // and in history) in `content`.
+  if (event.type === "system_message") return `[${stamp}] * ${safe(event.message || event.content || "")}`;
   const readings = event.data && typeof event.data === "object"
     ? "  (" + Object.entries(event.data).map(([k, v]) => `${safe(k)}=${safe(v)}`).join(", ") + ")" : "";
   return `[${stamp}] ${safe(event.username)}: ${safe(event.content)}${readings}`;

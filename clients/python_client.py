@@ -260,7 +260,9 @@ def format_event(event: dict) -> str:
     except (KeyError, TypeError, ValueError):
         stamp = datetime.now().strftime("%H:%M:%S")
     if event.get("type") == "system_message":
-        return f"[{stamp}] * {safe(event.get('message', ''))}"
+        # A live event says it in `message`; a stored one (a command's audit record, on
+        # messages/out and in history) in `content`.
+        return f"[{stamp}] * {safe(event.get('message') or event.get('content') or '')}"
     readings = event.get("data")
     extra = ("  (" + ", ".join(f"{safe(k)}={safe(v)}" for k, v in readings.items()) + ")"
              if isinstance(readings, dict) and readings else "")

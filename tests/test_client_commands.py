@@ -184,8 +184,9 @@ def server(tmp_path_factory):
     env = app_env(broker, workdir, MQTT_TOPIC_PREFIX="chatroom", API_TOKEN=TOKEN, ASYNC_MODE="eventlet")
     process = ServerProcess(env, log_path=workdir / "server.log")
     try:
-        process.start()
+        process.start(wait_connected=False)  # /mqtt/status needs the token: waited on below
         process.broker = broker
+        wait_for(lambda: api(process, "GET", "/mqtt/status").status_code == 200, what="bridge connected")
         yield process
     finally:
         process.stop()
@@ -218,6 +219,7 @@ def test_command_flag_drives_a_device_and_prints_its_ack(kind, server, tmp_path,
     device = start_device(other, server.broker.port, "chatroom", device_id, handler)
     try:
         wait_for(lambda: present(server, f"{other} lamp"), what="the device joined")
+        before = ([{"seq": 0}] + api(server, "GET", "/api/messages", params={"limit": 1}).json()["messages"])[-1]["seq"]
         done = run_controller(kind, server, "--command", device_id, "led", "true")
         assert done.returncode == 0, done.stderr
         answer = json.loads(done.stdout)
@@ -228,8 +230,15 @@ def test_command_flag_drives_a_device_and_prints_its_ack(kind, server, tmp_path,
         assert [line.split(" ", 2)[:2] for line in log.read_text().splitlines()] == [["led", "true"],
                                                                                      ["reboot", "true"]]
         history = api(server, "GET", "/api/messages", params={"limit": 100}).json()["messages"]
-        asked = [m for m in history if m.get("event") == "command" and m.get("command_id") == answer["command_id"]]
-        assert asked and asked[0]["username"] == f"{kind} controller"
+        asked = [m for m in history if m["type"] == "system_message" and (m.get("data") or {}).get("event") == "command"
+                 and m["data"]["command_id"] == answer["command_id"]]
+        assert [m["username"] for m in asked] == [f"{kind} controller"], history[-4:]
+        # The audit trail as --history-since prints it (stored records keep their text in `content`).
+        audit = subprocess.run(client_argv(kind, server.broker.port, "chatroom", "--client-id", f"{kind}-auditor",
+                                           "--history-since", str(before)), capture_output=True, text=True, timeout=60)
+        assert audit.returncode == 0, audit.stderr
+        records = [line.split("] * ", 1)[1] for line in audit.stdout.splitlines() if "] * " in line]
+        assert len(records) == 4 and "led = true" in records[0] and "reboot refused: no reboots today" in records[3]
     finally:
         stop_process(device)
 
