@@ -145,12 +145,17 @@ def test_history_since_exits_3_when_no_server_answers(kind, broker):
         assert [r.topic for r in probe.received] == [f"{prefix}/devices/asker/requests"]
 
 
-def test_esp32_sketch_declares_its_led_and_acks_commands(own_broker, tmp_path):
+@pytest.fixture(scope="module")
+def sketch(tmp_path_factory):
+    """The ESP32 sketch built once (g++, the real PubSubClient and ArduinoJson, -Werror)."""
+    return build_sketch(CLIENTS / "esp32_sensor" / "esp32_sensor.ino", tmp_path_factory.mktemp("sketch"),
+                        {"SENSOR_DHT22": "0"}, werror=True)
+
+
+def test_esp32_sketch_declares_its_led_and_acks_commands(sketch, own_broker):
     """The sketch (g++, the real PubSubClient and ArduinoJson) declares `led` (bool) in its join,
     switches LED_PIN for a command on chatroom/devices/<id>/commands and acks it with the LED's
     state; an undeclared command or a value that is not a bool is refused in the ack."""
-    sketch = build_sketch(CLIENTS / "esp32_sensor" / "esp32_sensor.ino", tmp_path / "sketch",
-                          {"SENSOR_DHT22": "0"}, werror=True)
     own = "chatroom/devices/esp32-aabbcc"
     with MqttProbe(own_broker.port, "chatroom/#") as controller:
         device = DeviceProcess([str(sketch), "120"], {**os.environ, "HOST_MQTT_HOST": "127.0.0.1",
@@ -259,10 +264,8 @@ def test_command_flag_reports_timeout_unknown_device_and_bad_values(kind, server
         device.publish(f"chatroom/users/leave/{silent}", {})
 
 
-def test_command_flag_drives_the_esp32_sketch(server, tmp_path):
+def test_command_flag_drives_the_esp32_sketch(sketch, server):
     """End to end: the Python client's --command, the server, mosquitto, the sketch's LED and back."""
-    sketch = build_sketch(CLIENTS / "esp32_sensor" / "esp32_sensor.ino", tmp_path / "sketch",
-                          {"SENSOR_DHT22": "0"}, werror=True)
     device = DeviceProcess([str(sketch), "120"], {**os.environ, "HOST_MQTT_HOST": "127.0.0.1",
                                                   "HOST_MQTT_PORT": str(server.broker.port), "HOST_TIME_SCALE": "30"})
     try:
