@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -16,6 +17,10 @@ from typing import Any, Callable
 from device_commands import handler_problem, parse_declaration, parse_value
 
 HISTORY_PAGE = 100  # the most one request may ask for
+# Requests spend the device's RATE_LIMIT bucket (20 per 10 s by default, so 2 000 messages
+# at once): a rate_limited page is asked again after a pause, this many times in a row at most.
+RATE_LIMITED_RETRIES = 30
+RATE_LIMITED_PAUSE = 1.0
 
 
 def send_command(server: str, token: str | None, device: str, command: str, value: Any,
@@ -65,9 +70,14 @@ def print_history(request: Callable[[dict, float], dict | None], room: str, afte
                   timeout: float, format_event: Callable[[dict], str]) -> int:
     """--history-since: page through the room's messages after `after_seq` (100 per request,
     the contract's most) up to the answer's `last_seq`; 0 done, 1 refused, 3 no answer."""
-    printed = 0
+    printed = retries = 0
     while True:
         answer = request({"request": "history", "room": room, "after_seq": after_seq, "limit": HISTORY_PAGE}, timeout)
+        if answer is not None and answer.get("code") == "rate_limited" and retries < RATE_LIMITED_RETRIES:
+            retries += 1
+            time.sleep(RATE_LIMITED_PAUSE)  # the bucket refills; the same page again
+            continue
+        retries = 0
         if answer is None:
             print(f"no answer from the chat server within {timeout:g} s "
                   "(is it running, bridged to this broker, and does it answer requests?)", file=sys.stderr)

@@ -19,6 +19,10 @@ const STALE_SECONDS = 60;  // a command queued that long (a broker's persistent 
 const MAX_WAITING = 16;  // commands queued behind a running handler; more are answered "busy"
 const REMEMBERED_ACKS = 64;  // a QoS 1 redelivery gets the same ack, the handler does not run twice
 const HISTORY_PAGE = 100;  // the most one request may ask for
+// Requests spend the device's RATE_LIMIT bucket (20 per 10 s by default, so 2 000 messages at
+// once): a rate_limited page is asked again after a pause, this many times in a row at most.
+const RATE_LIMITED_RETRIES = 30;
+const RATE_LIMITED_PAUSE_MS = 1000;
 
 // The level the server gives this client_id under P/devices/ (docs/PROTOCOL.md): the id
 // itself when it is letters, digits, _ and -, else a slug plus 8 hex digits of its SHA-1.
@@ -238,8 +242,15 @@ async function runCommand(server, token, username, device, command, valueText, t
 // answer's last_seq; resolves to 0 done, 1 refused, 3 no answer. request(body) resolves to the answer or null.
 async function printHistory(request, room, afterSeq, formatEvent) {
   let printed = 0;
+  let retries = 0;
   for (;;) {
     const answer = await request({ request: "history", room, after_seq: afterSeq, limit: HISTORY_PAGE });
+    if (answer !== null && answer.code === "rate_limited" && retries < RATE_LIMITED_RETRIES) {
+      retries++;
+      await new Promise((resolve) => setTimeout(resolve, RATE_LIMITED_PAUSE_MS));  // the bucket refills
+      continue;
+    }
+    retries = 0;
     if (answer === null) {
       console.error("no answer from the chat server in time (is it running, bridged to this broker, and does it answer requests?)");
       return 3;

@@ -145,6 +145,35 @@ def test_history_since_exits_3_when_no_server_answers(kind, broker):
         assert [r.topic for r in probe.received] == [f"{prefix}/devices/asker/requests"]
 
 
+def test_history_since_waits_out_rate_limited_answers(kind, broker):
+    """Requests spend the device's rate-limit bucket: a `rate_limited` answer is asked again after a
+    pause instead of ending the listing. A paho stand-in answers in the server's format
+    (docs/PROTOCOL.md, Requests): two refusals, then the page (filling a real server's bucket
+    takes 20 requests, more than this test is worth in suite time)."""
+    prefix = unique_prefix()
+    topic = f"{prefix}/devices/{kind}-patient/requests"
+    asked = []
+
+    def answer(client, userdata, message):
+        request = json.loads(message.payload)
+        asked.append(request)
+        reply = ({"request_id": request["request_id"], "ok": False, "code": "rate_limited",
+                  "error": "too many requests; slow down"} if len(asked) <= 2 else
+                 {"request_id": request["request_id"], "ok": True, "result": {
+                     "room": "lobby", "last_seq": 9, "truncated": False, "messages": [
+                         {"type": "user_message", "username": "ann", "content": "late but there", "seq": 9,
+                          "timestamp": datetime.now(timezone.utc).isoformat()}]}})
+        client.publish(topic.replace("/requests", "/responses"), json.dumps(reply), qos=1)
+
+    with MqttProbe(broker.port, topic) as server:
+        server.client.on_message = answer
+        done = subprocess.run(client_argv(kind, broker.port, prefix, "--client-id", f"{kind}-patient",
+                                          "--history-since", "8"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("] ann: late but there")
+    assert [r["after_seq"] for r in asked] == [8, 8, 8]
+
+
 @pytest.fixture(scope="module")
 def sketch(tmp_path_factory):
     """The ESP32 sketch built once (g++, the real PubSubClient and ArduinoJson, -Werror)."""
