@@ -18,9 +18,19 @@ import requests
 from arduino_build import build_sketch
 from conftest import app_env
 from devices import DeviceProcess
+from test_broker_identity import ACL_EXAMPLE, PASSWORDS, DevicesBroker, login
 from test_clients import CLIENTS, LineReader, node_modules  # noqa: F401  (a fixture)
 
-from support import TIMEOUT, Mosquitto, MqttProbe, ServerProcess, stop_process, unique_prefix, wait_for
+from support import (
+    TIMEOUT,
+    Mosquitto,
+    MqttProbe,
+    ServerProcess,
+    password_file,
+    stop_process,
+    unique_prefix,
+    wait_for,
+)
 
 TOKEN = "commands-test-token"
 DECLARED = {"led": {"type": "bool"}, "reboot": {"type": "bool"},
@@ -112,6 +122,40 @@ def test_on_command_declares_runs_the_handler_and_acks(kind, broker, tmp_path):
             assert controller.wait(f"{prefix}/users/leave/{device_id}")[0].json() == {"client_id": device_id}
         finally:
             stop_process(proc)
+
+
+def test_on_command_with_a_login_behind_the_shipped_acl(tmp_path):
+    """The shipped ACL (clients/mosquitto/acl.example) and devices conf: the device logged in as
+    esp-a gets its commands and its acks reach the bridge's login; esp-b can neither read esp-a's
+    commands nor ack in its name (the broker drops both)."""
+    handler, log = write_handler(tmp_path)
+    passwords = password_file(tmp_path / "passwd", PASSWORDS)
+    acl = tmp_path / "acl"
+    acl.write_text(ACL_EXAMPLE.read_text())
+    broker = DevicesBroker(tmp_path / "devices-broker", passwords, acl).start()
+    own = "chatroom/devices/esp-a"
+    proc = subprocess.Popen(client_argv("python", broker.port, "chatroom", "--commands", json.dumps(DECLARED),
+                                        "--on-command", str(handler)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MQTT_USERNAME": "esp-a", "MQTT_PASSWORD": PASSWORDS["esp-a"]})
+    bridge, other = login(broker, "chatroom-bridge", "chatroom/#"), login(broker, "esp-b", f"{own}/#")
+    try:
+        bridge.wait("chatroom/users/join/esp-a")
+        forged = command("led", False)
+        other.publish(f"{own}/commands/ack", {"command_id": forged["command_id"], "ok": True})
+        sent = command("led", True)
+        bridge.publish(f"{own}/commands", sent)
+        assert [r.json() for r in bridge.wait(f"{own}/commands/ack")] == [
+            {"command_id": sent["command_id"], "ok": True, "result": {"led": True}}]
+        # Settled: the device's own ack came after esp-b's publication, which never arrived.
+        assert [r.json()["command_id"] for r in bridge.on(f"{own}/commands/ack")] == [sent["command_id"]]
+        assert other.received == []
+        assert len(log.read_text().splitlines()) == 1
+    finally:
+        bridge.stop()
+        other.stop()
+        stop_process(proc)
+        broker.kill()
 
 
 def test_on_command_flags_are_checked_before_connecting(kind, broker, tmp_path):
