@@ -154,7 +154,14 @@ class CommandRunner {
       return;
     }
     this.waiting++;
-    this.queue = this.queue.then(() => this.run(command)).then((ack) => { this.waiting--; this.finish(command, ack); });
+    this.queue = this.queue.then(() => this.run(command))
+      .catch((err) => ({ command_id: command.command_id, ok: false, error: `handler failed: ${err.message}` }))
+      .then((ack) => {
+        this.waiting--;
+        // The server takes at most 256 printable characters (else it refuses the ack).
+        if (!ack.ok) ack.error = this.safe(String(ack.error)).slice(0, MAX_ERROR_CHARS);
+        this.finish(command, ack);
+      });
   }
 
   // The ack for one command: checked against the declaration, then the handler's verdict.
@@ -172,7 +179,7 @@ class CommandRunner {
           const out = String(stdout).trim();
           if (err && typeof err.code === "number") {
             const lines = String(stderr).trim().split("\n").filter(Boolean);
-            resolve({ ...base, ok: false, error: (lines.pop() || `handler exited with status ${err.code}`).slice(0, MAX_ERROR_CHARS) });
+            resolve({ ...base, ok: false, error: lines.pop() || `handler exited with status ${err.code}` });
           } else if (err && err.killed) {
             resolve({ ...base, ok: false, error: `handler took longer than ${HANDLER_SECONDS} s` });
           } else if (err) {

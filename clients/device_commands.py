@@ -168,7 +168,14 @@ class CommandRunner:
     def _work(self) -> None:
         while True:
             command = self._waiting.get()
-            self._finish(command, self.run(command))
+            try:
+                ack = self.run(command)
+            except Exception as exc:  # noqa: BLE001 - whatever happens, the command is answered and we go on
+                ack = {"command_id": command["command_id"], "ok": False, "error": f"handler failed: {exc}"}
+            if not ack["ok"]:
+                # The server takes at most 256 printable characters (else it refuses the ack).
+                ack["error"] = self.safe(ack["error"])[:MAX_ERROR_CHARS]
+            self._finish(command, ack)
 
     def run(self, command: dict) -> dict:
         """The ack for one command: checked against the declaration, then the handler's verdict."""
@@ -185,7 +192,7 @@ class CommandRunner:
         try:
             done = subprocess.run([self.handler, name, json.dumps(value, ensure_ascii=False)],
                                   input=json.dumps(command, ensure_ascii=False), capture_output=True,
-                                  text=True, timeout=HANDLER_SECONDS)
+                                  text=True, errors="replace", timeout=HANDLER_SECONDS)
         except subprocess.TimeoutExpired:
             return {**ack, "ok": False, "error": f"handler took longer than {HANDLER_SECONDS:g} s"}
         except OSError as exc:
@@ -193,7 +200,7 @@ class CommandRunner:
         out = done.stdout.strip()
         if done.returncode != 0:
             why = (done.stderr.strip().splitlines() or [f"handler exited with status {done.returncode}"])[-1]
-            return {**ack, "ok": False, "error": why[:MAX_ERROR_CHARS]}
+            return {**ack, "ok": False, "error": why}
         # The handler's stdout is the result: JSON when it is JSON, else its text; nothing
         # printed means "done", and the result is the value it was given.
         result = parse_value(out) if out else value

@@ -39,7 +39,7 @@ DECLARED = {"led": {"type": "bool"}, "reboot": {"type": "bool"},
 # argv: COMMAND VALUE-as-JSON; stdin: the command JSON. One line per run in the log.
 HANDLER = """#!/bin/sh
 printf '%s %s ' "$1" "$2" >> "{log}"; cat >> "{log}"; echo >> "{log}"
-case "$1" in reboot) echo "starting..."; echo "no reboots today" >&2; exit 3;; esac
+case "$1" in reboot) echo "starting..."; printf 'no reboots today\033[0m\n' >&2; exit 3;; esac
 printf '{{"%s": %s}}\\n' "$1" "$2"
 """
 
@@ -104,7 +104,9 @@ def test_on_command_declares_runs_the_handler_and_acks(kind, broker, tmp_path):
                 by_id.setdefault(ack["command_id"], []).append(ack)
             led, reboot, fan, bad_value, stale, mode = (by_id[body["command_id"]] for body in sent)
             assert led == [{"command_id": sent[0]["command_id"], "ok": True, "result": {"led": True}}] * 2
-            assert reboot == [{"command_id": sent[1]["command_id"], "ok": False, "error": "no reboots today"}]
+            # Its last stderr line, escaped: the server takes printable text only.
+            assert reboot == [{"command_id": sent[1]["command_id"], "ok": False,
+                               "error": "no reboots today\\x1b[0m"}]
             assert fan[0]["ok"] is False and "unknown command" in fan[0]["error"]
             assert bad_value[0]["ok"] is False and "true or false" in bad_value[0]["error"]
             assert stale[0]["ok"] is False and "60 s ago" in stale[0]["error"]
