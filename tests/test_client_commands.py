@@ -249,7 +249,7 @@ def test_esp32_sketch_declares_its_led_and_acks_commands(sketch, own_broker):
                             {"command_id": sent[2]["command_id"], "ok": False, "error": "unknown command"},
                             {"command_id": sent[3]["command_id"], "ok": True, "result": False}]
             # The pin itself (the host core prints every digitalWrite): low at start, on, off.
-            assert [line for line in device.lines if line.startswith("pin 2 = ")] == [
+            assert device.wait_line(lambda line: line.startswith("pin 2 = "), count=3) == [
                 "pin 2 = LOW", "pin 2 = HIGH", "pin 2 = LOW"]
             device.wait_line(lambda line: line == "command led from Controller: LED on")
         finally:
@@ -280,8 +280,10 @@ def api(server, method: str, path: str, **kwargs):
                             timeout=TIMEOUT, **kwargs)
 
 
-def present(server, username: str) -> bool:
-    return username in [u["username"] for u in api(server, "GET", "/api/users").json()["users"]]
+def declared(server, client_id: str) -> bool:
+    """The server knows the device's commands (its join was taken)."""
+    response = api(server, "GET", f"/api/devices/{client_id}/commands")
+    return response.status_code == 200 and bool(response.json()["commands"])
 
 
 def run_controller(kind, server, *args) -> subprocess.CompletedProcess:
@@ -300,7 +302,7 @@ def test_command_flag_drives_a_device_and_prints_its_ack(kind, server, tmp_path,
     device_id = f"{other}-lamp-for-{kind}"
     device = start_device(other, server.broker.port, "chatroom", device_id, handler)
     try:
-        wait_for(lambda: present(server, f"{other} lamp"), what="the device joined")
+        wait_for(lambda: declared(server, device_id), what="the device declared its commands")
         before = ([{"seq": 0}] + api(server, "GET", "/api/messages", params={"limit": 1}).json()["messages"])[-1]["seq"]
         done = run_controller(kind, server, "--command", device_id, "led", "true")
         assert done.returncode == 0, done.stderr
@@ -331,7 +333,7 @@ def test_command_flag_reports_timeout_unknown_device_and_bad_values(kind, server
     silent = f"silent-{kind}"
     with MqttProbe(server.broker.port) as device:
         device.publish(f"chatroom/users/join/{silent}", {"username": f"silent {kind}", "commands": DECLARED})
-        wait_for(lambda: present(server, f"silent {kind}"), what="the silent device joined")
+        wait_for(lambda: declared(server, silent), what="the silent device declared its commands")
         timeout = run_controller(kind, server, "--command", silent, "led", "true", "--timeout", "1")
         assert timeout.returncode == 3 and "timeout" in timeout.stderr, timeout.stderr
         unknown = run_controller(kind, server, "--command", f"nobody-{kind}", "led", "true")
@@ -346,7 +348,7 @@ def test_command_flag_drives_the_esp32_sketch(sketch, server):
     device = DeviceProcess([str(sketch), "120"], {**os.environ, "HOST_MQTT_HOST": "127.0.0.1",
                                                   "HOST_MQTT_PORT": str(server.broker.port), "HOST_TIME_SCALE": "30"})
     try:
-        wait_for(lambda: present(server, "ESP32 sensor"), what="the sketch joined")
+        wait_for(lambda: declared(server, "esp32-aabbcc"), what="the sketch declared its led")
         done = run_controller("python", server, "--command", "esp32-aabbcc", "led", "true")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["result"] is True
