@@ -1,8 +1,8 @@
 // Status page for people: the data of /mqtt/status, /api/rooms and /api/rates, refreshed
 // every 2 s. The rates chart is the server's own per-second counts of the last minutes
 // (chatroom/ops/rate_history.py), so it is full as soon as the page opens.
-// Everything is set with textContent. The figures' places exist before the first answer,
-// so filling them in moves nothing (no layout shift).
+// Everything is set with textContent. The figures' places are drawn with the page
+// (templates/status.html, the same labels), so filling them in moves nothing (no layout shift).
 (function () {
   "use strict";
 
@@ -28,10 +28,12 @@
     list.replaceChildren(...nodes);
   }
 
+  // Today's times without their date: short enough not to wrap (a wrapped line moves the page).
   function when(iso) {
     if (!iso) return "—";
     const date = new Date(iso);
-    return isNaN(date) ? iso : date.toLocaleString();
+    if (isNaN(date)) return iso;
+    return date.toDateString() === new Date().toDateString() ? date.toLocaleTimeString() : date.toLocaleString();
   }
 
   function getJson(url) {
@@ -136,7 +138,6 @@
     $("token-form").hidden = true;
     refresh();
   });
-  render({}, []);  // every label in its place before the first answer
   refresh();
   setInterval(refresh, INTERVAL_MS);
 })();

@@ -132,6 +132,13 @@ def test_composer_placeholder_offers_the_assistant_only_when_it_is_on(make_app):
     assert 'placeholder="Message · @AI asks the assistant"' in on
 
 
+def test_the_rates_need_the_token_and_the_favicon_does_not(make_app):
+    guarded = make_app(start=False, API_TOKEN="page-secret").http
+    assert guarded.get("/api/rates").status_code == 401
+    assert guarded.get("/api/rates", headers={"Authorization": "Bearer page-secret"}).get_json()["success"]
+    assert guarded.get("/favicon.ico").status_code == 200  # the browser asks before any token is known
+
+
 def test_headings_skip_link_and_rooms_before_joining(browser, server, broker):
     post(server, "seeds are in", "garden")
     device(server, broker, "garden", {"client_id": "esp-soil", "username": "Soil", "message": "dry"})
