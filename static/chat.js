@@ -464,6 +464,7 @@
   // Other rooms' activity is polled (the socket only hears its own room). Before joining,
   // the room chosen in the form shows who is in it.
   function refreshRooms() {
+    if (tokenRequired && !localStorage.getItem(TOKEN_KEY)) return;  // asked for first: no 401s to log
     fetch("/api/rooms", { headers: authHeaders() })
       .then((response) => response.json())
       .then((body) => renderRooms(body.rooms || []))

@@ -74,13 +74,13 @@
   const number = (value) => String(Number(value.toPrecision(6)));
 
   // A sparkline with its scale: the line between min and max, the latest value as a dot,
-  // min and max written beside it, and a label saying the same for screen readers.
+  // min and max written under it, and a label saying the same for screen readers.
   function sparkline(key, points) {
     const box = document.createElement("div");
     box.className = "spark-box";
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("class", "spark");
-    svg.setAttribute("viewBox", "0 0 100 24");
+    svg.setAttribute("viewBox", "-2 0 104 24");  // room for the dots at both ends
     svg.setAttribute("preserveAspectRatio", "none");
     svg.setAttribute("role", "img");
     box.appendChild(svg);
@@ -110,7 +110,7 @@
     const range = document.createElement("span");
     range.className = "spark-range";
     range.setAttribute("aria-hidden", "true");  // the image's label says it
-    range.append("max " + number(high), document.createElement("br"), "min " + number(low));
+    range.textContent = `min ${number(low)} · max ${number(high)}`;
     box.appendChild(range);
     return box;
   }

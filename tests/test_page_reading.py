@@ -201,7 +201,7 @@ def test_messages_grouped_with_times_sources_and_labelled_sparklines(browser, se
     spark = page.locator("#readings svg.spark")
     expect(spark).to_have_attribute("role", "img")
     expect(spark).to_have_attribute("aria-label", "temperature: last 3 readings from 20 to 23, latest 23")
-    expect(page.locator("#readings .spark-range")).to_have_text("max 23min 20")
+    expect(page.locator("#readings .spark-range")).to_have_text("min 20 · max 23")
     page.context.close()
 
 
