@@ -59,10 +59,12 @@ from chatroom.core.room import Rooms
 from chatroom.ops.housekeeping import DeviceTimeout, HistoryRetention, InstanceWatch
 from chatroom.ops.logs import quiet_library_loggers
 from chatroom.ops.metrics import ChatMetrics
+from chatroom.ops.rate_history import RateHistory, rate_totals
 from chatroom.ops.startup import real_threading, settle_garbage_collector, startup_service_problem
 from chatroom.storage.publish_cursor import open_publish_cursor
 from chatroom.topology import Topology, build_topology
 from chatroom.web import access as web_access
+from chatroom.web import compression as web_compression
 from chatroom.web import errors as web_errors
 from chatroom.web.access import Access
 from chatroom.web.commands_api import create_commands_blueprint, install_socket_commands
@@ -110,6 +112,7 @@ class Components:
     instance_watch: InstanceWatch | None     # several instances only
     web_sessions: WebSessions                # Engine.IO session caps and connect deadline
     connections: ConnectionGate              # the eventlet server's header deadline and shares
+    rate_history: RateHistory                # per-second counts for the status page's chart
     stopped: bool = False
 
     @property
@@ -122,6 +125,7 @@ class Components:
             self.instance_watch.start()
         self.device_timeout.start()
         self.retention.start()
+        self.rate_history.start()
         if self.bridge is not None:
             self.bridge.start()
 
@@ -133,6 +137,7 @@ class Components:
         self.web_sessions.stop()
         self.device_timeout.stop()
         self.retention.stop()
+        self.rate_history.stop()
         if self.instance_watch is not None:
             self.instance_watch.stop()  # our web users leave now, not after INSTANCE_TTL
         self.rooms.drain(timeout=5.0)  # events already posted reach MQTT and the web
@@ -223,9 +228,12 @@ def create_app(settings: Settings) -> Flask:
     metrics.add_source("chatroom_assistant", assistant.status, Assistant.METRICS)
     metrics.add_source("chatroom_commands", desk.status, CommandDesk.METRICS)
 
+    rate_history = RateHistory(rate_totals(rooms.summary, bridge.stats.snapshot if bridge else None))
     web_access.install(app, access)
     web_errors.install(app)
-    app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render, access))
+    web_compression.install(app)
+    app.register_blueprint(create_chat_blueprint(rooms, store, settings, intake, metrics.render, access,
+                                                 rate_history.snapshot))
     app.register_blueprint(create_commands_blueprint(desk, intake))
     app.register_blueprint(create_status_blueprint(bridge.status if bridge else None,
                                                    bridge.forget if bridge else None,
@@ -237,7 +245,7 @@ def create_app(settings: Settings) -> Flask:
         retention=HistoryRetention(store, settings.history_retention_days),
         instance_watch=(InstanceWatch(rooms, topology.registry, namespace.connected_keys)
                         if topology.registry is not None else None),
-        web_sessions=web_sessions, connections=connections)
+        web_sessions=web_sessions, connections=connections, rate_history=rate_history)
     return app
 
 

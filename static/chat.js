@@ -1,5 +1,6 @@
 // Chat page: joins a room over Socket.IO, shows history, live messages,
-// who is online (and from where) and the latest device readings.
+// who is online (and from where) and the latest device readings. How times, sources and
+// sparklines are written is page_format.js; the side panels (a dialog on a phone) panel.js.
 // User text is only ever set with textContent: never parsed as HTML. It is shown through
 // userText (bidi-isolated, combining-mark stacks capped), and user data is read through
 // own() (PROTOCOL 9: hostile text).
@@ -8,11 +9,11 @@
 
   const $ = (id) => document.getElementById(id);
   const aiName = document.body.dataset.aiName || "AI";
-  const SOURCE_LABEL = { web: "web", mqtt: "MQTT", http: "HTTP", ai: "assistant" };
+  const { sourceTag, timeNode, regroup, sparkline } = window.pageFormat;
+  const panel = window.chatPanel;
 
   // A key of sent data is data: `constructor` or `__proto__` must not reach Object.prototype.
   const own = (object, key) => (object != null && Object.hasOwn(object, key) ? object[key] : undefined);
-  const sourceLabel = (source) => own(SOURCE_LABEL, source) || source;
 
   // Hundreds of combining marks on one letter paint over the page: runs longer than
   // MAX_MARKS are cut when shown (scripts that stack marks need fewer than that).
@@ -86,13 +87,27 @@
     return node;
   }
 
-  function timeOf(iso) {
-    const date = new Date(iso);
-    if (isNaN(date)) return "";
-    const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-    // Anything not from today carries its date.
-    return date.toDateString() === new Date().toDateString() ? time
-      : date.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" }) + " " + time;
+  // The log reads new messages out (role="log", polite). What is not news is put in while
+  // it is quiet: a join's history and older pages would otherwise be read out whole.
+  let quietDepth = 0;
+  function quietly(insert) {
+    const log = $("log");
+    quietDepth += 1;
+    log.setAttribute("aria-live", "off");
+    try {
+      insert();
+    } finally {
+      // Screen readers look at the changes after the next frame: polite again after it.
+      let done = false;
+      const restore = () => {
+        if (done) return;
+        done = true;
+        quietDepth -= 1;
+        if (!quietDepth) log.setAttribute("aria-live", "polite");
+      };
+      requestAnimationFrame(() => setTimeout(restore, 0));
+      setTimeout(restore, 1000);  // a hidden tab draws no frames
+    }
   }
 
   function scrollToEnd() {
@@ -111,6 +126,7 @@
   function placeNew(node) {
     const follow = nearBottom();
     $("messages").appendChild(node);
+    regroup(node);
     if (follow) scrollToEnd();
     else $("new-marker").hidden = false;
   }
@@ -132,17 +148,20 @@
     if (msg.type === "system_message") {  // a stored command record (PROTOCOL 11) reads as its event
       const line = el("li", "msg msg-system system-" + String(own(msg.data, "event") || "record"));
       line.appendChild(systemText({ message: msg.content, username: msg.username }));
-      line.appendChild(el("time", "when", timeOf(msg.timestamp)));
+      line.appendChild(timeNode(msg.timestamp));
       return line;
     }
-    const item = el("li", "msg msg-" + (msg.type === "ai_response" ? "ai" : msg.source));
+    const kind = msg.type === "ai_response" ? "ai" : msg.source;
+    const item = el("li", "msg msg-" + kind);
     item.dataset.seq = msg.seq;
     item.dataset.messageId = msg.message_id;
+    item.dataset.sender = JSON.stringify([kind, msg.client_id || "", msg.username]);
+    item.dataset.time = String(Date.parse(msg.timestamp) || 0);
     if (joined && msg.source === "web" && msg.username === joined.username) item.classList.add("own");
     const meta = el("div", "meta");
     meta.appendChild(userText("span", "who", msg.username));
-    meta.appendChild(el("span", "src", sourceLabel(msg.source)));
-    meta.appendChild(el("time", "when", timeOf(msg.timestamp)));
+    meta.appendChild(sourceTag(kind));
+    meta.appendChild(timeNode(msg.timestamp));
     item.appendChild(meta);
     item.appendChild(userText("div", "text", msg.content));
     if (msg.data && Object.keys(msg.data).length) item.appendChild(dataChips(msg.data));
@@ -163,13 +182,15 @@
       document.title = `(${unreadWhileHidden}) ${baseTitle}`;
     }
     const stream = streams.get(msg.message_id);
-    if (stream) {  // the streamed bubble becomes the final reply
+    if (stream) {  // the streamed bubble becomes the final reply, read out once, now
       const item = stream.item;
       streams.delete(msg.message_id);
       item.classList.remove("streaming");
       item.dataset.seq = msg.seq;
-      item.querySelector(".meta").appendChild(el("time", "when", timeOf(msg.timestamp)));
+      item.dataset.time = String(Date.parse(msg.timestamp) || 0);
+      item.querySelector(".meta").appendChild(timeNode(msg.timestamp));
       item.querySelector(".text").textContent = capMarks(msg.content);
+      item.removeAttribute("aria-busy");
       return;
     }
     if (msg.data && Object.keys(msg.data).length) noteReading(msg);
@@ -179,13 +200,17 @@
   // The join's history: what this page has not shown yet, in order (after a reconnect, the
   // messages it missed), without unread counts or markers.
   function renderHistory(messages) {
-    for (const msg of messages) {
-      if (seen.has(msg.message_id)) continue;
-      rememberSeen(msg.message_id);
-      noteRead(msg);
-      if (msg.data && Object.keys(msg.data).length) noteReading(msg);
-      $("messages").appendChild(messageNode(msg));
-    }
+    quietly(() => {
+      for (const msg of messages) {
+        if (seen.has(msg.message_id)) continue;
+        rememberSeen(msg.message_id);
+        noteRead(msg);
+        if (msg.data && Object.keys(msg.data).length) noteReading(msg);
+        const node = messageNode(msg);
+        $("messages").appendChild(node);
+        regroup(node);
+      }
+    });
   }
 
   // Older pages of history, fetched as the reader scrolls to the top (before_seq).
@@ -203,9 +228,10 @@
         if (!older.length) return;
         const list = $("messages");
         const before = list.scrollHeight;
-        const fragment = document.createDocumentFragment();
-        older.forEach((m) => { rememberSeen(m.message_id); fragment.appendChild(messageNode(m)); });
-        list.insertBefore(fragment, list.firstChild);
+        const formerFirst = list.firstElementChild;
+        const nodes = older.map((m) => { rememberSeen(m.message_id); return messageNode(m); });
+        quietly(() => list.prepend(...nodes));
+        [...nodes, formerFirst].forEach(regroup);
         list.scrollTop += list.scrollHeight - before;  // the reader stays where they were
         oldestSeq = older[0].seq;
       })
@@ -245,7 +271,7 @@
   function renderSystem(event) {
     const item = el("li", "msg msg-system system-" + event.event);
     item.appendChild(systemText(event));
-    item.appendChild(el("time", "when", timeOf(event.timestamp)));
+    item.appendChild(timeNode(event.timestamp));
     placeNew(item);
   }
 
@@ -253,10 +279,14 @@
     let stream = streams.get(delta.message_id);
     if (!stream) {
       if (seen.has(delta.message_id)) return;
+      // Busy while it grows: screen readers read it once, when renderMessage completes it.
       const item = el("li", "msg msg-ai streaming");
+      item.setAttribute("aria-busy", "true");
+      item.dataset.sender = JSON.stringify(["ai", "", aiName]);
+      item.dataset.time = String(Date.now());
       const meta = el("div", "meta");
       meta.appendChild(userText("span", "who", aiName));
-      meta.appendChild(el("span", "src", "assistant"));
+      meta.appendChild(sourceTag("ai"));
       item.appendChild(meta);
       item.appendChild(userText("div", "text", ""));
       stream = { item: item, text: "" };
@@ -276,7 +306,7 @@
     for (const user of users) {
       const item = el("li", "user user-" + user.source);
       item.appendChild(userText("span", "who", user.username));
-      const where = el("span", "src", sourceLabel(user.source));
+      const where = sourceTag(user.source);
       if (user.client_id) where.append(" · ", userText("bdi", "cid", user.client_id));  // ids are case-sensitive
       item.appendChild(where);
       if (joined && user.source === "web" && user.username === joined.username) item.classList.add("me");
@@ -348,22 +378,6 @@
       .catch(() => {});  // the live values still show
   }
 
-  function sparkline(points) {
-    const ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("class", "spark");
-    svg.setAttribute("viewBox", "0 0 100 24");
-    svg.setAttribute("preserveAspectRatio", "none");
-    if (points.length < 2) return svg;
-    const values = points.map((p) => p.value);
-    const low = Math.min(...values), high = Math.max(...values), span = high - low || 1;
-    const line = document.createElementNS(ns, "polyline");
-    line.setAttribute("points", values.map((v, i) =>
-      (i * 100 / (values.length - 1)).toFixed(1) + "," + (22 - (v - low) * 20 / span).toFixed(1)).join(" "));
-    svg.appendChild(line);
-    return svg;
-  }
-
   function renderReadings() {
     const list = $("readings");
     list.replaceChildren();
@@ -371,13 +385,13 @@
       const item = el("li", "reading");
       const head = el("div", "meta");
       head.appendChild(userText("span", "who", device.username));
-      head.appendChild(el("time", "when", timeOf(device.timestamp)));
+      head.appendChild(timeNode(device.timestamp));
       item.appendChild(head);
       for (const key of Object.keys(device.data || {})) {
         const row = el("div", "reading-row");
         row.appendChild(chip(device.data, key));
         const series = device.series.get(key);
-        if (series) row.appendChild(sparkline(series.points));
+        if (series) row.appendChild(sparkline(key, series.points));
         item.appendChild(row);
       }
       list.appendChild(item);
@@ -410,8 +424,22 @@
     $("room-name").textContent = capMarks(state.room);
     $("join-form").hidden = true;
     $("send-form").hidden = false;
+    $("leave").hidden = false;
     $("join-error").textContent = "";
     $("message").focus();
+  }
+
+  // Not in a room: the join form, focused, and nothing of the room left on screen.
+  function showLeft() {
+    joined = null;
+    resetRoomPanels();
+    $("room-name").textContent = "";
+    $("send-form").hidden = true;
+    $("send-error").textContent = "";
+    $("leave").hidden = true;
+    $("join-form").hidden = false;
+    refreshRooms();
+    $("username").focus();
   }
 
   // --- rooms: the list, unread counts (from each room's last seq), switching -------------
@@ -433,7 +461,8 @@
       const button = el("button", "room-button");
       button.appendChild(userText("bdi", "room-label", room.room));
       button.type = "button";
-      button.addEventListener("click", () => switchRoom(room.room));
+      if (joined && room.room === joined.room) button.setAttribute("aria-current", "true");
+      button.addEventListener("click", () => chooseRoom(room.room));
       item.appendChild(button);
       item.appendChild(el("span", "count", room.members ? String(room.members) + " online" : ""));
       const unread = joined && room.room === joined.room ? 0 : Math.max(0, room.last_seq - readUpTo(room.room));
@@ -442,11 +471,19 @@
     }));
   }
 
-  // Other rooms' activity is polled (the socket only hears its own room).
+  // Other rooms' activity is polled (the socket only hears its own room). Before joining,
+  // the room chosen in the form shows who is in it.
   function refreshRooms() {
+    if (tokenRequired && !localStorage.getItem(TOKEN_KEY)) return;  // asked for first: no 401s to log
     fetch("/api/rooms", { headers: authHeaders() })
       .then((response) => response.json())
       .then((body) => renderRooms(body.rooms || []))
+      .catch(() => {});
+    if (joined) return;
+    const room = $("room").value.trim() || "lobby";
+    fetch("/api/users?" + new URLSearchParams({ room: room }), { headers: authHeaders() })
+      .then((response) => response.json())
+      .then((body) => { if (!joined && body.success) renderUsers(body.users || []); })
       .catch(() => {});
   }
   setInterval(refreshRooms, 5000);
@@ -456,19 +493,26 @@
     join(joined.username, room);
   }
 
+  // A room picked before joining fills the join form (and says who is there).
+  function chooseRoom(room) {
+    if (joined) {
+      switchRoom(room);
+      return;
+    }
+    $("room").value = room;
+    panel.close(false);
+    refreshRooms();
+    ($("username").value.trim() ? $("join-form").querySelector("button[type=submit]") : $("username")).focus();
+  }
+
   $("room-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const room = $("new-room").value.trim();
     if (!room) return;
-    if (joined) switchRoom(room);
-    else $("room").value = room;
     $("new-room").value = "";
+    chooseRoom(room);
   });
-
-  $("panels-toggle").addEventListener("click", () => {
-    const open = $("side").classList.toggle("open");
-    $("panels-toggle").setAttribute("aria-expanded", String(open));
-  });
+  $("room").addEventListener("change", () => { if (!joined) refreshRooms(); });
 
   // Everything that belongs to one room starts afresh when the room changes.
   function resetRoomPanels() {
@@ -515,6 +559,7 @@
           if (bubble) {
             bubble.classList.replace("pending", "refused");
             bubble.querySelector(".src").textContent = "not sent";
+            bubble.removeAttribute("aria-busy");
             pending.delete(item.id);
           }
         }
@@ -536,6 +581,7 @@
         joined = null;
         $("join-form").hidden = false;
         $("send-form").hidden = true;
+        $("leave").hidden = true;
         return;
       }
       localStorage.setItem("chat-username", username);
@@ -550,9 +596,9 @@
         scrollToEnd();
       }
       renderUsers(ack.users);
+      panel.close(false);  // before the focus moves: the chat behind an open panel is inert
       showJoined(joined);
       announceRoom(joined);
-      $("side").classList.remove("open");
       refreshRooms();
       flushUnsent();
     });
@@ -582,6 +628,7 @@
     bubble.appendChild(meta);
     bubble.appendChild(userText("div", "text", text));
     pending.set(id, bubble);
+    bubble.setAttribute("aria-busy", "true");  // read out once: the room's copy replaces it
     $("messages").appendChild(bubble);
     scrollToEnd();
     input.value = "";
@@ -590,12 +637,8 @@
 
   $("leave").addEventListener("click", () => {
     socket.emit("leave", {}, () => {
-      joined = null;
       localStorage.removeItem("chat-username");
-      $("join-form").hidden = false;
-      $("send-form").hidden = true;
-      $("room-name").textContent = "";
-      renderUsers([]);
+      showLeft();
       announceRoom(null);
     });
   });
@@ -646,4 +689,5 @@
 
   $("username").value = localStorage.getItem("chat-username") || "";
   $("room").value = localStorage.getItem("chat-room") || "lobby";
+  refreshRooms();  // the rooms and who is in them, before anyone joins
 })();

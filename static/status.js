@@ -1,14 +1,15 @@
-// Status page for people: the data of /mqtt/status and /api/rooms, refreshed every 2 s,
-// with message rates over the last 5 minutes computed from the counters' deltas.
-// Everything is set with textContent.
+// Status page for people: the data of /mqtt/status, /api/rooms and /api/rates, refreshed
+// every 2 s. The rates chart is the server's own per-second counts of the last minutes
+// (chatroom/ops/rate_history.py), so it is full as soon as the page opens.
+// Everything is set with textContent. The figures' places are drawn with the page
+// (templates/status.html, the same labels), so filling them in moves nothing (no layout shift).
 (function () {
   "use strict";
 
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "chat-api-token";   // shared with the chat page
   const INTERVAL_MS = 2000;
-  const WINDOW_MS = 5 * 60 * 1000;
-  const samples = [];                   // {t, received, room, sent}
+  const SERIES = [["received", "in", "received (MQTT)"], ["room", "room", "room messages"], ["sent", "out", "sent (MQTT)"]];
 
   const headers = () => {
     const token = localStorage.getItem(TOKEN_KEY);
@@ -27,10 +28,12 @@
     list.replaceChildren(...nodes);
   }
 
+  // Today's times without their date: short enough not to wrap (a wrapped line moves the page).
   function when(iso) {
     if (!iso) return "—";
     const date = new Date(iso);
-    return isNaN(date) ? iso : date.toLocaleString();
+    if (isNaN(date)) return iso;
+    return date.toDateString() === new Date().toDateString() ? date.toLocaleTimeString() : date.toLocaleString();
   }
 
   function getJson(url) {
@@ -40,35 +43,44 @@
     });
   }
 
-  function drawRates() {
+  const round = (value) => String(Number(value.toPrecision(3)));
+
+  // One polyline per series over the window (the right edge is the server's newest second).
+  function drawRates(rates) {
     const svg = $("rates");
     const ns = "http://www.w3.org/2000/svg";
-    const now = Date.now();
-    const rates = { in: [], room: [], out: [] };
-    for (let i = 1; i < samples.length; i++) {
-      const a = samples[i - 1], b = samples[i];
-      const seconds = (b.t - a.t) / 1000 || 1;
-      const x = 300 * (1 - (now - b.t) / WINDOW_MS);
-      rates.in.push([x, Math.max(0, (b.received - a.received) / seconds)]);
-      rates.room.push([x, Math.max(0, (b.room - a.room) / seconds)]);
-      rates.out.push([x, Math.max(0, (b.sent - a.sent) / seconds)]);
-    }
-    const top = Math.max(1, ...rates.in.map((p) => p[1]), ...rates.room.map((p) => p[1]), ...rates.out.map((p) => p[1]));
-    const lines = Object.entries(rates).map(([name, points]) => {
+    const series = rates.series || {};
+    const window = rates.window_seconds || 300;
+    const top = Math.max(1, ...SERIES.flatMap(([name]) => series[name] || []));
+    const lines = [];
+    const said = [];
+    for (const [name, css, label] of SERIES) {
+      const values = series[name] || [];
       const line = document.createElementNS(ns, "polyline");
-      line.setAttribute("class", "rate rate-" + name);
-      line.setAttribute("points", points.map(([x, y]) => `${x.toFixed(1)},${(78 - 74 * y / top).toFixed(1)}`).join(" "));
-      return line;
-    });
+      line.setAttribute("class", "rate rate-" + css);
+      line.setAttribute("points", values.map((value, i) => {
+        const x = 300 * (1 - (values.length - 1 - i) / (window - 1));
+        return `${x.toFixed(1)},${(79 - 76 * value / top).toFixed(1)}`;
+      }).join(" "));
+      lines.push(line);
+      const peak = values.length ? Math.max(...values) : 0;
+      said.push(`${label}: ${values.length ? values[values.length - 1] : 0} now, peak ${peak}`);
+    }
     svg.replaceChildren(...lines);
-    $("rates-top").textContent = "top of the chart: " + top.toFixed(1) + " messages/s";
+    svg.setAttribute("aria-label", "messages per second over the last 5 minutes, " + said.join("; "));
+    $("y-top").textContent = round(top);
+    $("y-mid").textContent = round(top / 2);
   }
+
+  const ROOM_COLUMNS = ["room", "members", "web", "devices (MQTT)", "messages", "last message"];
 
   function render(status, rooms) {
     const mqtt = status.mqtt_status || {};
     const bridge = $("bridge");
-    bridge.textContent = !mqtt.is_running ? "MQTT off" : mqtt.is_connected ? "MQTT online" : "MQTT offline";
-    bridge.className = "badge " + (mqtt.is_connected ? "badge-on" : "badge-off");
+    if (status.mqtt_status) {
+      bridge.textContent = !mqtt.is_running ? "MQTT off" : mqtt.is_connected ? "MQTT online" : "MQTT offline";
+      bridge.className = "badge " + (mqtt.is_connected ? "badge-on" : "badge-off");
+    }
     const broker = mqtt.broker_info || {};
     facts($("bridge-facts"), [
       ["broker", broker.host ? `${broker.host}:${broker.port}${broker.tls ? " (TLS)" : ""}` : null],
@@ -83,33 +95,33 @@
     ]);
     const assistant = status.assistant || {};
     facts($("assistant"), [
-      ["state", assistant.enabled ? "on" : "off"], ["model", assistant.model], ["requests", assistant.requests],
-      ["failures", assistant.failures], ["refused", assistant.refused], ["in flight", assistant.in_flight],
+      ["state", status.assistant ? (assistant.enabled ? "on" : "off") : null], ["model", assistant.model],
+      ["requests", assistant.requests], ["failures", assistant.failures], ["refused", assistant.refused],
+      ["in flight", assistant.in_flight],
       ["average answer", assistant.average_latency_ms ? assistant.average_latency_ms + " ms" : null],
     ]);
     $("rooms").replaceChildren(...rooms.map((room) => {
       const row = document.createElement("tr");
       const sources = room.sources || {};
-      for (const value of [room.room, room.members, sources.web || 0, sources.mqtt || 0, room.last_seq,
-                           when(room.last_timestamp)]) {
+      const values = [room.room, room.members, sources.web || 0, sources.mqtt || 0, room.last_seq,
+                      when(room.last_timestamp)];
+      values.forEach((value, column) => {
         const cell = document.createElement("td");
         cell.textContent = String(value);
+        cell.dataset.label = ROOM_COLUMNS[column];  // a phone shows each row as label: value lines
         row.appendChild(cell);
-      }
+      });
       row.firstChild.dir = "auto";  // the room's name: its direction is its own (chat.css isolates cells)
       return row;
     }));
-    samples.push({ t: Date.now(), received: mqtt.messages_received || 0, room: (status.room || {}).messages_total || 0,
-                   sent: mqtt.messages_sent || 0 });
-    while (samples.length && Date.now() - samples[0].t > WINDOW_MS) samples.shift();
-    drawRates();
   }
 
   function refresh() {
-    Promise.all([getJson("/mqtt/status"), getJson("/api/rooms")])
-      .then(([status, rooms]) => {
+    Promise.all([getJson("/mqtt/status"), getJson("/api/rooms"), getJson("/api/rates")])
+      .then(([status, rooms, rates]) => {
         $("error").textContent = "";
         render(status, rooms.rooms || []);
+        drawRates(rates);
         $("updated").textContent = "updated " + new Date().toLocaleTimeString();
         $("updated").className = "badge badge-on";
       })

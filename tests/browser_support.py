@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -39,3 +42,30 @@ def send(page, text):
     page.fill("#message", text)
     page.click("#send-form button[type=submit]")
     expect(page.locator("#message")).to_have_value("")
+
+
+# axe-core (npm, pinned in tests/axe/package-lock.json) checks the pages against WCAG 2 A/AA.
+AXE_DIR = Path(__file__).resolve().parent / "axe"
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
+
+
+def installed_axe() -> str:
+    """axe.min.js's source, installed with `npm ci` (never from a CDN); fails loudly without npm."""
+    assert shutil.which("npm"), "npm missing: `make test` installs nodejs and npm (system-test-deps)"
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=AXE_DIR, check=True,
+                   timeout=300)
+    return (AXE_DIR / "node_modules" / "axe-core" / "axe.min.js").read_text()
+
+
+def axe_violations(page, axe_source: str, impacts=("serious", "critical")) -> list[str]:
+    """axe's WCAG 2 A/AA violations of these impacts on the page as it is now, one line each.
+    Loaded with evaluate: the page's CSP (script-src 'self') would refuse an inline script tag."""
+    if not page.evaluate("typeof window.axe === 'object'"):
+        page.evaluate(axe_source)
+    found = page.evaluate("""async (tags) => {
+        const result = await axe.run(document, {runOnly: {type: 'tag', values: tags}, resultTypes: ['violations']});
+        return result.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
+            nodes: v.nodes.slice(0, 4).map((n) => n.target.join(' ') + ': '
+                                                  + (n.failureSummary || '').split('\\n').slice(1).join(' '))}));
+    }""", AXE_TAGS)
+    return [f"{v['impact']} {v['id']} ({v['help']}): {' | '.join(v['nodes'])}" for v in found if v["impact"] in impacts]

@@ -42,7 +42,8 @@ def test_device_message_shows_readings_and_source(browser, server, probe_for):
     expect(page.locator("#readings .chip")).to_have_text(["temperature: 23.5", "humidity: 41"])
     device = page.locator("#users .user-mqtt")
     expect(device.locator(".who")).to_have_text("Kitchen")
-    expect(device.locator(".src")).to_have_text("MQTT · esp32-kitchen")
+    expect(device.locator(".src")).to_have_text("device · esp32-kitchen")  # the friendly word (issue 27)
+    expect(device.locator(".src")).to_have_attribute("title", "MQTT device")  # the technical one on hover
     expect(page.locator(".system-join .text").last).to_have_text("Kitchen joined")
     page.context.close()
 
@@ -61,7 +62,8 @@ def test_script_text_is_shown_as_text_never_run(browser, server, probe_for):
     expect(page.locator(".msg-web .text").last).to_have_text(evil)
     expect(page.locator(".msg-http .who").last).to_have_text("<b>bold</b>")
     expect(page.locator(".msg-mqtt .chip").last).to_have_text("<i>k</i>: <svg onload=alert(1)>")
-    assert page.locator(".messages img, .messages script, .messages b, .messages svg").count() == 0
+    # The only pictures in messages are the page's own source icons (svg.src-icon).
+    assert page.locator(".messages img, .messages script, .messages b, .messages svg:not(.src-icon)").count() == 0
     assert page.evaluate("window.pwned") is False
     page.context.close()
 

@@ -109,7 +109,7 @@ def test_stacked_combining_marks_stay_inside_their_message(browser, server, brok
         assert not overlaps(box(named), other)
         assert not paints_over(page, named, other), "marks paint over the Online panel"
     panel = box(page.locator("#users").locator("xpath=.."))
-    summary = box(page.locator("#users").locator("xpath=../summary"))
+    summary = box(page.locator("#users-title"))
     assert not paints_over(page, named, summary), "marks paint over the Online panel's title"
     assert box(named)["x"] + box(named)["width"] <= panel["x"] + panel["width"] + 1
     page.context.close()
@@ -119,11 +119,14 @@ def test_a_right_to_left_override_stays_inside_its_message(browser, server, brok
     """Finding 13: an RLO (U+202E) reversed the text around it."""
     page = open_chat(browser, server, "Reader")
     device(server, broker, {"client_id": "esp-bidi", "username": "Bidi", "message": "plain words"})
+    # Another sender between them: one sender's next message within minutes is drawn without
+    # its header (grouped, issue 27), and the header is what is compared here.
+    device(server, broker, {"client_id": "esp-other", "username": "Other", "message": "in between"})
     device(server, broker, {"client_id": "esp-bidi", "username": "Bidi", "message": "\u202ereversed words",
                             "data": {"mode": "\u202eoverride"}})
     messages = page.locator("#messages .msg:not(.msg-system)")
-    expect(messages).to_have_count(2)
-    plain, hostile = messages.nth(0), messages.nth(1)
+    expect(messages).to_have_count(3)
+    plain, hostile = messages.nth(0), messages.nth(2)
     for text in ("\u202ereversed words", "Bidi", "\u202eoverride", "mode"):
         assert is_isolated(hostile, text), f"{text!r} is not bidi-isolated"
     expect(page.locator("#users .user", has_text="Bidi")).to_have_count(1)  # the list follows the message

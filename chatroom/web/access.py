@@ -14,7 +14,7 @@ from chatroom.web.errors import error_response
 
 # The page, its files, liveness and the Socket.IO handshake (which checks the token in its
 # own connect handler); every other route needs the token.
-OPEN_PATHS = ("/", "/status", "/healthz")
+OPEN_PATHS = ("/", "/status", "/healthz", "/favicon.ico")
 OPEN_PREFIXES = ("/static/", "/socket.io")
 
 # Every response: no inline or foreign code runs in the page, nothing sniffs a

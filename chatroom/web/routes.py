@@ -1,9 +1,10 @@
-"""HTTP: the chat page, /api/*, /healthz and /metrics."""
+"""HTTP: the chat page, /api/*, /healthz, /metrics and the favicon."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request, send_from_directory
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from chatroom.config import Settings
@@ -76,14 +77,31 @@ RECENT_ROOMS = 20  # rooms listed for their recent messages, besides the rooms w
 
 
 def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intake, metrics_text,
-                          access: Access) -> Blueprint:
+                          access: Access, rates: Callable[[], dict] | None = None) -> Blueprint:
+    """`rates`: the per-second message counts of the last minutes (chatroom/ops/rate_history.py)."""
     bp = Blueprint("chat", __name__)
 
     @bp.get("/")
     def index():
         return render_template("index.html", ai_name=settings.ai_name,
+                               assistant_on=settings.assistant_enabled,
                                max_message_chars=settings.max_message_chars,
                                token_required=access.required)
+
+    @bp.get("/favicon.ico")
+    def favicon():
+        """Browsers and tools ask for it whatever the page links: the page's SVG icon."""
+        assert current_app.static_folder is not None
+        return send_from_directory(current_app.static_folder, "favicon.svg", mimetype="image/svg+xml",
+                                   max_age=86400)
+
+    @bp.get("/api/rates")
+    def message_rates():
+        """Messages per second over the last minutes, from the server's ring (the status chart)."""
+        if rates is None:
+            return jsonify({"success": True, "interval_seconds": 1, "window_seconds": 0, "end": None,
+                            "series": {}})
+        return jsonify({"success": True, **rates()})
 
     @bp.get("/healthz")
     def healthz():
