@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from chatroom.config import Settings
 from chatroom.core.command_desk import CommandDesk
 from chatroom.core.commands import DeclaredCommands
-from chatroom.core.errors import ValidationError
+from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.intake import Intake
 from chatroom.core.limits import RateLimiter, Throttle
 from chatroom.core.room import Rooms
@@ -151,6 +151,7 @@ class MqttBridge:
             return
         deadline = time.monotonic() + timeout
         self.connection.stopping.set()
+        self.group_commit.stop_retrying()  # a batch the store holds back is given up, unacknowledged
         self.device_retention.stop()
         self.connection.publish_offline()
         # Waiting only helps while the broker is there to take the messages.
@@ -159,11 +160,17 @@ class MqttBridge:
             log.warning("MQTT stop: %d outbox and %d unacknowledged messages not flushed",
                         self.outbox.size, self.outbox.unacked)
         # The flusher kept acknowledging while we waited; these PUBACKs go out before DISCONNECT.
-        self.group_commit.commit_and_ack()
+        try:
+            self.group_commit.commit_and_ack()
+        except Unavailable as exc:
+            log.warning("MQTT stop: the last batch not stored (%s); the broker keeps it", exc.detail)
         self.connection.disconnect()
         # Handled in the last instant: stored, unacknowledged, so the broker sends it again
         # after a restart (recognised then when it carries a message_id).
-        self.rooms.flush()
+        try:
+            self.rooms.flush()
+        except Unavailable as exc:
+            log.warning("MQTT stop: messages of the last instant not stored (%s)", exc.detail)
         self._running = False
         self.group_commit.close()
         self.outbox.disconnected()

@@ -46,6 +46,7 @@ class GroupCommit:
         self._flush_wanted = threading.Event()
         self._closed = False
         self._closing = threading.Event()  # wakes a held commit's backoff
+        self._giving_up = False  # the bridge is stopping: a held commit is not retried
 
     def attach(self, client: Acknowledger) -> None:
         """The client whose `ack` sends the PUBACKs (looked up on every ack)."""
@@ -55,6 +56,12 @@ class GroupCommit:
         """The flusher thread, with group commit only."""
         if self.enabled:
             threading.Thread(target=self.run, name="mqtt-batch-flusher", daemon=True).start()
+
+    def stop_retrying(self) -> None:
+        """The bridge is stopping: a commit the store holds back gives up (its messages stay
+        unacknowledged, and the broker delivers them again to our session)."""
+        self._giving_up = True
+        self._closing.set()
 
     def close(self) -> None:
         """The client is stopped: the flusher ends."""
@@ -88,6 +95,8 @@ class GroupCommit:
                 return
             try:
                 self.commit_and_ack()
+            except Unavailable as exc:  # given up at stop: said once, no traceback
+                log.warning("MQTT batch not stored at stop: %s (the broker keeps it)", exc.detail)
             except Exception:
                 self.stats.add("handler_errors")
                 log.exception("MQTT batch flush failed")
@@ -105,7 +114,7 @@ class GroupCommit:
                     self.rooms.flush()
                     break
                 except Unavailable as exc:
-                    if self._closed:
+                    if self._closed or self._giving_up:
                         due = []  # not stored: unacknowledged, so the broker keeps them
                         raise
                     self.stats.add("handler_errors")

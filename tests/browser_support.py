@@ -69,3 +69,40 @@ def axe_violations(page, axe_source: str, impacts=("serious", "critical")) -> li
                                                   + (n.failureSummary || '').split('\\n').slice(1).join(' '))}));
     }""", AXE_TAGS)
     return [f"{v['impact']} {v['id']} ({v['help']}): {' | '.join(v['nodes'])}" for v in found if v["impact"] in impacts]
+
+
+# --- a page server with the (fake) assistant on, and what scripts and devices say in it ----------
+
+
+def page_server_with_assistant(broker, folder: Path, reply: str, chunk_size: int):
+    """A server in eventlet mode whose assistant streams `reply` in `chunk_size` pieces (a fake
+    OpenAI server); a generator for a module fixture: yields the server, stops both."""
+    from conftest import app_env
+    from fake_openai import FakeOpenAI
+
+    from support import ServerProcess
+
+    fake = FakeOpenAI().start()
+    fake.behave(reply=reply, chunk_size=chunk_size)
+    running = ServerProcess(app_env(broker, folder, ASYNC_MODE="eventlet", OPENAI_API_KEY="sk-fake",
+                                    OPENAI_BASE_URL=fake.base_url), log_path=folder / "server.log").start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        fake.stop()
+
+
+def post_as_script(server, message: str, room: str, username: str = "cron") -> None:
+    import requests
+
+    response = requests.post(server.url + "/api/messages", timeout=TIMEOUT,
+                             json={"username": username, "message": message, "room": room})
+    assert response.status_code == 201, response.text
+
+
+def post_as_device(server, broker, room: str, payload: str) -> None:
+    from support import MqttProbe
+
+    with MqttProbe(broker.port) as probe:
+        probe.publish(f"{server.env['MQTT_TOPIC_PREFIX']}/{room}/messages/in", payload)

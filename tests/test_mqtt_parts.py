@@ -33,6 +33,7 @@ from mqtt_service.outbox import Outbox
 from mqtt_service.stats import BridgeStats
 from mqtt_service.status import StatusReport
 from mqtt_service.topics import Topics
+from support import wait_for
 
 # --- stand-ins ------------------------------------------------------------------------
 
@@ -197,6 +198,32 @@ def test_a_held_commit_given_up_at_stop_leaves_its_messages_unacknowledged(monke
     with pytest.raises(Unavailable):
         commits.commit_and_ack()
     assert journal == ["away"]
+
+
+def test_a_held_commit_gives_up_when_the_bridge_stops(monkeypatch):
+    """SIGTERM while the store is away: the commit retrying in the flusher gives up at once
+    (no PUBACK: the broker keeps the messages), so shutdown goes on."""
+    from mqtt_service import group_commit
+
+    monkeypatch.setattr(group_commit, "FIRST_RETRY", 30.0)  # it would sleep long: stop must wake it
+    journal: list = []
+    commits = GroupCommit(AwayStoreRooms(journal, away=10**6), BridgeStats(), max_batch=100)
+    commits.attach(AckingClient(journal))
+    commits.handle(inbound_message("p/messages/in", b"{}", 4), lambda message: None)
+    outcome: list = []
+
+    def held() -> None:
+        try:
+            commits.commit_and_ack()
+        except Unavailable:
+            outcome.append("gave up")
+
+    worker = threading.Thread(target=held, daemon=True)
+    worker.start()
+    wait_for(lambda: journal == ["away"], timeout=10, what="the commit held, in its backoff")
+    commits.stop_retrying()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and outcome == ["gave up"] and ("ack", 4) not in journal
 
 
 def test_without_group_commit_no_flusher_and_paho_acknowledges():

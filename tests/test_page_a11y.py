@@ -7,12 +7,18 @@ import re
 
 import pytest
 import requests
-from browser_support import axe_violations, installed_axe, open_chat, send
-from conftest import app_env
-from fake_openai import FakeOpenAI
+from browser_support import (
+    axe_violations,
+    installed_axe,
+    open_chat,
+    page_server_with_assistant,
+    post_as_device,
+    post_as_script,
+    send,
+)
 from playwright.sync_api import expect
 
-from support import ROOT, TIMEOUT, MqttProbe, ServerProcess
+from support import ROOT, TIMEOUT
 
 ARTIFACTS = ROOT / "test-artifacts"
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
@@ -28,25 +34,10 @@ def axe():
 @pytest.fixture(scope="module")
 def server(broker, tmp_path_factory):
     """The page with the assistant on (a fake OpenAI streaming in small chunks)."""
-    fake = FakeOpenAI().start()
-    fake.behave(reply=ANSWER, chunk_size=4)
-    folder = tmp_path_factory.mktemp("page-a11y")
-    running = ServerProcess(app_env(broker, folder, ASYNC_MODE="eventlet", OPENAI_API_KEY="sk-fake",
-                                    OPENAI_BASE_URL=fake.base_url), log_path=folder / "server.log").start()
-    yield running
-    running.stop()
-    fake.stop()
+    yield from page_server_with_assistant(broker, tmp_path_factory.mktemp("page-a11y"), ANSWER, chunk_size=4)
 
 
-def post(server, message, room, username="cron"):
-    response = requests.post(server.url + "/api/messages", timeout=TIMEOUT,
-                             json={"username": username, "message": message, "room": room})
-    assert response.status_code == 201, response.text
-
-
-def device(server, broker, room, payload):
-    with MqttProbe(broker.port) as probe:
-        probe.publish(f"{server.env['MQTT_TOPIC_PREFIX']}/{room}/messages/in", payload)
+post, device = post_as_script, post_as_device
 
 
 def shot(page, name):

@@ -9,12 +9,10 @@ import re
 
 import pytest
 import requests
-from browser_support import open_chat, send
-from conftest import app_env
-from fake_openai import FakeOpenAI
+from browser_support import open_chat, page_server_with_assistant, post_as_device, post_as_script, send
 from playwright.sync_api import expect
 
-from support import TIMEOUT, MqttProbe, ServerProcess
+from support import TIMEOUT
 
 ANSWER = "Twenty-three and a half degrees, give or take a little."
 
@@ -55,25 +53,10 @@ new MutationObserver((records) => {
 
 @pytest.fixture(scope="module")
 def server(broker, tmp_path_factory):
-    fake = FakeOpenAI().start()
-    fake.behave(reply=ANSWER, chunk_size=3)
-    folder = tmp_path_factory.mktemp("page-reading")
-    running = ServerProcess(app_env(broker, folder, ASYNC_MODE="eventlet", OPENAI_API_KEY="sk-fake",
-                                    OPENAI_BASE_URL=fake.base_url), log_path=folder / "server.log").start()
-    yield running
-    running.stop()
-    fake.stop()
+    yield from page_server_with_assistant(broker, tmp_path_factory.mktemp("page-reading"), ANSWER, chunk_size=3)
 
 
-def post(server, message, room, username="cron"):
-    response = requests.post(server.url + "/api/messages", timeout=TIMEOUT,
-                             json={"username": username, "message": message, "room": room})
-    assert response.status_code == 201, response.text
-
-
-def device(server, broker, room, payload):
-    with MqttProbe(broker.port) as probe:
-        probe.publish(f"{server.env['MQTT_TOPIC_PREFIX']}/{room}/messages/in", payload)
+post, device = post_as_script, post_as_device
 
 
 def join_room(page, room):

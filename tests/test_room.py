@@ -412,7 +412,7 @@ def test_a_batch_the_store_numbers_survives_the_store_being_away_and_is_publishe
     from chatroom.storage.sqlite import MessageStore
 
     class AwayOnce(MessageStore):
-        away = 1
+        away = 2
 
         def append_numbered(self, drafts):
             if self.away:
@@ -430,11 +430,17 @@ def test_a_batch_the_store_numbers_survives_the_store_being_away_and_is_publishe
     with pytest.raises(Unavailable):
         rooms.flush()
     assert rooms.bus.drain(5) and seen == [] and store.last_seq("lobby") == 0  # (drain would flush)
+    # Meanwhile a web user joins (another thread, its flush refused too): the join happened, so its
+    # event waits behind the held batch instead of being lost.
+    rooms.join("lobby", ("web", "sid-1"), "Ana", "web")
+    assert rooms.member("lobby", ("web", "sid-1")) is not None and seen == []
     rooms.flush()
     assert rooms.drain()
-    assert [(m.content, m.seq) for m in seen] == [("a", 1), ("b", 2), ("c", 3)]
+    assert [(m.content, m.seq) for m in seen if isinstance(m, Message)] == [("a", 1), ("b", 2), ("c", 3)]
+    joins = [e for e in seen if isinstance(e, SystemEvent) and e.event == "join"]
+    assert [e.username for e in joins] == ["Ana"] and seen.index(joins[0]) > 2
     assert [(m.content, m.seq) for m in store.recent("lobby", 10)] == [("a", 1), ("b", 2), ("c", 3)]
     rooms.post("lobby", "web", "after", "web")  # outside the batch: numbered by the store at once
-    assert rooms.drain() and [m.seq for m in seen] == [1, 2, 3, 4]
+    assert rooms.drain() and [m.seq for m in seen if isinstance(m, Message)] == [1, 2, 3, 4]
     rooms.close()
     store.close()

@@ -311,3 +311,42 @@ def test_batches_and_single_messages_of_two_writers_number_a_room_without_gaps(s
             assert batched == list(range(60))
     finally:
         other.close()
+
+
+def test_a_batch_whose_commit_reply_was_lost_is_read_back_not_lost_or_stored_twice(postgres_url):
+    """PostgreSQL commits a batch and the connection drops before its answer arrives (a restart
+    or failover at that moment): the store reconnects, finds the batch's messages stored, and
+    numbers the drafts from them; the room publishes them, loses none, stores none twice."""
+    from pg_commit_cut import CommitCuttingProxy
+
+    from chatroom.core.presence import LocalPresence
+    from chatroom.core.room import Rooms
+
+    truncate = open_history(postgres_url, "")
+    truncate._fetch("TRUNCATE messages", rows=False)
+    truncate.close()
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_url)
+    proxy = CommitCuttingProxy(parts.port or 5432)
+    # sslmode=disable: the proxy reads the protocol's messages (no TLS, one untyped start-up message).
+    url = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}", query="sslmode=disable").geturl()
+    store = open_history(url, "")
+    rooms = Rooms(store, presence=LocalPresence(numbers_rooms=False), group_commit=True)
+    seen: list = []
+    rooms.subscribe("test", seen.append)
+    try:
+        with rooms.batch():
+            for number in range(3):
+                rooms.post("lobby", "dev", f"m{number}", "mqtt", client_id="d1")
+        proxy.cut_next_commit.set()
+        rooms.flush()
+        assert rooms.drain()
+        assert not proxy.cut_next_commit.is_set()  # the cut happened
+        assert [(m.content, m.seq) for m in seen] == [("m0", 1), ("m1", 2), ("m2", 3)]
+        assert [(m.content, m.seq) for m in store.recent("lobby", 10)] == [("m0", 1), ("m1", 2), ("m2", 3)]
+        assert rooms.messages_lost == 0
+    finally:
+        rooms.close()
+        store.close()
+        proxy.close()

@@ -74,8 +74,14 @@ class Rooms:
             self.bus.subscribe(name, listener, events, many)
 
     def drain(self, timeout: float = 5.0) -> bool:
-        """Wait until every listener has handled every event published so far."""
-        self.flush()
+        """Wait until every listener has handled every event published so far (False when the
+        store holds a batch back: its events wait for it)."""
+        try:
+            self.flush()
+        except Unavailable as exc:
+            log.warning("drain: a batch waits for the store (%s)", exc.detail)
+            self.bus.drain(timeout)
+            return False
         return self.bus.drain(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -98,7 +104,13 @@ class Rooms:
         if self.open_batch.holds_this_thread():
             self.open_batch.staged.append(event)
             return
-        self.open_batch.flush()  # another thread's open batch goes first
+        try:
+            self.open_batch.flush()  # another thread's open batch goes first
+        except Unavailable:
+            # The store holds that batch back: this event (a join, a leave, a stream chunk)
+            # already happened, so it waits behind the batch rather than being lost.
+            self.open_batch.staged.append(event)
+            return
         self.bus.deliver(event)
 
     # --- group commit (chatroom/core/batch.py) ---------------------------------

@@ -49,6 +49,8 @@ INSERT_NEXT = ("INSERT INTO messages (room, seq, message_id, client_id, timestam
                " regexp_replace(%(body)s, '\"seq\":-1', '\"seq\":' || next.seq)"
                " FROM (SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM messages WHERE room = %(room)s) AS next"
                " RETURNING seq")
+STORED_SEQS = "SELECT message_id, seq FROM messages WHERE message_id = ANY(%s)"
+MESSAGE_ID_KEY = "messages_message_id_key"  # UNIQUE (message_id): a message stored once
 # Two instances starting together must not both create the table.
 SCHEMA_LOCK = 0x63686174  # "chat"
 
@@ -108,40 +110,59 @@ class PostgresStore:
                                                 "body": draft.to_json()})[0][0]
                 return replace(draft, seq=seq)
             except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name == MESSAGE_ID_KEY:
+                    # Stored already: a commit whose reply the connection lost, run again.
+                    stored = self._fetch(STORED_SEQS, ([draft.message_id],))
+                    return replace(draft, seq=dict(stored)[draft.message_id])
                 if exc.diag.constraint_name != "messages_pkey":
-                    raise  # the same message_id twice: not a race for the seq
+                    raise
+            except psycopg.errors.ReadOnlySqlTransaction as exc:  # a failover's standby, for a moment
+                raise Unavailable("PostgreSQL", exc) from exc
+
+    def _stored_seqs(self, message_ids: list[str]) -> dict[str, int]:
+        """(With the lock held.)"""
+        return dict(self._db.execute(STORED_SEQS, (message_ids,)).fetchall())
 
     def append_numbered(self, drafts: list[Message]) -> None:
         """A batch in one transaction: one statement per room numbers its drafts after the
         newest stored seq (as `append_next` does for one). A clash with another instance's
-        batch rolls the whole transaction back and it runs again."""
-        by_room: dict[str, list[Message]] = {}
-        for draft in drafts:
-            by_room.setdefault(draft.room, []).append(draft)
+        batch rolls the whole transaction back and it runs again. After a lost connection (the
+        commit may have happened, its reply lost) or a message_id already stored, what is
+        stored is read back and only the rest inserted: a batch is never stored twice, and a
+        stored one is never reported lost."""
         with self._lock:
-            connection_attempt = 1
+            connection_attempt, read_back = 1, False
             while True:
                 try:
-                    seqs: dict[str, int] = {}
-                    with self._db.transaction():
-                        for room in sorted(by_room):  # one order for every instance: no deadlock
-                            batch = by_room[room]
-                            rows = self._db.execute(INSERT_NUMBERED, {
-                                "room": room, "ids": [m.message_id for m in batch],
-                                "clients": [m.client_id for m in batch], "times": [m.timestamp for m in batch],
-                                "bodies": [m.to_json() for m in batch]}).fetchall()
-                            seqs.update(rows)
+                    seqs = self._stored_seqs([m.message_id for m in drafts]) if read_back else {}
+                    by_room: dict[str, list[Message]] = {}
+                    for draft in drafts:
+                        if draft.message_id not in seqs:
+                            by_room.setdefault(draft.room, []).append(draft)
+                    if by_room:
+                        with self._db.transaction():
+                            for room in sorted(by_room):  # one order for every instance: no deadlock
+                                batch = by_room[room]
+                                rows = self._db.execute(INSERT_NUMBERED, {
+                                    "room": room, "ids": [m.message_id for m in batch],
+                                    "clients": [m.client_id for m in batch], "times": [m.timestamp for m in batch],
+                                    "bodies": [m.to_json() for m in batch]}).fetchall()
+                                seqs.update(rows)
                     for draft in drafts:
                         draft.number(seqs[draft.message_id])
                     return
                 except psycopg.errors.UniqueViolation as exc:
-                    if exc.diag.constraint_name != "messages_pkey":
-                        raise  # the same message_id twice: not a race for the seq
+                    if exc.diag.constraint_name == MESSAGE_ID_KEY:
+                        read_back = True
+                    elif exc.diag.constraint_name != "messages_pkey":
+                        raise
                 except (psycopg.errors.DeadlockDetected, psycopg.errors.TransactionRollback):
                     continue  # a deadlock or serialization failure: PostgreSQL rolled it back
+                except psycopg.errors.ReadOnlySqlTransaction as exc:  # a failover's standby, for a moment
+                    raise Unavailable("PostgreSQL", exc) from exc
                 except psycopg.OperationalError as exc:
                     self._reconnect_or_raise(connection_attempt, exc)
-                    connection_attempt += 1
+                    connection_attempt, read_back = connection_attempt + 1, True
 
     def append(self, message: Message) -> None:
         self._fetch(INSERT, (message.room, message.seq, message.message_id, message.client_id,

@@ -70,7 +70,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 """
-IN_FLIGHT_SECONDS = 120.0  # a live instance's claim older than this is taken over anyway
 WAIT_SECONDS = 20.0        # for another instance to store the first copy, then `unavailable`
 
 
@@ -131,11 +130,9 @@ class RedisDedup:
         parts = claim.split("|")
         if len(parts) != 3 or parts[1] in ("", self.instance_id):
             return True  # an entry of before claims, or ours without the message: lost
-        try:
-            age = time.time() - float(parts[2])
-        except ValueError:
-            return True
-        return age > IN_FLIGHT_SECONDS or not self.alive(parts[1])
+        # Never by age: a live instance holding its batch while the store is away stores it
+        # when the store is back, however long that takes.
+        return not self.alive(parts[1])
 
 
 def _claimed_id(claim: str) -> str:

@@ -19,6 +19,7 @@ import threading
 from types import ModuleType
 from typing import Callable
 
+from chatroom.core.errors import Unavailable
 from chatroom.core.model import Message
 from chatroom.storage.sqlite_wal import OPEN_WAIT_SECONDS, Checkpointer, switch_to_wal
 
@@ -164,9 +165,13 @@ class MessageStore:
                     "INSERT INTO messages (room, seq, message_id, client_id, timestamp, body) VALUES (?, ?, ?, ?, ?, ?)",
                     [(m.room, m.seq, m.message_id, m.client_id, m.timestamp, m.to_json()) for m in drafts])
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    # Locked by another instance past the busy timeout, or the disk: nothing
+                    # stored, so the batch is held and retried, not lost.
+                    raise Unavailable("the SQLite history", exc) from exc
                 raise
 
     def has_message(self, message_id: str) -> bool:
