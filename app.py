@@ -228,7 +228,7 @@ def create_app(settings: Settings) -> Flask:
     metrics.add_source("chatroom_assistant", assistant.status, Assistant.METRICS)
     metrics.add_source("chatroom_commands", desk.status, CommandDesk.METRICS)
 
-    rate_history = RateHistory(rate_totals(rooms.summary, bridge.stats.snapshot if bridge else None))
+    rate_history = RateHistory(rate_totals(lambda: rooms.posted_total, bridge.stats.snapshot if bridge else None))
     web_access.install(app, access)
     web_errors.install(app)
     web_compression.install(app)

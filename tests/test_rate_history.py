@@ -1,6 +1,5 @@
 """The status chart's server-side history (chatroom/ops/rate_history.py): per-second growth of
 the counters in a bounded ring, exact over the window whatever the sampler's timing."""
-from chatroom.core.errors import Unavailable
 from chatroom.ops.rate_history import RateHistory, rate_totals
 
 
@@ -60,16 +59,28 @@ def test_a_counter_that_restarts_never_counts_backwards():
     assert rates.snapshot()["series"]["sent"] == [0]
 
 
-def test_totals_come_from_the_room_and_the_bridge_and_survive_a_shared_store_away():
-    answers = [{"messages_total": 7}, Unavailable("redis_unavailable", "Redis is away")]
+def test_totals_come_from_the_rooms_own_counter_and_the_bridge_never_from_shared_presence(tmp_path):
+    """The room total is this instance's own counter (Rooms.posted_total): the ring samples it
+    every second, so it must not read the shared presence (a full members read from Redis per
+    instance per second, and a false spike after Redis was away)."""
+    from chatroom.core.room import Rooms
+    from chatroom.storage.sqlite import MessageStore
 
-    def summary():
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+    class NoPresenceReads:
+        """Every read of presence fails the test: the totals need none."""
 
-    totals = rate_totals(summary, lambda: {"messages_received": 4, "messages_sent": 9, "last_error": None})
-    assert totals() == {"received": 4, "room": 7, "sent": 9}
-    assert totals() == {"received": 4, "room": 7, "sent": 9}  # held still while Redis is away
-    assert rate_totals(lambda: {"messages_total": 2}, None)() == {"received": 0, "room": 2, "sent": 0}
+        numbers_rooms = True
+
+        def __getattr__(self, name):
+            raise AssertionError(f"presence.{name} read for the rates")
+
+    store = MessageStore(str(tmp_path / "h.db"))
+    rooms = Rooms(store)
+    for text in ("a", "b"):
+        rooms.post("lobby", "cron", text, "http")
+    rooms.presence = NoPresenceReads()  # from here on, any presence read fails
+    totals = rate_totals(lambda: rooms.posted_total, lambda: {"messages_received": 4, "messages_sent": 9})
+    assert totals() == {"received": 4, "room": 2, "sent": 9}
+    assert rate_totals(lambda: 3, None)() == {"received": 0, "room": 3, "sent": 0}
+    rooms.close()
+    store.close()

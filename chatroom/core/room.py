@@ -340,6 +340,11 @@ class Rooms:
 
     # --- numbers for /mqtt/status and /metrics ----------------------------------
 
+    @property
+    def posted_total(self) -> int:
+        """Messages posted through this instance since it started."""
+        return self._posted_total
+
     def summary(self) -> dict:
         return {
             "rooms": self.presence.room_count(),

@@ -12,7 +12,6 @@ import time
 from collections import deque
 from typing import Callable
 
-from chatroom.core.errors import Unavailable
 from chatroom.ops.housekeeping import Periodic
 
 SERIES = ("received", "room", "sent")  # MQTT in, chat messages posted here, MQTT out
@@ -57,18 +56,13 @@ class RateHistory(Periodic):
         return {"interval_seconds": 1, "window_seconds": self.window, "end": end, "series": series}
 
 
-def rate_totals(room_summary: Callable[[], dict], bridge_counts: Callable[[], dict] | None) -> Totals:
-    """The three totals from the room's summary and, with MQTT on, the bridge's counters.
-    With the shared presence away (Redis, several instances) the room total holds still
-    for those seconds and catches up after: the other parts already say Redis is away."""
-    room_total = [0]
+def rate_totals(posted_total: Callable[[], int], bridge_counts: Callable[[], dict] | None) -> Totals:
+    """The three totals: messages posted in this instance's rooms (its own counter: reading the
+    shared presence every second for it would cost Redis a full members read per instance) and,
+    with MQTT on, the bridge's counters."""
 
     def totals() -> dict[str, int]:
         counts = bridge_counts() if bridge_counts is not None else {}
-        try:
-            room_total[0] = int(room_summary().get("messages_total", 0))
-        except Unavailable:
-            pass
-        return {"received": int(counts.get("messages_received", 0)), "room": room_total[0],
+        return {"received": int(counts.get("messages_received", 0)), "room": posted_total(),
                 "sent": int(counts.get("messages_sent", 0))}
     return totals
