@@ -84,10 +84,10 @@ def parse_content(text: str) -> tuple[int, float]:
 
 
 class Publisher:
-    def __init__(self, port: int, prefix: str):
+    def __init__(self, port: int, prefix: str, in_flight: int = 100):
         self.topic = f"{prefix}/messages/in"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
-        self.client.max_inflight_messages_set(100)  # bounded in flight: no broker queue overflow
+        self.client.max_inflight_messages_set(in_flight)  # bounded in flight: no broker queue overflow
         self.client.max_queued_messages_set(0)
         self.client.on_socket_open = lambda client, userdata, sock: set_tcp_nodelay(sock)
         self.client.connect("127.0.0.1", port)
