@@ -47,6 +47,10 @@ class GroupCommit:
         self._closed = False
         self._closing = threading.Event()  # wakes a held commit's backoff
         self._giving_up = False  # the bridge is stopping: a held commit is not retried
+        # Messages paho's thread is handling now. One waiting on Redis (a message_id's claim)
+        # yields to the hub mid-burst: the flusher then lets the burst go on rather than
+        # commit a batch of one; it commits once paho waits for the socket.
+        self._handling = 0
 
     def attach(self, client: Acknowledger) -> None:
         """The client whose `ack` sends the PUBACKs (looked up on every ack)."""
@@ -71,10 +75,12 @@ class GroupCommit:
 
     def handle(self, message: MQTTMessage, receive: Callable[[MQTTMessage], None]) -> None:
         """`receive(message)` inside the open batch; its PUBACK waits for the batch's commit."""
+        self._handling += 1
         try:
             with self.rooms.batch():
                 receive(message)
         finally:
+            self._handling -= 1
             # Acknowledged whatever happened to it (as paho does): an unacknowledged
             # message would hold one of the broker's in-flight slots for ever.
             with self._due_lock:
@@ -93,6 +99,8 @@ class GroupCommit:
             self._flush_wanted.clear()
             if self._closed:
                 return
+            if self._handling:
+                continue  # mid-message: the message's end asks again
             try:
                 self.commit_and_ack()
             except Unavailable as exc:  # given up at stop: said once, no traceback

@@ -200,6 +200,31 @@ def test_a_held_commit_given_up_at_stop_leaves_its_messages_unacknowledged(monke
     assert journal == ["away"]
 
 
+def test_the_flusher_lets_a_burst_go_on_while_paho_is_mid_message():
+    """A message waiting on Redis (a message_id's claim) yields to the hub mid-burst: the flusher,
+    woken then, does not commit a batch of one; it commits when paho is between messages."""
+    journal: list = []
+    commits = GroupCommit(FakeRooms(journal), BridgeStats(), max_batch=100)
+    commits.attach(AckingClient(journal))
+    flusher = threading.Thread(target=commits.run, daemon=True)
+    flusher.start()
+    commits.handle(inbound_message("p/messages/in", b"{}", 1), lambda message: None)
+    wait_for(lambda: journal == ["commit", ("ack", 1)], timeout=10, what="the first commit")
+    woke_mid_message = threading.Event()
+
+    def waits_on_redis(message):
+        commits._flush_wanted.set()  # the flusher runs while this message waits
+        wait_for(lambda: not commits._flush_wanted.is_set(), timeout=10, what="the flusher woken")
+        woke_mid_message.set()
+
+    commits.handle(inbound_message("p/messages/in", b"{}", 2), waits_on_redis)
+    assert woke_mid_message.is_set()
+    wait_for(lambda: ("ack", 2) in journal, timeout=10, what="the commit after the message")
+    assert journal == ["commit", ("ack", 1), "commit", ("ack", 2)]  # no commit while it was mid-message
+    commits.close()
+    flusher.join(timeout=5)
+
+
 def test_a_held_commit_gives_up_when_the_bridge_stops(monkeypatch):
     """SIGTERM while the store is away: the commit retrying in the flusher gives up at once
     (no PUBACK: the broker keeps the messages), so shutdown goes on."""
