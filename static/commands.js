@@ -77,21 +77,42 @@
     });
   }
 
+  // A switch shows what the device last acknowledged: a refused or unanswered change flips back,
+  // and a row built again (its declaration changed, a room came back) starts from it.
+  const acked = new Map();          // "client_id\ncommand" -> the last acknowledged boolean
+  let nextId = 0;                   // control ids: each control's <label for> names it
+
   function control(device, name, spec) {
     const id = device.client_id;
+    const key = answerKey(id, name);
     const type = own(spec, "type");
     const label = el("label", "command-label", name);
+    const controlId = "command-" + (++nextId);
     let input;
     if (type === "bool") {
       input = el("input", "command-toggle");
       input.type = "checkbox";
+      input.id = controlId;
       input.setAttribute("role", "switch");
-      input.addEventListener("change", () => send(id, name, input.checked));
-      label.prepend(input);
+      input.checked = acked.get(key) === true;
+      input.commandKey = key;
+      input.addEventListener("change", () => {
+        const wanted = input.checked;
+        send(id, name, wanted, (ack) => {
+          if (ack && ack.ok) acked.set(key, wanted);
+          while (acked.size > MAX_DEVICES * 16) acked.delete(acked.keys().next().value);
+          for (const toggle of list.querySelectorAll("input.command-toggle")) {  // the row may be new
+            if (toggle.commandKey === key) toggle.checked = acked.get(key) === true;
+          }
+        });
+      });
+      label.prepend(input);  // nested: the label names it
       return [label];
     }
+    label.htmlFor = controlId;
     if (type === "enum") {
       input = el("select", "command-select");
+      input.id = controlId;
       input.append(el("option", "", "—"));
       for (const option of own(spec, "options") || []) {
         const item = el("option", "", option);
@@ -102,6 +123,7 @@
       return [label, input];
     }
     input = el("input", "command-input");
+    input.id = controlId;
     if (type === "number") {
       input.type = "number";
       for (const key of ["min", "max", "step"]) {
@@ -123,31 +145,79 @@
     return [label, input, button];
   }
 
+  // Shown controls, updated in place on every refresh (a user_list comes with every join and
+  // leave): what someone is typing, the focus and the answers stay. A row is built again only
+  // when its declaration changed. client_id -> {item, state, rows: Map(command -> {row, spec})}.
+  const shownDevices = new Map();
+
+  function deviceItem(device) {
+    const item = el("li", "device-controls");
+    item.dataset.device = String(device.client_id);
+    const head = el("div", "meta");
+    const who = el("bdi", "who", device.username);
+    who.dir = "auto";
+    const state = el("span", "src device-state");
+    head.append(who, state);
+    item.append(head);
+    return { item: item, who: who, state: state, rows: new Map() };
+  }
+
+  function commandRow(device, name, spec) {
+    const row = el("div", "command-row");
+    row.dataset.command = name;
+    row.append(...control(device, name, spec));
+    const output = el("output", "command-answer");
+    output.dataset.device = String(device.client_id);
+    output.dataset.command = name;
+    const answer = answers.get(answerKey(device.client_id, name));
+    if (answer) { output.textContent = shown(answer.text); output.classList.add("answer-" + answer.state); }
+    row.append(output);
+    return row;
+  }
+
+  // Puts `node` at `index` of `parent` unless it is there already (moving a node drops its focus).
+  function place(parent, node, index) {
+    const at = parent.children[index] || null;
+    if (at !== node) parent.insertBefore(node, at);
+  }
+
   function render() {
-    list.replaceChildren();
-    for (const device of devices) {
-      const commands = own(device, "commands") || {};
-      const item = el("li", "device-controls" + (device.online ? "" : " offline"));
-      item.dataset.device = String(device.client_id);
-      const head = el("div", "meta");
-      const who = el("bdi", "who", device.username);
-      who.dir = "auto";
-      head.append(who, el("span", "src", device.online ? "controls" : "offline"));
-      item.append(head);
-      for (const name of Object.keys(commands)) {
-        const row = el("div", "command-row");
-        row.dataset.command = name;
-        row.append(...control(device, name, own(commands, name)));
-        const output = el("output", "command-answer");
-        output.dataset.device = String(device.client_id);
-        output.dataset.command = name;
-        const answer = answers.get(answerKey(device.client_id, name));
-        if (answer) { output.textContent = shown(answer.text); output.classList.add("answer-" + answer.state); }
-        row.append(output);
-        item.append(row);
-      }
-      list.append(item);
+    const wanted = new Set(devices.map((device) => String(device.client_id)));
+    for (const [clientId, entry] of shownDevices) {
+      if (!wanted.has(clientId)) { entry.item.remove(); shownDevices.delete(clientId); }
     }
+    devices.forEach((device, index) => {
+      const clientId = String(device.client_id);
+      let entry = shownDevices.get(clientId);
+      if (!entry) shownDevices.set(clientId, (entry = deviceItem(device)));
+      place(list, entry.item, index);
+      const offline = !device.online;
+      if (entry.who.textContent !== shown(device.username)) entry.who.textContent = shown(device.username);
+      // Offline: said in words (muted, like every source label) and the controls are disabled;
+      // no dimming, which took the text below 4.5:1.
+      entry.item.classList.toggle("offline", offline);
+      entry.state.textContent = offline ? "offline" : "controls";
+      const commands = own(device, "commands") || {};
+      const names = Object.keys(commands);
+      for (const [name, shownRow] of entry.rows) {
+        if (!names.includes(name)) { shownRow.row.remove(); entry.rows.delete(name); }
+      }
+      names.forEach((name, at) => {
+        const spec = JSON.stringify(own(commands, name) ?? null);
+        let shownRow = entry.rows.get(name);
+        if (!shownRow || shownRow.spec !== spec) {
+          const row = commandRow(device, name, own(commands, name));
+          if (shownRow) shownRow.row.replaceWith(row);
+          entry.rows.set(name, (shownRow = { row: row, spec: spec }));
+        }
+        place(entry.item, shownRow.row, at + 1);  // after the head
+        for (const node of shownRow.row.querySelectorAll("input, select, button")) {
+          node.disabled = offline;
+          if (offline) node.setAttribute("aria-disabled", "true");
+          else node.removeAttribute("aria-disabled");
+        }
+      });
+    });
   }
 
   // `/cmd <device> <command> <value>`: the device is the longest known name (or client_id)
@@ -172,8 +242,13 @@
   }
 
   document.addEventListener("chat:room", (event) => {
-    room = event.detail ? event.detail.room : null;
-    answers.clear();
+    const next = event.detail ? event.detail.room : null;
+    if (next !== room) {  // a rejoin of the same room (a reconnect) keeps the controls and answers
+      answers.clear();
+      for (const entry of shownDevices.values()) entry.item.remove();
+      shownDevices.clear();
+    }
+    room = next;
     refresh();
   });
   socket.on("user_list", refreshSoon);

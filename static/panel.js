@@ -32,7 +32,7 @@
   $("panels-close").addEventListener("click", () => setOpen(false));
   backdrop.addEventListener("click", () => setOpen(false));
   // Tab goes round inside the open dialog (the page behind is inert, the browser's bar is not).
-  const focusable = () => [...side.querySelectorAll("button, input, a[href], [tabindex='0']")]
+  const focusable = () => [...side.querySelectorAll("button, input, select, textarea, a[href], [tabindex='0']")]
     .filter((node) => !node.disabled && node.getClientRects().length);
   document.addEventListener("keydown", (event) => {
     if (!open) return;

@@ -16,14 +16,19 @@ from browser_support import (
     post_as_script,
     send,
 )
+from command_device import Device
 from playwright.sync_api import expect
 
-from support import ROOT, TIMEOUT
+from support import ROOT, TIMEOUT, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 ANSWER = "The kitchen is at 41 % humidity."
+# What a device may declare (PROTOCOL 11), at its longest: a 64-character option, a long answer.
+LONG_OPTION = "eco-" + "x" * 60
+HEATER_COMMANDS = {"power": {"type": "bool"}, "level": {"type": "number", "min": 0, "max": 100},
+                   "note": {"type": "text", "max": 200}, "mode": {"type": "enum", "options": ["day", LONG_OPTION]}}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +67,31 @@ def focused(page) -> str:
     return page.evaluate("document.activeElement.id || document.activeElement.className || document.activeElement.localName")
 
 
+@pytest.fixture(scope="module")
+def heater(server, broker):
+    """A device declaring a bool, a number, a text and an enum (the trailing control), in room
+    "axe"; it answers every command with its value."""
+    made = Device(broker.port, server.env["MQTT_TOPIC_PREFIX"], "heater-axe", HEATER_COMMANDS, name="Heater",
+                  room="axe")
+    made.join()
+    yield made
+    made.stop()
+
+
+def controls_of(page, client_id):
+    return page.locator(f'#device-commands li.device-controls[data-device="{client_id}"]')
+
+
+def panel_fits(page):
+    """Nothing in the side panel (a column or the phone's dialog) is wider than it."""
+    sizes = page.evaluate("""() => { const side = document.getElementById('side');
+        const wide = [...side.querySelectorAll('#device-commands *')].filter((n) => {
+            const box = n.getBoundingClientRect(), outer = side.getBoundingClientRect();
+            return box.width && (box.right > outer.right + 0.5 || box.left < outer.left - 0.5); });
+        return [side.scrollWidth, side.clientWidth, wide.map((n) => n.className || n.localName)]; }""")
+    assert sizes[0] <= sizes[1] and not sizes[2], f"the device controls overflow the panel: {sizes}"
+
+
 def a_full_room(server, broker, room):
     """People, a script, a device with readings: what the screenshots and axe look at."""
     for text, name in (("Good morning!", "Ana"), ("Coffee is ready", "Ana"), ("Kitchen is warm", "Ben")):
@@ -72,9 +102,17 @@ def a_full_room(server, broker, room):
                                       "data": {"temperature": temperature, "humidity": humidity}})
 
 
-def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(browser, server, broker, axe):
+def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(browser, server, broker, axe, heater):
     room = "axe"
     a_full_room(server, broker, room)
+    # A second declaring device that has left: listed offline, its controls disabled.
+    fan = Device(broker.port, server.env["MQTT_TOPIC_PREFIX"], "fan-axe", {"speed": {"type": "number"}},
+                 name="Fan", room=room)
+    fan.join()
+    wait_for(lambda: "fan-axe" in requests.get(f"{server.url}/api/commands?room={room}", timeout=TIMEOUT).text,
+             what="fan-axe declared")
+    fan.leave()
+    fan.stop()
     desktop = open_chat(browser, server, "Dana", **DESKTOP)
     desktop.fill("#new-room", room)
     desktop.press("#new-room", "Enter")
@@ -82,6 +120,23 @@ def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(brow
     send(desktop, "@AI what is the humidity?")
     expect(desktop.locator(".msg-ai .text")).to_have_text(ANSWER)
     expect(desktop.locator("#readings .spark polyline")).to_have_count(2)
+    controls = controls_of(desktop, "heater-axe")
+    expect(controls.locator(".command-row")).to_have_count(4)
+    # Every control is named by its label (the checkbox nested, the others by for/id).
+    assert controls.get_by_label("power").is_visible() and controls.get_by_label("mode").is_visible()
+    unnamed = desktop.evaluate("""() => [...document.querySelectorAll('#device-commands input, #device-commands select')]
+        .filter((n) => !n.labels.length).map((n) => n.outerHTML)""")
+    assert not unnamed, unnamed
+    offline = controls_of(desktop, "fan-axe")
+    expect(offline.locator(".device-state")).to_have_text("offline")
+    expect(offline.locator("input")).to_be_disabled()
+    expect(offline.locator("input")).to_have_attribute("aria-disabled", "true")
+    assert desktop.evaluate("getComputedStyle(document.querySelector('li.offline')).opacity") == "1"
+    # A long answer and a 64-character option stay inside the panel.
+    controls.get_by_label("note").fill("y" * 200)
+    controls.locator('[data-command="note"] button').click()
+    expect(controls.locator('[data-command="note"] output')).to_contain_text("ok: ")
+    panel_fits(desktop)
     no_violations(desktop, axe, "the chat, desktop")
     shot(desktop, "page-desktop")
     desktop.context.close()
@@ -96,8 +151,18 @@ def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(brow
     phone.click("#panels-toggle")
     expect(phone.locator("#side")).to_be_visible()
     expect(phone.locator("#readings .reading")).to_have_count(1)
+    expect(controls_of(phone, "heater-axe").locator(".command-row")).to_have_count(4)
+    panel_fits(phone)
     no_violations(phone, axe, "the chat, phone, panel open")
     shot(phone, "page-phone-panel")
+    # The dialog's Tab loop counts a select: Tab on the trailing one goes round to Close.
+    controls_of(phone, "heater-axe").get_by_label("mode").focus()
+    phone.keyboard.press("Tab")
+    assert focused(phone) == "panels-close"
+    phone.keyboard.press("Shift+Tab")
+    assert phone.evaluate("document.activeElement.localName") == "select"
+    controls_of(phone, "heater-axe").locator("select").scroll_into_view_if_needed()
+    shot(phone, "page-phone-panel-controls")
     phone.context.close()
 
     for name, options in (("page-dark", DESKTOP), ("page-dark-phone", PHONE)):
@@ -106,6 +171,7 @@ def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(brow
             dark.click("#panels-toggle")
         dark.locator("#rooms .room-button", has_text=room).click()
         expect(dark.locator(".msg-ai .text")).to_have_text(ANSWER)
+        expect(controls_of(dark, "fan-axe").locator(".device-state")).to_have_text("offline")
         background = dark.evaluate("getComputedStyle(document.body).backgroundColor")
         channels = [int(part) for part in re.findall(r"\d+", background)[:3]]
         assert max(channels) < 60, f"dark mode keeps a light background: {background}"
