@@ -190,6 +190,49 @@ def test_messages_grouped_with_times_sources_and_labelled_sparklines(browser, se
     page.context.close()
 
 
+# Lines of a text inside `selector` (its text nodes' line boxes), and whether any overlaps `other`.
+LINES = """([selector, other]) => {
+    const node = document.querySelector(selector), avoid = other && document.querySelector(other);
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const rects = [...range.getClientRects()].filter((r) => r.width > 0);
+    const box = avoid && avoid.getBoundingClientRect();
+    const hit = box ? rects.filter((r) => r.left < box.right && r.right > box.left && r.top < box.bottom
+                                         && r.bottom > box.top).length : 0;
+    return [new Set(rects.map((r) => Math.round(r.top))).size, hit];
+}"""
+
+
+def test_another_days_grouped_times_and_long_system_lines_keep_their_place(browser, server):
+    """A grouped message from another day: its longer time does not cover the text; a long
+    system line wraps its text, its time stays on one line (events as the socket delivers them)."""
+    page = open_chat(browser, server, "Reader", viewport={"width": 760, "height": 800})
+    join_room(page, "old-days")
+    page.evaluate("""() => {
+        const deliver = window.chatPage.socket.listeners('chat_message')[0];
+        const start = Date.now() - 2 * 86400e3;
+        const message = (i, text) => ({type: 'chat_message', username: 'Ana', content: text, room: 'old-days',
+            timestamp: new Date(start + i * 60e3).toISOString(), message_id: 'old-' + i, seq: 9000 + i,
+            source: 'http', client_id: null, data: null});
+        deliver(message(1, 'Good morning everyone, the boiler is being serviced today'));
+        deliver(message(2, 'The engineer arrives around ten and needs the cellar and the kitchen'));
+        window.chatPage.socket.listeners('system_message')[0]({type: 'system_message', event: 'command',
+            room: 'old-days', username: 'Ana', timestamp: new Date().toISOString(),
+            message: 'Ana → Heater: note = "' + 'y'.repeat(300) + '"'});
+    }""")
+    grouped = page.locator("#messages .msg.grouped")
+    expect(grouped).to_have_count(1)
+    expect(grouped.locator("time")).to_have_text(re.compile(r"\d{4}.*\d{2}:\d{2}"))  # with its date
+    lines, overlaps = page.evaluate(LINES, ["#messages .msg.grouped .text", "#messages .msg.grouped time"])
+    assert lines >= 2 and overlaps == 0, f"the time covers {overlaps} of the text's {lines} lines"
+    system = page.locator("#messages .msg-system").last
+    expect(system.locator(".text")).to_contain_text("Heater: note")
+    time_lines, _ = page.evaluate(LINES, ["#messages .msg-system:last-child time", None])
+    text_lines, _ = page.evaluate(LINES, ["#messages .msg-system:last-child .text", None])
+    assert time_lines == 1 and text_lines > 2, (time_lines, text_lines)
+    page.context.close()
+
+
 def test_favicon_description_and_gzip(browser, server):
     icon = requests.get(server.url + "/favicon.ico", timeout=TIMEOUT)
     assert icon.status_code == 200 and icon.headers["Content-Type"].startswith("image/svg+xml")
