@@ -454,21 +454,45 @@
     localStorage.setItem(READ_KEY, JSON.stringify(Object.fromEntries(lastRead)));
   }
 
+  // Updated in place every 5 s: a room's button is the same element from one poll to the
+  // next, so the keyboard focus (and a screen reader's place) stays on it.
+  const roomItems = new Map();  // room -> {item, button, count, unread}
+
+  function roomItem(room) {
+    const item = el("li", "room");
+    const button = el("button", "room-button");
+    button.appendChild(userText("bdi", "room-label", room));
+    button.type = "button";
+    button.addEventListener("click", () => chooseRoom(room));
+    const count = el("span", "count");
+    const unread = el("span", "unread");
+    item.append(button, count);  // the unread count joins them when there is one
+    return { item: item, button: button, count: count, unread: unread };
+  }
+
+  function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+
   function renderRooms(rooms) {
     const list = $("rooms");
-    list.replaceChildren(...rooms.map((room) => {
-      const item = el("li", "room" + (joined && room.room === joined.room ? " current" : ""));
-      const button = el("button", "room-button");
-      button.appendChild(userText("bdi", "room-label", room.room));
-      button.type = "button";
-      if (joined && room.room === joined.room) button.setAttribute("aria-current", "true");
-      button.addEventListener("click", () => chooseRoom(room.room));
-      item.appendChild(button);
-      item.appendChild(el("span", "count", room.members ? String(room.members) + " online" : ""));
-      const unread = joined && room.room === joined.room ? 0 : Math.max(0, room.last_seq - readUpTo(room.room));
-      if (unread) item.appendChild(el("span", "unread", String(unread)));
-      return item;
-    }));
+    const wanted = new Set(rooms.map((room) => room.room));
+    for (const [name, entry] of roomItems) {
+      if (!wanted.has(name)) { entry.item.remove(); roomItems.delete(name); }
+    }
+    rooms.forEach((room, index) => {
+      let entry = roomItems.get(room.room);
+      if (!entry) roomItems.set(room.room, (entry = roomItem(room.room)));
+      const at = list.children[index] || null;
+      if (at !== entry.item) list.insertBefore(entry.item, at);  // moving a node would drop its focus
+      const current = Boolean(joined && room.room === joined.room);
+      entry.item.classList.toggle("current", current);
+      if (current) entry.button.setAttribute("aria-current", "true");
+      else entry.button.removeAttribute("aria-current");
+      setText(entry.count, room.members ? String(room.members) + " online" : "");
+      const unread = current ? 0 : Math.max(0, room.last_seq - readUpTo(room.room));
+      setText(entry.unread, String(unread));
+      if (unread && !entry.unread.isConnected) entry.item.appendChild(entry.unread);
+      else if (!unread) entry.unread.remove();
+    });
   }
 
   // Other rooms' activity is polled (the socket only hears its own room). Before joining,

@@ -181,6 +181,41 @@ def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(brow
         dark.context.close()
 
 
+def test_presence_and_room_polls_keep_focus_what_is_typed_and_the_switch(browser, server, broker, heater):
+    """A user_list (someone joins) and the 5-second room poll update the panel in place: the
+    focused control keeps focus and its typed value, the switch keeps its acknowledged state,
+    a focused room button stays focused."""
+    room = "axe"
+    page = open_chat(browser, server, "Gil", **DESKTOP)
+    page.fill("#new-room", room)
+    page.press("#new-room", "Enter")
+    expect(page.locator("#room-name")).to_have_text(room)
+    controls = controls_of(page, "heater-axe")
+    controls.get_by_label("power").check()
+    expect(controls.locator('[data-command="power"] output')).to_have_text('ok: {"now":true}')
+    level = controls.get_by_label("level")
+    level.fill("42")
+    level.evaluate("(node) => { node.focus(); node.kept = true; }")
+    lamp = Device(broker.port, server.env["MQTT_TOPIC_PREFIX"], "lamp-keep", {"on": {"type": "bool"}},
+                  name="Lamp", room=room)
+    try:
+        lamp.join()  # a user_list, then the page's controls are fetched again
+        expect(controls_of(page, "lamp-keep")).to_have_count(1)
+    finally:
+        lamp.stop()
+    assert level.evaluate("(node) => node.kept === true && document.activeElement === node"), focused(page)
+    expect(level).to_have_value("42")
+    expect(controls.get_by_label("power")).to_be_checked()
+
+    lobby = page.locator("#rooms .room", has_text="lobby")
+    lobby.locator("button").focus()
+    before = lobby.locator(".unread").all_inner_texts()
+    post(server, "news in the lobby", "lobby")
+    expect(lobby.locator(".unread")).to_have_text(str(int(before[0]) + 1 if before else 1))  # a poll came
+    assert page.evaluate("document.activeElement.textContent") == "lobby", focused(page)
+    page.context.close()
+
+
 def test_status_page_fits_a_phone_does_not_move_and_charts_the_last_minutes(browser, server, axe):
     for number in range(6):
         post(server, f"rate {number}", "status-room")
