@@ -419,14 +419,16 @@
       .catch(() => setBadge("bridge", "MQTT ?", false));
   }
 
-  function showJoined(state) {
+  // moveFocus: the person joined or switched rooms; a reconnect's rejoin leaves focus (and an
+  // open phone dialog) where they are.
+  function showJoined(state, moveFocus) {
     joined = state;
     $("room-name").textContent = capMarks(state.room);
     $("join-form").hidden = true;
     $("send-form").hidden = false;
     $("leave").hidden = false;
     $("join-error").textContent = "";
-    $("message").focus();
+    if (moveFocus) $("message").focus();
   }
 
   // Not in a room: the join form, focused, and nothing of the room left on screen.
@@ -514,7 +516,7 @@
 
   function switchRoom(room) {
     if (!joined || room === joined.room) return;
-    join(joined.username, room);
+    join(joined.username, room, true);
   }
 
   // A room picked before joining fills the join form (and says who is there).
@@ -592,7 +594,8 @@
     showUnsent();
   }
 
-  function join(username, room) {
+  // byPerson: a join or room change someone asked for (or a reload's rejoin), not a reconnect's.
+  function join(username, room, byPerson) {
     $("join-error").textContent = "";
     socket.emit("join", { username: username, room: room, client_id: pageId }, (ack) => {
       if (!ack || !ack.ok) {
@@ -620,8 +623,8 @@
         scrollToEnd();
       }
       renderUsers(ack.users);
-      panel.close(false);  // before the focus moves: the chat behind an open panel is inert
-      showJoined(joined);
+      if (byPerson) panel.close(false);  // before the focus moves: the chat behind an open panel is inert
+      showJoined(joined, byPerson);
       announceRoom(joined);
       refreshRooms();
       flushUnsent();
@@ -630,7 +633,7 @@
 
   $("join-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    join($("username").value.trim(), $("room").value.trim() || "lobby");
+    join($("username").value.trim(), $("room").value.trim() || "lobby", true);
   });
 
   $("send-form").addEventListener("submit", (event) => {
@@ -659,9 +662,18 @@
     flushUnsent();
   });
 
+  // Leaving is decided at once: a reconnect in between must not rejoin (joined and the
+  // remembered name are cleared before anything is sent). Disconnected, there is no one to
+  // tell: the server dropped the membership with the socket.
   $("leave").addEventListener("click", () => {
+    localStorage.removeItem("chat-username");
+    if (!socket.connected) {
+      showLeft();
+      announceRoom(null);
+      return;
+    }
+    joined = null;
     socket.emit("leave", {}, () => {
-      localStorage.removeItem("chat-username");
       showLeft();
       announceRoom(null);
     });
@@ -672,9 +684,12 @@
     refreshBridge();
     // After a server restart or network blip, rejoin with the same name (then send what waits);
     // after a reload, rejoin with the remembered name and room without asking.
-    if (joined) join(joined.username, joined.room);
-    else if (localStorage.getItem("chat-username")) {
-      join(localStorage.getItem("chat-username"), localStorage.getItem("chat-room") || "lobby");
+    if (joined) join(joined.username, joined.room, false);
+    else if (!$("leave").hidden) {  // a Leave whose answer the drop swallowed: left all the same
+      showLeft();
+      announceRoom(null);
+    } else if (localStorage.getItem("chat-username")) {
+      join(localStorage.getItem("chat-username"), localStorage.getItem("chat-room") || "lobby", true);
     }
   });
   // A refused connection (wrong or missing token) asks for the token, then retries.
@@ -704,6 +719,13 @@
   });
   socket.on("chat_message", renderMessage);
   socket.on("system_message", (event) => {
+    // A stored record (a command's, PROTOCOL 11) carries its message_id: shown once (a rejoin's
+    // history has it too) and counted read like a message.
+    if (typeof event.message_id === "string") {
+      if (seen.has(event.message_id)) return;
+      rememberSeen(event.message_id);
+      noteRead(event);
+    }
     renderSystem(event);
     if (event.event === "bridge_online") setBadge("bridge", "MQTT online", true);
     if (event.event === "bridge_offline") setBadge("bridge", "MQTT offline", false);

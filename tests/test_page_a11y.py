@@ -19,7 +19,7 @@ from browser_support import (
 from command_device import Device
 from playwright.sync_api import expect
 
-from support import ROOT, TIMEOUT, wait_for
+from support import ROOT, TIMEOUT, SocketIOClient, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
@@ -213,6 +213,56 @@ def test_presence_and_room_polls_keep_focus_what_is_typed_and_the_switch(browser
     post(server, "news in the lobby", "lobby")
     expect(lobby.locator(".unread")).to_have_text(str(int(before[0]) + 1 if before else 1))  # a poll came
     assert page.evaluate("document.activeElement.textContent") == "lobby", focused(page)
+    page.context.close()
+
+
+# Counts the page's join requests and their answers on its own socket (chat.js emits them).
+COUNT_JOINS = """() => { const socket = window.chatPage.socket, emit = socket.emit.bind(socket);
+    window.joinsAsked = 0; window.joinsAnswered = 0;
+    socket.emit = (name, data, ack) => name !== 'join' ? emit(name, data, ack)
+        : (window.joinsAsked++, emit(name, data, (answer) => { ack(answer); window.joinsAnswered++; })); }"""
+DROP_THE_SOCKET = "() => window.chatPage.socket.io.engine.close()"  # as a network drop: it reconnects
+
+
+def test_command_records_are_shown_once_read_and_a_reconnect_leaves_the_dialog_and_leave_alone(
+        browser, server, heater):
+    room = "axe"
+    with SocketIOClient(server.url) as watcher:
+        assert watcher.call("join", {"username": "Watcher", "room": room})["ok"]
+        page = new_page(browser, server.url, **PHONE)
+        page.fill("#username", "Hal")
+        page.fill("#room", room)
+        page.click("#join-form button[type=submit]")
+        expect(page.locator("#send-form")).to_be_visible()
+        page.evaluate(COUNT_JOINS)
+        send(page, "/cmd heater-axe level 7")
+        live = watcher.until("system_message", lambda e: e["event"] == "command_result" and e.get("client_id") == "heater-axe")
+    expect(page.locator("#messages .system-command_result")).to_have_count(1)
+    # The live event names its stored record (PROTOCOL 11): the same message_id as the history's.
+    history = requests.get(f"{server.url}/api/messages", params={"room": room, "limit": 100}, timeout=TIMEOUT).json()
+    record = next(m for m in history["messages"] if m["seq"] == live["seq"])
+    assert live["message_id"] == record["message_id"] and record["type"] == "system_message"
+    newest = max(m["seq"] for m in history["messages"])
+    assert page.evaluate(f"JSON.parse(localStorage.getItem('chat-last-read'))[{room!r}]") == newest  # read
+
+    page.click("#panels-toggle")
+    expect(page.locator("#side")).to_have_attribute("role", "dialog")
+    page.evaluate(DROP_THE_SOCKET)
+    page.wait_for_function("() => window.joinsAnswered >= 1")  # the reconnect's rejoin, with the history
+    expect(page.locator("#connection")).to_have_text("connected")
+    expect(page.locator("#side")).to_be_visible()  # the dialog stays open, focus stays in it
+    assert page.evaluate("document.getElementById('side').contains(document.activeElement)"), focused(page)
+    expect(page.locator("#messages .system-command_result")).to_have_count(1)  # not again from the history
+    expect(page.locator("#messages .system-command")).to_have_count(1)
+    page.keyboard.press("Escape")
+
+    # Leave pressed while the socket is down: left at once, and the reconnect does not rejoin.
+    page.evaluate("() => { window.chatPage.socket.io.engine.close(); document.getElementById('leave').click(); }")
+    expect(page.locator("#join-form")).to_be_visible()
+    expect(page.locator("#connection")).to_have_text("connected")
+    assert page.evaluate("window.joinsAsked") == 1
+    expect(page.locator("#leave")).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('chat-username')") is None
     page.context.close()
 
 

@@ -151,8 +151,9 @@ class SystemEvent:
             body["previous"] = self.previous
         if self.details:
             body.update((key, value) for key, value in self.details.items() if key not in body)
-        if self.record is not None:
+        if self.record is not None:  # the stored record's id too: a page skips it in a rejoin's history
             body["seq"] = self.record.seq
+            body["message_id"] = self.record.message_id
         return body
 
     def to_json(self) -> str:
