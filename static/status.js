@@ -11,6 +11,9 @@
   const INTERVAL_MS = 2000;
   const SERIES = [["received", "in", "received (MQTT)"], ["room", "room", "room messages"], ["sent", "out", "sent (MQTT)"]];
 
+  const tokenRequired = document.body.dataset.tokenRequired === "true";
+  let timer = null;                     // the 2-second poll, running only while the token works
+
   const headers = () => {
     const token = localStorage.getItem(TOKEN_KEY);
     return token ? { Authorization: "Bearer " + token } : {};
@@ -116,28 +119,53 @@
     }));
   }
 
+  // #error is an alert: written only when what it says changes, or it is read out every 2 s.
+  function say(text) {
+    if ($("error").textContent !== text) $("error").textContent = text;
+  }
+
+  // No token, or a refused one: the form, focused, and no polling (no 401 every 2 s) until
+  // a token is given.
+  function askForToken(text) {
+    if (timer !== null) { clearInterval(timer); timer = null; }
+    say(text);
+    $("updated").className = "badge badge-off";
+    $("token-form").hidden = false;
+    $("token").focus();
+  }
+
   function refresh() {
     Promise.all([getJson("/mqtt/status"), getJson("/api/rooms"), getJson("/api/rates")])
       .then(([status, rooms, rates]) => {
-        $("error").textContent = "";
+        say("");
         render(status, rooms.rooms || []);
         drawRates(rates);
+        // The chart is this instance's counts: with several behind a balancer, say which one.
+        $("rates-instance").textContent = rates.instance_id ? "· instance " + rates.instance_id : "";
         $("updated").textContent = "updated " + new Date().toLocaleTimeString();
         $("updated").className = "badge badge-on";
       })
       .catch((error) => {
-        if (error.message === "unauthorized") $("token-form").hidden = false;
-        $("error").textContent = error.message === "unauthorized" ? "An access token is needed." : "Server unreachable.";
-        $("updated").className = "badge badge-off";
+        if (error.message === "unauthorized") askForToken("An access token is needed.");
+        else {
+          say("Server unreachable.");
+          $("updated").className = "badge badge-off";
+        }
       });
+  }
+
+  function start() {
+    refresh();
+    if (timer === null) timer = setInterval(refresh, INTERVAL_MS);
   }
 
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     localStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
     $("token-form").hidden = true;
-    refresh();
+    start();
   });
-  refresh();
-  setInterval(refresh, INTERVAL_MS);
+  if (tokenRequired && !localStorage.getItem(TOKEN_KEY)) askForToken("An access token is needed.");
+  else start();
 })();

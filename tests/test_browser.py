@@ -210,3 +210,43 @@ def test_with_an_api_token_the_page_asks_once_and_keeps_it(browser, broker, tmp_
     expect(page.locator("#connection")).to_have_text("connected")
     expect(page.locator("#token-form")).to_be_hidden()
     context.close()
+
+    # /status without a token asks for it, focused, and polls nothing until one is given (no
+    # 401 every 2 s); a refused token stops the polling; the alert is written when it changes.
+    status = browser.new_context()
+    status.set_default_timeout(TIMEOUT * 1000)
+    status.add_init_script(WATCH_POLLS)
+    page = status.new_page()
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "/api/" in request.url
+            or "/mqtt/status" in request.url else None)
+    page.goto(server.url + "/status")
+    expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#error")).to_have_text("An access token is needed.")
+    assert page.evaluate("document.activeElement.id") == "token"
+    assert page.evaluate("window.polls()") == 0 and asked == []
+    assert page.locator("#updated").get_attribute("aria-live") is None  # not read out every 2 s
+    page.fill("#token", "wrong")
+    page.click("#token-form button[type=submit]")
+    page.wait_for_function("() => document.activeElement.id === 'token'")  # the 401 asked again
+    expect(page.locator("#token-form")).to_be_visible()
+    assert page.evaluate("window.polls()") == 0, "a refused token keeps polling"
+    assert page.evaluate("window.errorWrites") == 0  # the same words: not written (read out) again
+    page.fill("#token", "page-token")
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#updated")).to_contain_text("updated")
+    expect(page.locator("#error")).to_have_text("")
+    assert page.evaluate("window.polls()") == 1
+    status.close()
+
+
+# Before the page's scripts: which intervals run, and how often #error's text is written.
+WATCH_POLLS = """
+const running = new Set(), setEvery = window.setInterval, stop = window.clearInterval;
+window.setInterval = (fn, ms, ...rest) => { const id = setEvery(fn, ms, ...rest); running.add(id); return id; };
+window.clearInterval = (id) => { running.delete(id); stop(id); };
+window.polls = () => running.size;
+window.errorWrites = 0;
+document.addEventListener('DOMContentLoaded', () => new MutationObserver(() => { window.errorWrites++; })
+    .observe(document.getElementById('error'), {childList: true, characterData: true, subtree: true}));
+"""

@@ -272,6 +272,7 @@ def test_status_page_fits_a_phone_does_not_move_and_charts_the_last_minutes(brow
     rates = requests.get(server.url + "/api/rates", timeout=TIMEOUT).json()
     assert rates["success"] and rates["interval_seconds"] == 1 and rates["window_seconds"] == 300
     assert set(rates["series"]) == {"received", "room", "sent"}
+    assert rates["instance_id"] == requests.get(server.url + "/mqtt/status", timeout=TIMEOUT).json()["instance_id"]
     page = new_page(browser, server.url + "/status", **PHONE)
     page.evaluate("""() => { window.shifts = 0; new PerformanceObserver((list) => {
         for (const entry of list.getEntries()) if (!entry.hadRecentInput) window.shifts += entry.value;
@@ -284,6 +285,7 @@ def test_status_page_fits_a_phone_does_not_move_and_charts_the_last_minutes(brow
     expect(page.locator(".x-axis span").first).to_have_text("5 min ago")
     expect(page.locator(".x-axis span").last).to_have_text("now")
     expect(page.locator(".axis-name")).to_have_text("per s")
+    expect(page.locator("#rates-instance")).to_have_text(f"· instance {rates['instance_id']}")  # whose counts
     assert float(page.locator("#y-top").inner_text()) >= 1
     expect(page.locator("#rates")).to_have_attribute("aria-label", re.compile(r"room messages: \d+ now, peak [1-9]"))
     width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth, innerWidth]")

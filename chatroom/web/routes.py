@@ -98,10 +98,11 @@ def create_chat_blueprint(rooms: Rooms, store, settings: Settings, intake: Intak
     @bp.get("/api/rates")
     def message_rates():
         """Messages per second over the last minutes, from the server's ring (the status chart)."""
+        # instance_id: which instance counted them (several may answer behind a balancer).
         if rates is None:
             return jsonify({"success": True, "interval_seconds": 1, "window_seconds": 0, "end": None,
-                            "series": {}})
-        return jsonify({"success": True, **rates()})
+                            "series": {}, "instance_id": settings.instance_id})
+        return jsonify({"success": True, **rates(), "instance_id": settings.instance_id})
 
     @bp.get("/healthz")
     def healthz():
