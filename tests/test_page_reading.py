@@ -249,7 +249,19 @@ def test_favicon_description_and_gzip(browser, server):
                         timeout=TIMEOUT).headers["ETag"]
     again = requests.get(server.url + "/static/chat.js", headers={"Accept-Encoding": "gzip", "If-None-Match": etag},
                          timeout=TIMEOUT)
-    assert again.status_code == 304
+    assert again.status_code == 304 and "Accept-Encoding" in again.headers.get("Vary", "")
+    # Each form its own ETag: a plain request naming the gzipped form's gets the plain file, and
+    # a gzipped body offers no byte ranges (they would count the plain file's bytes).
+    plain = requests.get(server.url + "/static/chat.js", headers={"Accept-Encoding": "identity"}, timeout=TIMEOUT)
+    assert plain.headers["ETag"] != etag and plain.headers.get("Accept-Ranges") == "bytes"
+    other = requests.get(server.url + "/static/chat.js", headers={"Accept-Encoding": "identity", "If-None-Match": etag},
+                         timeout=TIMEOUT)
+    assert other.status_code == 200 and "Content-Encoding" not in other.headers
+    plain_304 = requests.get(server.url + "/static/chat.js", timeout=TIMEOUT,
+                             headers={"Accept-Encoding": "identity", "If-None-Match": plain.headers["ETag"]})
+    assert plain_304.status_code == 304 and "Accept-Encoding" in plain_304.headers.get("Vary", "")
+    zipped = requests.get(server.url + "/static/chat.js", headers={"Accept-Encoding": "gzip"}, timeout=TIMEOUT)
+    assert zipped.headers["Content-Encoding"] == "gzip" and "Accept-Ranges" not in zipped.headers
     context = browser.new_context()
     context.set_default_timeout(TIMEOUT * 1000)
     page = context.new_page()

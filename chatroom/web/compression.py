@@ -8,6 +8,7 @@ and compressing what a stranger can make us send costs CPU (docs/SECURITY.md).
 from __future__ import annotations
 
 import gzip
+import mimetypes
 
 from flask import Flask, Response, request
 
@@ -18,7 +19,14 @@ MAX_CACHED = 32          # static files kept compressed (the page has a handful)
 _cache: dict[tuple[str, str], bytes] = {}
 
 
+GZIP_TAG = "-gzip"        # the gzipped form's ETag: the file's ETag with this after it
+
+
 def gzip_text(response: Response) -> Response:
+    if response.status_code == 304:  # a 304 has no Content-Type: the file's name says what it is
+        if mimetypes.guess_type(request.path)[0] in COMPRESSED_TYPES:
+            response.vary.add("Accept-Encoding")  # as its 200 did: a cache keeps the forms apart
+        return response
     if response.mimetype not in COMPRESSED_TYPES or response.status_code != 200:
         return response
     response.vary.add("Accept-Encoding")  # caches keep the two forms apart
@@ -29,6 +37,12 @@ def gzip_text(response: Response) -> Response:
     if len(body) < MIN_BYTES:
         return response
     etag, _ = response.get_etag()
+    if etag and request.if_none_match.contains(etag + GZIP_TAG):  # the client has this very form
+        response.set_etag(etag + GZIP_TAG)
+        response.status_code = 304
+        response.set_data(b"")
+        response.headers.pop("Content-Length", None)
+        return response
     key = (request.path, etag or "")
     compressed = _cache.get(key) if etag else None
     if compressed is None:
@@ -39,8 +53,11 @@ def gzip_text(response: Response) -> Response:
             _cache[key] = compressed
     response.set_data(compressed)
     response.headers["Content-Encoding"] = "gzip"
-    if etag:  # the same file, other bytes: a weak ETag (If-None-Match still compares weakly)
-        response.set_etag(etag, weak=True)
+    # Byte ranges would count the plain file's bytes: none are offered for the gzipped form
+    # (a Range request is answered by the file server, 206, uncompressed).
+    response.headers.pop("Accept-Ranges", None)
+    if etag:  # other bytes, another entity tag (RFC 9110 8.8.3): a cache never mixes the forms
+        response.set_etag(etag + GZIP_TAG)
     return response
 
 
