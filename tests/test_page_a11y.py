@@ -139,6 +139,10 @@ def test_axe_finds_nothing_serious_on_the_chat_desktop_phone_panel_and_dark(brow
     panel_fits(desktop)
     no_violations(desktop, axe, "the chat, desktop")
     shot(desktop, "page-desktop")
+    desktop.evaluate("() => window.chatPage.socket.disconnect()")  # "sending…" stays until it is back
+    send(desktop, "waiting for the network")
+    expect(desktop.locator("#messages .msg.pending")).to_have_count(1)
+    no_violations(desktop, axe, "the chat, desktop, a message being sent")
     desktop.context.close()
 
     phone = open_chat(browser, server, "Eli", **PHONE)
