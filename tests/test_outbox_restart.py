@@ -79,6 +79,36 @@ def test_the_cursor_on_postgresql_starts_at_the_newest_message_and_only_moves_fo
         store.close()
 
 
+def test_the_cursor_on_postgresql_connects_again_after_its_connection_is_cut(postgres_url):
+    """PostgreSQL ends the cursor's connection (a restart, a failover, an idle kill): its next
+    calls open a new one and answer, as the history store next to it does."""
+    import psycopg
+
+    from chatroom.core.model import Message
+    from chatroom.storage.postgres import PostgresStore
+    from chatroom.storage.publish_cursor import open_publish_cursor
+
+    store = PostgresStore(postgres_url)
+    cursor = open_publish_cursor(postgres_url, "", store.path)
+    admin = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        store.append(Message(username="u", content="c1", room="cut", source="http", seq=1))
+        assert cursor.load("cut")["cut"] == 1  # (the session's database holds other tests' rooms)
+        pid = cursor._db.info.backend_pid
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        wait_for(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone(),
+                 what="the cursor's backend gone")
+        store.append(Message(username="u", content="c2", room="cut", source="http", seq=2))
+        cursor.save("cut", {"cut": 2})  # the first call after the cut: connects again, no error
+        assert cursor._db.info.backend_pid != pid
+        assert cursor.newest("cut") == 2 and [m.content for m in cursor.after("cut", 0, 10)] == ["c1", "c2"]
+        assert cursor.load("cut")["cut"] == 2
+    finally:
+        admin.close()
+        cursor.close()
+        store.close()
+
+
 def test_published_rooms_admit_each_seq_once_and_the_cursor_waits_for_the_oldest():
     """The bookkeeping behind the replay (mqtt_service/published.py), without a broker."""
     from mqtt_service.published import PublishedRooms

@@ -14,11 +14,12 @@ import json
 import logging
 import sqlite3
 import threading
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 from chatroom.core.model import Message
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS mqtt_publish_cursor (
@@ -67,7 +68,11 @@ class PublishCursor:
 
     def _rows(self, sql: str, params: tuple = ()) -> list:
         with self._lock:
-            return list(self._db.execute(self._sql(sql), params).fetchall())
+            return self._retrying(lambda: list(self._db.execute(self._sql(sql), params).fetchall()))
+
+    def _retrying(self, work: Callable[[], T]) -> T:
+        """Run `work` on the connection (the lock held); PostgreSQL opens a lost one again."""
+        return work()
 
     def load(self, scope: str) -> dict[str, int]:
         """The cursor of every room of `scope`. The first time, every room starts at its newest
@@ -85,8 +90,9 @@ class PublishCursor:
         upsert = self._sql("INSERT INTO mqtt_publish_cursor (scope, room, seq) VALUES (?, ?, ?) "
                            "ON CONFLICT (scope, room) DO UPDATE SET seq = excluded.seq "
                            "WHERE excluded.seq > mqtt_publish_cursor.seq")
+        rows = [(scope, room, seq) for room, seq in cursors.items()]
         with self._lock:
-            self._transaction(upsert, [(scope, room, seq) for room, seq in cursors.items()])
+            self._retrying(lambda: self._transaction(upsert, rows))
 
     def _transaction(self, sql: str, rows: list[tuple]) -> None:
         raise NotImplementedError
@@ -140,10 +146,32 @@ class SqlitePublishCursor(PublishCursor):
 
 class PostgresPublishCursor(PublishCursor):
     def __init__(self, url: str, path: str):
+        self._url = url
+        super().__init__(self._connect(), "%s", path)
+
+    def _connect(self) -> Any:
         import psycopg  # only with DATABASE_URL
 
-        super().__init__(psycopg.connect(url, autocommit=True, connect_timeout=10,
-                                         application_name="chatroom-publish-cursor"), "%s", path)
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=10,
+                               application_name="chatroom-publish-cursor")
+
+    def _retrying(self, work: Callable[[], T]) -> T:
+        """A connection PostgreSQL closed (a restart, a failover, an idle kill) is opened again
+        and the statement run once more, as the history store does (postgres.py): every
+        statement here may run twice (reads, and an upsert that only moves forward). Still
+        failing: the error goes to the caller (history_replay.py tries again later), and the
+        next call connects again."""
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                return work()
+            except psycopg.OperationalError:
+                if attempt == 2 or not self._db.closed:
+                    raise
+                log.warning("PostgreSQL connection of the publish cursor lost; connecting again to %s", self.path)
+                self._db = self._connect()
+        raise AssertionError("unreachable")
 
     def _transaction(self, sql: str, rows: list[tuple]) -> None:
         with self._db.transaction():
