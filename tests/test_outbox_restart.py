@@ -3,7 +3,8 @@ survive a restart of the server, and go out in seq order, once."""
 import sqlite3
 
 import requests
-from conftest import app_env
+from command_device import Device
+from conftest import RunningApp, app_env
 
 from support import TIMEOUT, MqttProbe, wait_for
 
@@ -71,6 +72,11 @@ def test_the_cursor_on_postgresql_starts_at_the_newest_message_and_only_moves_fo
         store.append(Message(username="u", content="m4", room="pg", source="http", seq=4))
         assert cursor.newest_per_room() == {"pg": 4} and cursor.newest("pg") == 4
         assert [m.content for m in cursor.after("pg", 2, 10)] == ["m3", "m4"]
+        # a command record (stored with a seq, published as a system event) is not the cursor's
+        store.append(Message(username="ops", content="ops -> lamp: power = true", room="pg", source="http",
+                             seq=5, type="system_message", data={"event": "command"}))
+        assert cursor.newest_per_room()["pg"] == 4 and cursor.newest("pg") == 4
+        assert [m.content for m in cursor.after("pg", 3, 10)] == ["m4"]
         cursor.save("p", {"pg": 4})
         cursor.save("p", {"pg": 2})  # an older acknowledgement never moves it back
         assert cursor.load("p") == {"pg": 4} and cursor.load("other") == {"pg": 4}
@@ -107,6 +113,43 @@ def test_the_cursor_on_postgresql_connects_again_after_its_connection_is_cut(pos
         admin.close()
         cursor.close()
         store.close()
+
+
+def test_command_records_are_not_replayed_as_chat_and_never_keep_a_room_behind(own_broker, tmp_path):
+    """A command and its result are stored in history with a seq (type system_message) and
+    published live on P/…/system, never on messages/out. The room's newest rows are those two
+    records; after a clean restart messages/out carries no record and the room is not behind."""
+    env = app_env(own_broker, tmp_path, MQTT_CLIENT_ID="bridge-records")
+    prefix = env["MQTT_TOPIC_PREFIX"]
+    probe = MqttProbe(own_broker.port, f"{prefix}/#").start()
+    lamp = Device(own_broker.port, prefix, "lamp-1", {"power": {"type": "bool"}})
+    app = RunningApp(env).start()
+    try:
+        assert app.http.post("/api/messages", json={"username": "ops", "message": "hello"}).status_code == 201
+        lamp.join()
+        wait_for(lambda: app.http.get("/api/devices/lamp-1/commands").get_json().get("commands"),
+                 what="lamp's commands declared")
+        answer = app.http.post("/api/devices/lamp-1/commands", json={"command": "power", "value": True,
+                                                                     "username": "ops"})
+        assert answer.status_code == 200 and answer.get_json()["ok"], answer.get_data(as_text=True)
+        probe.wait(f"{prefix}/system", match=lambda body: body.get("event") == "command_result")
+        stored = app.http.get("/api/messages").get_json()["messages"]
+        assert [m["type"] for m in stored][-2:] == ["system_message", "system_message"]
+        wait_for(lambda: app.status()["mqtt_status"]["history_outbox"]["unacknowledged"] == 0, what="acked")
+        app.stop()
+        app = RunningApp(env).start()
+        assert app.status()["mqtt_status"]["history_outbox"]["rooms_behind"] == 0
+        assert app.http.post("/api/messages", json={"username": "ops", "message": "after"}).status_code == 201
+        # A live message enters only once its room caught up: the stream has settled with it.
+        probe.wait(f"{prefix}/messages/out", match=lambda body: body["content"] == "after")
+        outs = [hit.json() for hit in probe.on(f"{prefix}/messages/out")]
+        assert [(m["type"], m["content"]) for m in outs] == [("user_message", "hello"), ("user_message", "after")]
+        history = app.status()["mqtt_status"]["history_outbox"]
+        assert (history["replayed"], history["rooms_behind"]) == (0, 0)
+    finally:
+        app.stop()
+        lamp.stop()
+        probe.stop()
 
 
 def test_published_rooms_admit_each_seq_once_and_the_cursor_waits_for_the_oldest():

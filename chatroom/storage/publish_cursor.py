@@ -16,7 +16,8 @@ import sqlite3
 import threading
 from typing import Any, Callable, Protocol, TypeVar
 
-from chatroom.core.model import Message
+from chatroom.core.command_desk import RECORD
+from chatroom.core.model import Message, dumps
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,14 +31,22 @@ CREATE TABLE IF NOT EXISTS mqtt_publish_cursor (
 )
 """
 MARK = ""  # the room of the row that says a scope's cursor exists
-# Each room's newest stored seq, one index look-up per room (a loose index scan on (room, seq)).
-NEWEST_PER_ROOM = """
+# A command record (command_desk.py) is stored with a seq but published live as a system event
+# on P/…/system, never on messages/out: the cursor does not count it, or it would be replayed as
+# chat after a restart and, as a room's newest row, keep the room behind for ever. A body is
+# the message's own JSON, `type` first (Message.to_dict), so a record's starts with this text.
+RECORD_BODY_START = dumps({"type": RECORD})[:-1] + ","
+CHAT = f"substr(body, 1, {len(RECORD_BODY_START)}) <> '{RECORD_BODY_START}'"
+# Each room's newest chat seq, one index look-up per room (a loose index scan on (room, seq),
+# read backwards past the room's newest command records).
+NEWEST_PER_ROOM = f"""
 WITH RECURSIVE rooms(room) AS (
     SELECT MIN(room) FROM messages
     UNION ALL
     SELECT (SELECT MIN(room) FROM messages WHERE room > rooms.room) FROM rooms WHERE rooms.room IS NOT NULL
 )
-SELECT room, (SELECT MAX(seq) FROM messages WHERE messages.room = rooms.room) FROM rooms WHERE room IS NOT NULL
+SELECT room, (SELECT seq FROM messages WHERE messages.room = rooms.room AND {CHAT} ORDER BY seq DESC LIMIT 1)
+FROM rooms WHERE room IS NOT NULL
 """
 
 
@@ -101,12 +110,14 @@ class PublishCursor:
         return {room: seq for room, seq in self._rows(NEWEST_PER_ROOM) if seq is not None}
 
     def newest(self, room: str) -> int:
-        rows = self._rows("SELECT MAX(seq) FROM messages WHERE room = ?", (room,))
-        return (rows[0][0] or 0) if rows else 0
+        """The room's newest chat seq (0: none)."""
+        rows = self._rows(f"SELECT seq FROM messages WHERE room = ? AND {CHAT} ORDER BY seq DESC LIMIT 1", (room,))
+        return rows[0][0] if rows else 0
 
     def after(self, room: str, seq: int, limit: int) -> list[Message]:
-        """The room's stored messages after `seq`, in seq order, at most `limit`."""
-        rows = self._rows("SELECT body FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+        """The room's stored chat messages after `seq`, in seq order, at most `limit` (a
+        command record is skipped: its seq leaves a gap, as in the live stream)."""
+        rows = self._rows(f"SELECT body FROM messages WHERE room = ? AND seq > ? AND {CHAT} ORDER BY seq LIMIT ?",
                           (room, seq, limit))
         return [Message.from_dict(json.loads(body)) for (body,) in rows]
 
