@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping
 
 from chatroom import config_values as values
+from chatroom.config_tls import tls_file_problems
 from chatroom.config_values import PROJECT_DIR
 
 ASYNC_MODES = ("eventlet", "threading")
@@ -207,7 +208,13 @@ class Settings:
             reader.problems.append("MQTT_CA_CERTS: set, but MQTT_TLS is false (set MQTT_TLS=true)")
         elif settings.mqtt_ca_certs and not os.path.isfile(settings.mqtt_ca_certs):
             reader.problems.append(f"MQTT_CA_CERTS: no readable file at {settings.mqtt_ca_certs!r}")
-        reader.problems.extend(_client_certificate_problems(settings))
+        client_problems = _client_certificate_problems(settings)
+        reader.problems.extend(client_problems)
+        if settings.mqtt_tls:  # loaded here as paho will: a file that exists but cannot be used is one line
+            ca_ok = not any(problem.startswith("MQTT_CA_CERTS") for problem in reader.problems)
+            reader.problems.extend(tls_file_problems(settings.mqtt_ca_certs if ca_ok else "",
+                                                     "" if client_problems else settings.mqtt_certfile,
+                                                     settings.mqtt_keyfile))
         if settings.mqtt_broker_kind == "nats":  # NATS subjects: it closes the connection on these
             for name, prefix in (("MQTT_TOPIC_PREFIX", settings.mqtt_topic_prefix),
                                  ("HA_DISCOVERY_PREFIX", settings.ha_discovery_prefix)):

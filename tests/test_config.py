@@ -129,7 +129,68 @@ def test_a_missing_ca_file_is_one_clear_problem(tmp_path):
     assert info.value.problems == [f"MQTT_CA_CERTS: no readable file at {str(tmp_path / 'nope.pem')!r}"]
 
 
-def test_relative_paths_are_taken_from_the_project_directory(tmp_path):
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict:
+    """Two self-signed certificates and keys made with openssl, an encrypted copy of one key,
+    and a file that is not PEM."""
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+    for name in ("a", "b"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}")
+    openssl("pkey", "-in", "a.key", "-aes256", "-passout", "pass:secret", "-out", "encrypted.key")
+    (directory / "not-pem.txt").write_text("not a certificate\n")
+    return {"a_crt": str(directory / "a.crt"), "a_key": str(directory / "a.key"), "b_key": str(directory / "b.key"),
+            "encrypted": str(directory / "encrypted.key"), "not_pem": str(directory / "not-pem.txt")}
+
+
+@pytest.mark.parametrize("files, problem", [
+    ({"MQTT_CA_CERTS": "not_pem"}, "MQTT_CA_CERTS: no PEM CA certificate could be read from {not_pem!r}"),
+    ({"MQTT_CERTFILE": "a_crt", "MQTT_KEYFILE": "b_key"},
+     "MQTT_KEYFILE: the key in {b_key!r} does not belong to the certificate in {a_crt!r}"),
+    ({"MQTT_CERTFILE": "a_crt", "MQTT_KEYFILE": "encrypted"},
+     "MQTT_KEYFILE: the private key in {encrypted!r} is encrypted; a passphrase is not supported"),
+    ({"MQTT_CERTFILE": "a_crt", "MQTT_KEYFILE": "not_pem"},
+     "MQTT_KEYFILE: no PEM private key could be read from {not_pem!r}"),
+    ({"MQTT_CERTFILE": "not_pem", "MQTT_KEYFILE": "a_key"},
+     "MQTT_CERTFILE: no PEM certificate could be read from {not_pem!r}"),
+    ({"MQTT_CERTFILE": "a_crt"}, "MQTT_KEYFILE: required: no private key in MQTT_CERTFILE {a_crt!r}"),
+])
+def test_tls_files_that_exist_but_cannot_be_used_are_one_line_each(tls_files, files, problem):
+    """Issue 26: a key of another certificate, an encrypted key (refused, never prompted for),
+    or a file that is not PEM crashed the bridge's start with an SSLError: each is one line."""
+    env = {"MQTT_TLS": "true", **{name: tls_files[file] for name, file in files.items()}}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith(problem.format(**tls_files)), info.value.problems
+    good = {"MQTT_TLS": "true", "MQTT_CA_CERTS": tls_files["a_crt"], "MQTT_CERTFILE": tls_files["a_crt"],
+            "MQTT_KEYFILE": tls_files["a_key"]}
+    assert Settings.from_env(good).mqtt_keyfile == tls_files["a_key"]
+
+
+def test_a_key_of_another_certificate_stops_the_server_with_exit_2(tls_files, monkeypatch, caplog):
+    """app.py's main(): one configuration-error line and exit code 2, before anything starts."""
+    import logging
+
+    import app as server
+
+    monkeypatch.setattr(server, "load_dotenv", lambda *args, **kwargs: None)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # main() may set it
+    for name, value in {"MQTT_TLS": "true", "MQTT_CERTFILE": tls_files["a_crt"],
+                        "MQTT_KEYFILE": tls_files["b_key"]}.items():
+        monkeypatch.setenv(name, value)
+    assert server.main() == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"configuration error: MQTT_KEYFILE: the key in {tls_files['b_key']!r} does not belong "
+                      f"to the certificate in {tls_files['a_crt']!r}"]
+
+
+def test_relative_paths_are_taken_from_the_project_directory(tmp_path, tls_files):
     """Issue 22: `.env` is read beside app.py, so its relative paths mean the same place:
     run from `/`, DATABASE_PATH=data/chat.db must not become /data/chat.db."""
     from chatroom.config import PROJECT_DIR
@@ -138,7 +199,7 @@ def test_relative_paths_are_taken_from_the_project_directory(tmp_path):
     assert Settings.from_env({"DATABASE_PATH": "data/other.db"}).database_path == str(PROJECT_DIR / "data/other.db")
     assert Settings.from_env({"DATABASE_PATH": str(tmp_path / "a.db")}).database_path == str(tmp_path / "a.db")
     ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+    ca.write_text(open(tls_files["a_crt"]).read())  # a real certificate: the file is loaded
     relative_ca = os.path.relpath(ca, PROJECT_DIR)
     assert Settings.from_env({"MQTT_TLS": "true", "MQTT_CA_CERTS": relative_ca}).mqtt_ca_certs == str(
         PROJECT_DIR / relative_ca)
