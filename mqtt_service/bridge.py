@@ -75,7 +75,8 @@ class MqttBridge:
         self.topics = Topics(settings.mqtt_topic_prefix)
         self.stats = BridgeStats()
         # What this broker lacks decides the protocol and QoS (docs/BROKERS.md); said once, here.
-        self.plan = plan_for(settings.mqtt_broker_kind, settings.mqtt_protocol, settings.mqtt_qos)
+        self.plan = plan_for(settings.mqtt_broker_kind, settings.mqtt_protocol, settings.mqtt_qos,
+                             settings.mqtt_shared_group)
         self.qos = self.plan.qos
         # Several instances (PROTOCOL 8): each has its own state topic; they relay as one device.
         instance = settings.instance_id if settings.mqtt_shared_group else ""

@@ -65,7 +65,7 @@ class BridgePlan:
     qos: int
 
 
-def plan_for(kind: str, protocol: str, qos: int) -> BridgePlan:
+def plan_for(kind: str, protocol: str, qos: int, shared_group: str = "") -> BridgePlan:
     """The protocol and QoS to use with broker `kind`, logging once what it lacks."""
     profile = PROFILES[kind]
     used_protocol = protocol if profile.mqtt5 else "3.1.1"
@@ -75,6 +75,12 @@ def plan_for(kind: str, protocol: str, qos: int) -> BridgePlan:
         log.warning("MQTT broker %s lacks: %s", kind, "; ".join(gaps))
     if used_protocol != protocol:
         log.warning("MQTT_PROTOCOL=%s: %s speaks only 3.1.1; using 3.1.1", protocol, kind)
+    if shared_group and kind == "auto" and used_protocol == "3.1.1":
+        # Nothing on 3.1.1 tells: RabbitMQ and NATS grant `$share/…` as a plain topic and deliver
+        # nothing to it. Not refused (Mosquitto, EMQX, HiveMQ share it), said at every start.
+        log.warning("MQTT_SHARED_GROUP=%s with MQTT_BROKER_KIND=auto on MQTT 3.1.1: the broker cannot say "
+                    "whether it shares subscriptions, and RabbitMQ and NATS would deliver no device message; "
+                    "name the broker (MQTT_BROKER_KIND) or use MQTT_PROTOCOL=5 (docs/BROKERS.md)", shared_group)
     return BridgePlan(profile, used_protocol, used_qos)
 
 

@@ -471,3 +471,20 @@ def test_the_facade_builds_without_a_broker(tmp_path):
     assert not bridge.is_running and not bridge.is_connected and bridge.outbox_size == 0
     bridge.stop()  # never started: nothing to do
     assert bridge.status()["is_running"] is False
+
+
+def test_a_shared_group_on_an_unnamed_3_1_1_broker_is_warned_about_at_start(caplog):
+    """Issue 26: MQTT_SHARED_GROUP is refused with MQTT_BROKER_KIND=rabbitmq/nats, but with `auto`
+    on MQTT 3.1.1 nothing tells (RabbitMQ and NATS grant `$share/…` and deliver nothing): one
+    WARNING line at start; none once the broker is named or MQTT 5's CONNACK can tell."""
+    from mqtt_service.broker_profile import plan_for
+
+    def warned(*args: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mqtt_service.bridge"):
+            plan_for(args[0], args[1], 1, *args[2:])
+        return [r.getMessage() for r in caplog.records if "MQTT_SHARED_GROUP" in r.getMessage()]
+
+    said = warned("auto", "3.1.1", "relays")
+    assert len(said) == 1 and "MQTT_SHARED_GROUP=relays with MQTT_BROKER_KIND=auto on MQTT 3.1.1" in said[0]
+    assert warned("mosquitto", "3.1.1", "relays") == warned("auto", "5", "relays") == warned("auto", "3.1.1") == []
