@@ -228,6 +228,44 @@ def test_wal_checkpoints_run_on_their_own_thread_not_in_commits(tmp_path):
     assert MessageStore(path).last_seq("lobby") == 2000
 
 
+def test_the_publish_cursor_never_checkpoints_the_history_in_its_own_commits(tmp_path):
+    """Issue 26: the cursor's own SQLite connection kept SQLite's automatic checkpoint, so its
+    commit past 1 000 WAL pages copied the history's WAL into the file inline (under eventlet,
+    every green thread waited). Checkpoints are the history's checkpoint thread's alone."""
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from chatroom.storage.publish_cursor import SqlitePublishCursor
+    from chatroom.storage.sqlite import MessageStore
+
+    class NeverStarted:  # the history's checkpoint thread, held back so the WAL stays uncopied
+        def __init__(self, **kwargs):
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    path = str(tmp_path / "c.db")
+    store = MessageStore(path, checkpoint_threads=SimpleNamespace(Event=threading.Event, Thread=NeverStarted))
+    cursor = SqlitePublishCursor(path)
+    try:
+        cursor.load("p")
+        for seq in range(1, 801):
+            store.append(Message(username="d", content="x" * 1500, room="lobby", source="mqtt", seq=seq))
+        assert os.path.getsize(path + "-wal") > 1000 * 4096  # past SQLite's automatic checkpoint
+        before = os.path.getsize(path)
+        cursor.save("p", {"lobby": 800})
+        assert os.path.getsize(path) == before
+        assert cursor.load("p") == {"lobby": 800}
+    finally:
+        cursor.close()
+        store.close()
+
+
 def test_both_stores_list_recent_device_message_ids_for_the_dedup_window(store):
     """What a restart rebuilds the in-process dedup window from: device messages that
     carried their own message_id, at or after a moment, oldest first — the same on both."""

@@ -131,6 +131,10 @@ class SqlitePublishCursor(PublishCursor):
         # The history store made the file and switched it to WAL: readers never wait for its writer.
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         db.execute("PRAGMA synchronous=NORMAL")
+        # Never checkpoint inside this connection's commits: SQLite's automatic checkpoint would
+        # copy the history's WAL into the file here, on the bridge's thread, and under eventlet
+        # stop every green thread; the history's own checkpoint thread does it (sqlite_wal.py).
+        db.execute("PRAGMA wal_autocheckpoint=0")
         super().__init__(db, "?", path)
         # From here on a write never waits for the store's open batch: SQLite's busy wait
         # sleeps in C, which under eventlet stops every green thread, the one that would
