@@ -57,9 +57,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def wait_listening(proc: subprocess.Popen, port: int, name: str, log: Path) -> None:
+def wait_listening(proc: subprocess.Popen, port: int, name: str, log: Path, timeout: float = TIMEOUT) -> None:
     """Wait until a service we started listens on `port`; if it exited, fail with its log."""
-    wait_for(lambda: port_open(port) or proc.poll() is not None, what=f"{name} on port {port}")
+    wait_for(lambda: port_open(port) or proc.poll() is not None, timeout=timeout, what=f"{name} on port {port}")
     if proc.poll() is not None:
         raise RuntimeError(f"{name} failed to start: {log.read_text()[-2000:]}")
 
@@ -450,17 +450,49 @@ class RabbitMQServer:
                 "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq"), "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
                 "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"), "RABBITMQ_ADVANCED_CONFIG_FILE": str(w / "advanced.config")}
 
-    def start(self) -> "RabbitMQServer":
+    def start(self, timeout: float = 90) -> "RabbitMQServer":
         (self.workdir / "rabbitmq.pid").unlink(missing_ok=True)
         log = open(self.log, "ab")
+        # A process group of its own: a start that fails is stopped whole (the script, the Erlang VM).
         self.proc = subprocess.Popen([self.script], cwd=str(self.workdir), env=self.env(), stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, timeout=90,
-                 what=f"RabbitMQ's MQTT listener on {self.port}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"RabbitMQ failed to start: {self.log.read_text()[-2000:]}")
+        try:
+            wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, timeout=timeout,
+                     what=f"RabbitMQ's MQTT listener on {self.port}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"RabbitMQ failed to start: {self.log.read_text()[-2000:]}")
+        except BaseException:
+            self._abandon()
+            raise
         return self
+
+    def _abandon(self) -> None:
+        """A start that failed: kill what it started (its process group, the VM by its PID file
+        if it wrote one, the epmd on its own port), so nothing outlives the test."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+        self.proc = None
+        pid_file = self.workdir / "rabbitmq.pid"
+        if pid_file.exists() and pid_file.read_text().strip():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._kill_epmd()
+
+    def _kill_epmd(self) -> None:
+        """Stop the epmd on our port; it refuses while a node is still registered (a VM just
+        killed), so asked again until its port is closed."""
+        def stopped() -> bool:
+            subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"], env=self.env(), capture_output=True,
+                           timeout=30)
+            return not port_open(self.epmd_port)
+        wait_for(stopped, interval=0.2, what=f"epmd on port {self.epmd_port} stopped")
 
     def stop(self) -> None:
         """A clean stop: SIGTERM to the Erlang VM (its PID from RABBITMQ_PID_FILE), then the script ends."""
@@ -482,8 +514,7 @@ class RabbitMQServer:
     def close(self) -> None:
         """Stop the node and the epmd it started on its own port."""
         self.stop()
-        subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"], env=self.env(), capture_output=True,
-                       timeout=30)
+        self._kill_epmd()
 
     def restart(self) -> None:
         self.stop()
@@ -508,10 +539,14 @@ class NatsServer:
             f'jetstream {{ store_dir: "{workdir / "jetstream"}" }}\n'
             f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n")
 
-    def start(self) -> "NatsServer":
+    def start(self, timeout: float = TIMEOUT) -> "NatsServer":
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf), "-l", str(self.log)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_listening(self.proc, self.port, "nats-server", self.log)
+        try:
+            wait_listening(self.proc, self.port, "nats-server", self.log, timeout)
+        except BaseException:  # never listening: stopped here, not left running past the test
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

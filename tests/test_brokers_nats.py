@@ -68,3 +68,19 @@ def test_a_dotted_device_id_relays_and_a_dotted_prefix_is_refused(server, tmp_pa
 
 def test_mqtt5_without_the_broker_kind_is_one_clear_error(server, tmp_path):
     mqtt5_without_a_kind_is_one_clear_error(server, tmp_path, "Unsupported protocol version (0x84) (MQTT_PROTOCOL=5")
+
+
+def test_a_start_that_fails_stops_the_server_it_started(tmp_path):
+    """tests/support.py: a nats-server that never listens where it was told fails its start and
+    is stopped by its PID, not left running past the test."""
+    import os
+    import re
+
+    from support import free_port
+
+    broken = NatsServer(tmp_path / "never")
+    broken.port = free_port()  # the MQTT listener is configured elsewhere: never open here
+    with pytest.raises(AssertionError, match="timed out"):
+        broken.start(timeout=3)
+    pid = re.match(r"\[(\d+)\]", broken.log.read_text()).group(1)  # nats logs "[pid] …"
+    assert broken.proc is None and not os.path.exists(f"/proc/{pid}")

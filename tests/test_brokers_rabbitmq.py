@@ -43,3 +43,33 @@ def test_qos1_loses_nothing_across_a_broker_restart(server, tmp_path):
 
 def test_mqtt5_without_the_broker_kind_is_one_clear_error(server, tmp_path):
     mqtt5_without_a_kind_is_one_clear_error(server, tmp_path, "does it speak MQTT 5?")
+
+
+def test_a_start_that_fails_stops_everything_it_started(tmp_path):
+    """tests/support.py: a RabbitMQ that never listens where it was told fails its start and
+    leaves nothing running (the script, the Erlang VM, its epmd)."""
+    import os
+
+    from support import free_port, port_open, wait_for
+
+    broken = RabbitMQServer(tmp_path / "never")
+    broken.port = free_port()  # the MQTT listener is configured elsewhere: never open here
+    node = f"chat-test-{broken.port}@localhost".encode()
+
+    def ours() -> list[str]:  # processes of this node: read from /proc, never matched to be killed
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/environ", "rb") as environ:
+                    if node in cmdline.read() or node in environ.read():
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    with pytest.raises(AssertionError, match="timed out"):
+        broken.start(timeout=5)  # the listener is not what is waited on: it never opens here
+    # The Erlang VM was up (it writes its PID file once booting) and its epmd with it.
+    assert (broken.workdir / "rabbitmq.pid").read_text().strip().isdigit()
+    assert broken.proc is None and not port_open(broken.epmd_port)
+    wait_for(lambda: ours() == [], timeout=10, what="every process of the failed start gone")  # SIGKILLed
