@@ -4,8 +4,9 @@ the subscriptions it renews on every connect.
 The session is persistent (messages sent while we restart wait for us) and paho
 reconnects by itself with backoff; the server works while the broker is down. The
 bridge's retained state topic says `online` ahead of any backlog on each connect, and
-the will says `offline`. A refused or unreachable broker is logged once per state
-change, not once per retry. Publications go through the outbox (outbox.py), which this
+the will says `offline`. A refused or unreachable broker, or one that closes each
+connection as it opens, is logged (and told to the rooms) once per state change, not
+once per retry. Publications go through the outbox (outbox.py), which this
 tells when the connection comes and goes; connections the broker keeps closing are
 explained by connection_watch.py. Inbound publications go to `on_message` (dispatch.py).
 """
@@ -78,6 +79,7 @@ class Connection:
         self._ever_connected = False
         self._told_gaps = False
         self._connack_refused = False
+        self._offline_told = False  # the rooms heard "lost the broker" and not yet "back online"
         self.subscription_memory = SubscriptionMemory(os.path.dirname(os.path.abspath(settings.database_path)))
 
     # --- lifecycle --------------------------------------------------------------------
@@ -194,7 +196,7 @@ class Connection:
                  self.settings.mqtt_broker, self.settings.mqtt_port,
                  connect_flags.session_present, self.outbox.size)
         online_text = "MQTT service connected" if first_time else "MQTT bridge is back online"
-        self.outbox.connected(after_drain=lambda: self._online(online_text))
+        self.outbox.connected(after_drain=lambda: self._online(online_text, first_time))
 
     def _drop_stale_subscriptions(self, client: mqtt.Client) -> None:
         """The persistent session keeps another configuration's filters: drop them first."""
@@ -235,10 +237,13 @@ class Connection:
         log.warning("MQTT %s: the bridge's state, will and device topics go out unretained "
                     "(late subscribers miss them)", why)
 
-    def _online(self, text: str) -> None:
+    def _online(self, text: str, first_time: bool) -> None:
         """After (re)connecting and sending the backlog: so these neither jump the queue
-        nor push the oldest kept message out of a full outbox."""
-        self.announce("bridge_online", text)
+        nor push the oldest kept message out of a full outbox. "Back online" answers a loss
+        the rooms were told of (a repeated one is not told: connection_watch.py)."""
+        if first_time or self._offline_told:
+            self._offline_told = False
+            self.announce("bridge_online", text)
         self.after_online()
 
     @guarded
@@ -272,9 +277,12 @@ class Connection:
         why = getattr(client, "last_transport_error", None)
         text = f"connection lost: {reason_text(reason_code, self.mqtt5)}" + (f" ({why})" if why else "")
         self.stats.error(text)
-        log.warning("MQTT %s; messages wait in the outbox until it returns", text)
+        news = self.watch.lost(text)
         self.watch.closed()
-        self.announce("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+        if news:  # once per state change, not once per retry of a broker that keeps closing
+            log.warning("MQTT %s; messages wait in the outbox until it returns", text)
+            self._offline_told = True
+            self.announce("bridge_offline", "MQTT bridge lost the broker; device messages wait")
 
     def _attempt_failed(self, text: str) -> None:
         if self.stats.last_error != text:  # one line per state change, not one per retry

@@ -23,6 +23,10 @@ TAKEOVER_SECONDS, TAKEOVER_COUNT, TAKEOVER_WINDOW = 10.0, 3, 60.0
 # An optional publication followed within this many seconds by the broker closing the
 # connection, twice in a row, is taken as refused.
 REFUSAL_SECONDS = 0.5
+# A connection lost within this many seconds of opening, for the same reason as the one
+# before it (also that short): a broker that closes each connection as it opens (NATS and
+# a QoS 2 publication, a refused ACL, a take-over). One state, said once, not per retry.
+FLAP_SECONDS = 3.0
 
 
 class ConnectionWatch:
@@ -37,6 +41,7 @@ class ConnectionWatch:
         self._connected_at = 0.0
         self._short_sessions: list[float] = []  # when connections closed right after opening
         self._takeover_logged = float("-inf")
+        self._short_loss: str | None = None  # why the last connection, a short one, was lost
 
     def family(self, topic: str) -> str:
         """The topic family a refusal is blamed on: optional families as a whole, else the topic."""
@@ -54,6 +59,14 @@ class ConnectionWatch:
 
     def opened(self) -> None:
         self._connected_at = time.monotonic()
+
+    def lost(self, why: str) -> bool:
+        """A connection we had is gone (before `closed`): is it news for the log and the rooms?
+        Not when it is the same loss as the one before, both right after connecting."""
+        short = time.monotonic() - self._connected_at < FLAP_SECONDS
+        repeated = short and self._short_loss == why
+        self._short_loss = why if short else None
+        return not repeated
 
     def closed(self) -> None:
         """The broker closed a connection we had: say so when it keeps happening."""

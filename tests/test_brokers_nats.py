@@ -84,3 +84,30 @@ def test_a_start_that_fails_stops_the_server_it_started(tmp_path):
         broken.start(timeout=3)
     pid = re.match(r"\[(\d+)\]", broken.log.read_text()).group(1)  # nats logs "[pid] …"
     assert broken.proc is None and not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_connection_the_broker_closes_on_every_retry_is_said_once(server, tmp_path, caplog):
+    """Issue 26: MQTT_BROKER_KIND unset and MQTT_QOS=2: NATS closes every connection at the first
+    QoS 2 publication. One "connection lost" line (and the loop explained once), and the rooms
+    told bridge_offline once, not on every retry."""
+    from broker_checks import PortOnly
+    from conftest import RunningApp, app_env
+
+    from chatroom.core.model import SystemEvent
+    from support import wait_for
+
+    app = RunningApp(app_env(PortOnly(server.port), tmp_path, MQTT_QOS="2"))
+    told: list[str] = []
+    app.components.rooms.subscribe("test-bridge-events", lambda event: told.append(event.event),
+                                   events=(SystemEvent,))
+    with caplog.at_level(logging.WARNING, logger="mqtt_service.bridge"):
+        app.components.start()
+        try:
+            wait_for(lambda: app.status()["mqtt_status"]["reconnect_count"] >= 3, timeout=60, what="3 retries")
+            app.drain()
+            said = [r.getMessage() for r in caplog.records]
+            assert len([line for line in said if "connection lost" in line]) == 1, said
+            assert len([line for line in said if "right after they opened" in line]) == 1, said
+            assert told.count("bridge_offline") == 1 and told.count("bridge_online") <= 2, told
+        finally:
+            app.stop()

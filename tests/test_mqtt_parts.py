@@ -488,3 +488,30 @@ def test_a_shared_group_on_an_unnamed_3_1_1_broker_is_warned_about_at_start(capl
     said = warned("auto", "3.1.1", "relays")
     assert len(said) == 1 and "MQTT_SHARED_GROUP=relays with MQTT_BROKER_KIND=auto on MQTT 3.1.1" in said[0]
     assert warned("mosquitto", "3.1.1", "relays") == warned("auto", "5", "relays") == warned("auto", "3.1.1") == []
+
+
+def test_a_broker_that_closes_each_connection_as_it_opens_is_said_once(tmp_path, caplog):
+    """Issue 26: a connect-then-close loop (NATS closing on a QoS 2 publication) logged "connection
+    lost" and told every room bridge_offline/online on every retry. The same loss right after
+    connecting again is the same state: one line, one offline, one online; a connection that
+    lasted is news again."""
+    connection, client, stats, said = make_connection(tmp_path)
+    lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+    offline = ("bridge_offline", "MQTT bridge lost the broker; device messages wait")
+    with caplog.at_level(logging.WARNING, logger="mqtt_service.bridge"):
+        for _ in range(4):
+            connection.on_connect(client, None, ConnectFlags(session_present=True), CONNACK_OK, None)
+            connection.on_disconnect(client, None, DisconnectFlags(False), lost, None)
+        assert said == [("bridge_online", "MQTT service connected"), "after", offline,
+                        ("bridge_online", "MQTT bridge is back online"), "after", "after", "after"]
+        assert len([r for r in caplog.records if "connection lost" in r.getMessage()]) == 1
+        # ... and the loop explained (connection_watch.py), in last_error and one ERROR line
+        assert "closed 4 connections" in stats.last_error and stats.snapshot()["reconnect_count"] == 3
+        assert len([r for r in caplog.records if "right after they opened" in r.getMessage()]) == 1
+        # A connection that lasted, then lost: said again, and its return too.
+        connection.on_connect(client, None, ConnectFlags(session_present=True), CONNACK_OK, None)
+        connection.watch._connected_at -= 60
+        connection.on_disconnect(client, None, DisconnectFlags(False), lost, None)
+        connection.on_connect(client, None, ConnectFlags(session_present=True), CONNACK_OK, None)
+    assert said[-4:] == ["after", offline, ("bridge_online", "MQTT bridge is back online"), "after"]
+    assert len([r for r in caplog.records if "connection lost" in r.getMessage()]) == 2
