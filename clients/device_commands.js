@@ -25,11 +25,12 @@ const RATE_LIMITED_RETRIES = 30;
 const RATE_LIMITED_PAUSE_MS = 1000;
 
 // The level the server gives this client_id under P/devices/ (docs/PROTOCOL.md): the id
-// itself when it is letters, digits, _ and -, else a slug plus 8 hex digits of its SHA-1.
+// itself when it is letters, digits, _ and -, else a slug, "~" and 8 hex digits of its SHA-1
+// (a plain id cannot hold "~", so it is never another id's level).
 function topicId(clientId) {
   if (/^[A-Za-z0-9_-]{1,64}$/.test(clientId)) return clientId;
   const slug = clientId.replace(/[^A-Za-z0-9_-]+/g, "_").replace(/^_+|_+$/g, "").slice(0, 48) || "device";
-  return `${slug}-${crypto.createHash("sha1").update(clientId, "utf8").digest("hex").slice(0, 8)}`;
+  return `${slug}~${crypto.createHash("sha1").update(clientId, "utf8").digest("hex").slice(0, 8)}`;
 }
 
 const isPrintable = (text) => !/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(text);

@@ -36,12 +36,12 @@ _SPEC_KEYS = {"bool": set(), "number": {"min", "max", "step"}, "enum": {"options
 
 def topic_id(client_id: str) -> str:
     """The level the server gives this client_id under P/devices/ (docs/PROTOCOL.md):
-    the id itself when it is letters, digits, _ and -, else a slug plus 8 hex digits of
-    its SHA-1 (so no id adds topic levels)."""
+    the id itself when it is letters, digits, _ and -, else a slug, `~` and 8 hex digits
+    of its SHA-1 (so no id adds topic levels, and no plain id is another's level)."""
     if _SAFE_ID.fullmatch(client_id):
         return client_id
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", client_id).strip("_")[:48] or "device"
-    return f"{slug}-{hashlib.sha1(client_id.encode('utf-8')).hexdigest()[:8]}"
+    return f"{slug}~{hashlib.sha1(client_id.encode('utf-8')).hexdigest()[:8]}"
 
 
 def parse_declaration(text: str) -> dict:

@@ -57,7 +57,7 @@ class DeviceCommands:
         self.entities = entities  # None without HA_DISCOVERY
         self.reannouncer = reannouncer or Reannouncer(lambda deadline: True)
         self._lock = threading.Lock()
-        self._by_topic: dict[str, str] = {}             # topic level -> client_id, declaring devices only
+        declared.address = topic_id  # a device is told on its topic level: two never share one
         self._announced: dict[str, dict[str, str]] = {}  # client_id -> command -> config topic
         self._controls: dict[str, dict[str, Any]] = {}   # client_id -> command -> last acknowledged value
         self._deferred: set[str] = set()                 # declared beyond the per-minute budget
@@ -88,11 +88,11 @@ class DeviceCommands:
     def _ack(self, level: str, payload: bytes) -> None:
         ack = parse_json_object(payload, MAX_ACK_BYTES)
         # No declaring device answers here ("" is nobody's id): nothing of ours was sent to it.
-        if self.desk.on_ack(self._by_topic.get(level, ""), ack) == "ignored":
+        if self.desk.on_ack(self.declared.owner(level) or "", ack) == "ignored":
             self.stats.add("acks_ignored")
 
     def _set(self, level: str, command: str, payload: bytes) -> None:
-        client_id = self._by_topic.get(level)
+        client_id = self.declared.owner(level)
         if client_id is None or len(payload) > MAX_SET_BYTES:
             self.stats.add("ha_commands_ignored")
             return
@@ -132,11 +132,6 @@ class DeviceCommands:
 
     def _declaration_changed(self, client_id: str, declared: Declared | None,
                              before: dict[str, CommandSpec]) -> None:
-        with self._lock:
-            if declared is None:
-                self._by_topic.pop(topic_id(client_id), None)
-            else:
-                self._by_topic[topic_id(client_id)] = client_id
         if self.entities is not None:
             self._announce(client_id, declared)
 

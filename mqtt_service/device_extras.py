@@ -28,10 +28,16 @@ class DeviceExtras:
         self.commands = commands
         self.requests = requests
 
-    def prepare(self, kind: str, obj: dict) -> object:
-        """The declaration the input carries (None: none), or bad_field."""
+    def prepare(self, kind: str, obj: dict, client_id: object) -> object:
+        """The declaration the input carries (None: none), or bad_field (also when another
+        declaring device is told on this one's topic level: the whole input is refused)."""
         raw = obj.get("commands")
-        return None if raw is None or kind not in (MESSAGES_IN, USERS_JOIN) else parse_declaration(raw)
+        if raw is None or kind not in (MESSAGES_IN, USERS_JOIN):
+            return None
+        declaration = parse_declaration(raw)
+        if declaration and isinstance(client_id, str):
+            self.declared.check_address(client_id)
+        return declaration
 
     def accepted(self, kind: str, submission: Submission, accepted: Accepted, obj: dict, prepared: object) -> None:
         client_id = submission.client_id

@@ -37,7 +37,7 @@ class Extras(Protocol):
     """What a device may add to a message or join (PROTOCOL 11: declared commands, a receipt):
     checked before the intake (a bad one rejects the input whole), acted on once accepted."""
 
-    def prepare(self, kind: str, obj: dict) -> object: ...
+    def prepare(self, kind: str, obj: dict, client_id: object) -> object: ...
     def accepted(self, kind: str, submission: Submission, accepted: Accepted, obj: dict, prepared: object) -> None: ...
 
 
@@ -83,7 +83,7 @@ class Inbound:
             # On a device topic the topic says everything: an empty payload (a bare will) is {}.
             obj = {} if parsed.client_id is not None and not payload.strip() else parse_json_object(payload)
             submission = self._submission(parsed.room, obj, parsed.client_id)
-            prepared = self.extras.prepare(parsed.kind, obj) if self.extras is not None else None
+            prepared = self.extras.prepare(parsed.kind, obj, submission.client_id) if self.extras is not None else None
             accepted = self._dispatch(parsed.kind, submission)
             if self.extras is not None and accepted is not None:
                 self.extras.accepted(parsed.kind, submission, accepted, obj, prepared)

@@ -20,12 +20,16 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def topic_id(client_id: str) -> str:
-    """The client_id as one topic level / HA object id: as it is when it is plain
-    (letters, digits, _ and -), else a slug plus a short hash so two ids never meet."""
+    """The client_id as one topic level: as it is when it is plain (letters, digits, _
+    and -), else a slug, `~` and a short hash. A plain id cannot hold `~`, so a hashed
+    level never equals a plain id (`esp32.kitchen` is `esp32_kitchen~1a0c8247`, which
+    no device can be called); two hashed ids that meet are refused by the declarations
+    (chatroom/core/commands.py `address`)."""
     if _SAFE_ID.fullmatch(client_id):
         return client_id
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", client_id).strip("_")[:48] or "device"
-    return f"{slug}-{hashlib.sha1(client_id.encode('utf-8')).hexdigest()[:8]}"
+    return f"{slug}~{hashlib.sha1(client_id.encode('utf-8')).hexdigest()[:8]}"
+
 
 
 class InboundTopic(NamedTuple):

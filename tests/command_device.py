@@ -10,6 +10,7 @@ import uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from mqtt_service.topics import topic_id
 from support import TIMEOUT
 
 
@@ -31,7 +32,7 @@ class Device:
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(f"{prefix}/devices/{client_id}/commands", qos=1)
+        self.client.subscribe(f"{prefix}/devices/{topic_id(client_id)}/commands", qos=1)
         assert self._subscribed.wait(TIMEOUT), "device did not subscribe"
 
     def _topic(self, kind: str) -> str:
@@ -54,7 +55,7 @@ class Device:
 
     def ack(self, command_id: str, ok: bool = True, **fields) -> None:
         # Not waited for: this runs on paho's thread too, which must go on to read the PUBACK.
-        self.client.publish(f"{self.prefix}/devices/{self.client_id}/commands/ack",
+        self.client.publish(f"{self.prefix}/devices/{topic_id(self.client_id)}/commands/ack",
                             json.dumps({"command_id": command_id, "ok": ok, **fields}), qos=1)
 
     def _on_message(self, client, userdata, message) -> None:

@@ -173,6 +173,10 @@ class DeclaredCommands:
 
     def __init__(self, max_devices: int = 500):
         self.max_devices = max_devices
+        # Where a device is told (its topic level, set by the transport: mqtt_service/
+        # device_commands.py): two declaring devices never share one, the first keeps it.
+        self.address: Callable[[str], str] = lambda client_id: client_id
+        self._owners: dict[str, str] = {}  # address -> client_id
         self._devices: OrderedDict[str, Declared] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Changed] = []
@@ -191,9 +195,11 @@ class DeclaredCommands:
             if device is None:
                 if commands is None or not commands:
                     return  # a device that declares nothing costs nothing
+                self._check_address(client_id)
                 device = Declared(client_id, username, room)
                 while len(self._devices) >= self.max_devices:
                     gone_id, gone = self._devices.popitem(last=False)
+                    self._owners.pop(self.address(gone_id), None)
                     self.evicted += 1
                     changes.append((gone_id, None, gone.commands))
             before = device.commands
@@ -202,11 +208,31 @@ class DeclaredCommands:
                 device.commands = commands
             if device.commands:
                 self._devices[client_id] = device
+                self._owners[self.address(client_id)] = client_id
+            else:
+                self._owners.pop(self.address(client_id), None)
             if commands is not None and commands != before:
                 changes.append((client_id, device if device.commands else None, before))
         for change in changes:
             for listener in self._listeners:
                 listener(*change)
+
+    def _check_address(self, client_id: str) -> None:
+        """bad_field when another declaring device is told where this one would be. Caller holds _lock."""
+        owner = self._owners.get(self.address(client_id))
+        if owner is not None and owner != client_id:
+            raise ValidationError("bad_field", "this client_id is told on the topics of another device "
+                                               "that declares commands; use a plain client_id")
+
+    def check_address(self, client_id: str) -> None:
+        """bad_field when declaring would be refused: another device is told at this one's address."""
+        with self._lock:
+            self._check_address(client_id)
+
+    def owner(self, address: str) -> str | None:
+        """The declaring device told at `address` (its topic level), if any."""
+        with self._lock:
+            return self._owners.get(address)
 
     def seen(self, client_id: str, username: str, room: str) -> None:
         """A declaring device spoke without a declaration: where it is now (cheap when it declared nothing)."""
@@ -228,6 +254,8 @@ class DeclaredCommands:
     def forget(self, client_id: str) -> None:
         with self._lock:
             device = self._devices.pop(client_id, None)
+            if device is not None:
+                self._owners.pop(self.address(client_id), None)
         if device is not None:
             for listener in self._listeners:
                 listener(client_id, None, device.commands)

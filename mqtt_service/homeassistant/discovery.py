@@ -59,6 +59,14 @@ def key_id(key: str) -> str:
     return f"{slug[:40] or 'key'}_{hashlib.sha1(key.encode('utf-8')).hexdigest()[:6]}"
 
 
+def ha_node(base: str, client_id: str) -> str:
+    """`base` and the client_id as a Home Assistant node id ([A-Za-z0-9_-]): `base_<id>` for
+    a plain id, `base-<slug>_<hash>` for a hashed one (its topic level's `~` is not allowed
+    there): the `-` after the base keeps the two kinds apart, as the `~` does in topics."""
+    level = topic_id(client_id)
+    return f"{base}_{level}" if "~" not in level else f"{base}-{level.replace('~', '_')}"
+
+
 def entity_name(key: str) -> str:
     return key.replace("_", " ").strip().capitalize() or key
 
@@ -79,7 +87,7 @@ class Discovery:
         sensor of its own, and a device's availability no longer follows one instance."""
         self.prefix = topic_prefix
         self.discovery_prefix = discovery_prefix
-        self.bridge_id = f"chatroom_bridge_{topic_id(bridge_client_id)}"
+        self.bridge_id = ha_node("chatroom_bridge", bridge_client_id)
         self.bridge_client_id = bridge_client_id
         self.instance_id = instance_id
         self.topics = Topics(topic_prefix)
@@ -92,7 +100,7 @@ class Discovery:
         return self.topics.device_availability(client_id)
 
     def node(self, client_id: str) -> str:
-        return f"chatroom_{topic_id(client_id)}"
+        return ha_node("chatroom", client_id)
 
     def config_topic(self, component: str, client_id: str, key: str) -> str:
         return f"{self.discovery_prefix}/{component}/{self.node(client_id)}/{key_id(key)}/config"
@@ -161,7 +169,7 @@ class Discovery:
 
     def bridge(self) -> Announcement:
         """The bridge itself, as a device with a connectivity sensor (the via_device of all others)."""
-        sensor = f"connectivity_{topic_id(self.instance_id)}" if self.instance_id else "connectivity"
+        sensor = ha_node("connectivity", self.instance_id) if self.instance_id else "connectivity"
         return Announcement(
             f"{self.discovery_prefix}/binary_sensor/{self.bridge_id}/{sensor}/config",
             {

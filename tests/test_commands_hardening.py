@@ -1,0 +1,82 @@
+"""Devices told and asked (PROTOCOL 11) against a stranger: who may be told where, what a
+stranger's input may cost, and who may make the assistant or the bridge send a command.
+In process (create_app with a real mosquitto, real paho devices) or with the parts alone."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from command_device import Device
+
+from chatroom.core.commands import CommandSpec, DeclaredCommands
+from chatroom.core.errors import ValidationError
+from clients import device_commands as client_commands
+from mqtt_service.homeassistant.discovery import Discovery
+from mqtt_service.topics import topic_id
+from support import ROOT, MqttProbe, wait_for
+
+BOOL = {"type": "bool"}
+PLAIN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+HASHED_IDS = ["esp32.kitchen", "pi.garage", "a b", "üml", "x" * 70, "esp32_kitchen-1a0c8247.", "-._"]
+
+
+def declared(app, client_id: str) -> bool:
+    return app.components.bridge.desk.declared.get(client_id) is not None
+
+
+def test_a_hashed_level_is_never_a_plain_id_and_the_clients_compute_the_same():
+    for client_id in HASHED_IDS:
+        level = topic_id(client_id)
+        assert "~" in level and not PLAIN.fullmatch(level), level
+        assert topic_id(level) != level  # the id that looks like the level is told elsewhere
+        assert client_commands.topic_id(client_id) == level
+        node = Discovery("chatroom", "homeassistant", "bridge").node(client_id)
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", node) and node != f"chatroom_{level.replace('~', '_')}"
+    assert topic_id("esp32-kitchen") == "esp32-kitchen"
+    node_js = shutil.which("node")
+    assert node_js, "node is needed (make system-test-deps)"
+    script = ("const c = require(process.argv[1]); process.stdout.write(JSON.stringify("
+              "JSON.parse(process.argv[2]).map(c.topicId)))")
+    out = subprocess.run([node_js, "-e", script, str(ROOT / "clients" / "device_commands.js"),
+                          json.dumps(HASHED_IDS)], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert json.loads(out) == [topic_id(client_id) for client_id in HASHED_IDS]
+
+
+def test_two_devices_told_at_one_level_the_first_keeps_it():
+    declared_commands = DeclaredCommands()
+    declared_commands.address = lambda client_id: client_id.lower()  # a forced collision
+    declared_commands.declare("Lamp", "Lamp", "lobby", {"led": CommandSpec("bool")})
+    with pytest.raises(ValidationError, match="another device"):
+        declared_commands.declare("lamp", "Twin", "lobby", {"led": CommandSpec("bool")})
+    assert declared_commands.owner("lamp") == "Lamp" and "lamp" not in declared_commands
+    declared_commands.forget("Lamp")
+    declared_commands.declare("lamp", "Twin", "lobby", {"led": CommandSpec("bool")})
+    assert declared_commands.owner("lamp") == "lamp"
+
+
+def test_a_dotted_device_is_told_on_its_own_level_and_a_twin_login_neither_hears_nor_answers(make_app, broker):
+    app = make_app()
+    victim_id = "esp32.kitchen"
+    victim = Device(broker.port, app.prefix, victim_id, {"power": BOOL}, name="Kitchen")
+    # The id that equals the victim's level before the fix; now its own level is another.
+    twin = Device(broker.port, app.prefix, "esp32_kitchen-1a0c8247", {"power": BOOL}, name="Twin", answer="silent")
+    # And a forced collision of two hashed levels (8 hex digits: 2**32 tries find one).
+    app.components.bridge.desk.declared.address = lambda client_id: topic_id(
+        victim_id if client_id == twin.client_id else client_id)
+    try:
+        with MqttProbe(broker.port, f"{app.prefix}/errors") as errors:
+            victim.join()
+            wait_for(lambda: declared(app, victim_id), what="victim declared")
+            twin.join()
+            refusal = errors.wait(f"{app.prefix}/errors")[0].json()
+        assert refusal["code"] == "bad_field" and "another device" in refusal["error"]
+        assert not declared(app, twin.client_id)
+        response = app.http.post(f"/api/devices/{victim_id}/commands", json={"command": "power", "value": True})
+        assert response.status_code == 200 and response.get_json()["ok"], response.get_json()
+        assert len(victim.commands_received) == 1 and twin.commands_received == []
+    finally:
+        victim.stop()
+        twin.stop()
