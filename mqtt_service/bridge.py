@@ -239,7 +239,8 @@ def _device_extras(settings: Settings, topics: Topics, outbox: Outbox, desk: Com
     """Commands, Home Assistant's controls, receipts and requests (PROTOCOL 11)."""
     entities = CommandEntities(discovery, topics) if settings.ha_discovery else None
     commands = DeviceCommands(topics, outbox, settings.mqtt_qos, desk, desk.declared, stats, reject, entities,
-                              Reannouncer(lambda deadline: outbox.wait_until(outbox.has_room, deadline)))
+                              Reannouncer(lambda deadline: outbox.wait_until(outbox.has_room, deadline)),
+                              RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds))
     requests = DeviceRequests(topics, outbox, settings.mqtt_qos, rooms, stats, reject,
                               RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds))
     return DeviceExtras(topics, desk.declared, commands, requests)

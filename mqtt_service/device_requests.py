@@ -7,8 +7,9 @@ device's login): `history` (the room's messages after `after_seq`, oldest first,
 64 KiB (cut, with `truncated: true`); requests spend the device's own rate-limit bucket,
 and all answers together a byte budget (`AnswerBudget`): 5 000 requests for 64 KiB answers
 from 500 invented ids otherwise parked 300 MB of answers in paho and the outbox.
-An MQTT 5 request's Response Topic (under the device's own subtree: the bridge writes
-nowhere a device chooses) and Correlation Data are honoured.
+An MQTT 5 request's Response Topic (the device's own `responses` or below: the bridge writes
+nowhere a device chooses, not even its `set/` topics, which the bridge itself hears as
+Home Assistant's commands) and Correlation Data are honoured.
 """
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ class DeviceRequests:
         # The level as the device published it (a hashed id's level is already plain).
         topic, reply_properties = f"{self.topics.devices_root}{level}/responses", None
         response_topic = getattr(properties, "ResponseTopic", None)
-        if isinstance(response_topic, str) and response_topic.startswith(f"{self.topics.devices_root}{level}/") \
+        if isinstance(response_topic, str) and (response_topic == topic or response_topic.startswith(topic + "/")) \
                 and topic_name_problem(response_topic) is None:
             topic = response_topic
             correlation = getattr(properties, "CorrelationData", None)

@@ -21,6 +21,7 @@ COUNTERS = (
     # Devices told and asked (PROTOCOL 11)
     "acks_ignored",        # command acks for no command sent to that device
     "ha_commands_ignored", # Home Assistant set topics of no declaring device (or too large)
+    "ha_commands_rate_limited",  # Home Assistant set commands over the device's or all devices' bucket
     "ha_controls_deferred",  # declaring devices whose controls wait: over the per-minute budget
     "receipts_sent",       # receipts for stored (or duplicate) device messages
     "requests_answered",   # device requests answered (ok or not)

@@ -80,3 +80,27 @@ def test_a_dotted_device_is_told_on_its_own_level_and_a_twin_login_neither_hears
     finally:
         victim.stop()
         twin.stop()
+
+
+def test_a_set_topic_flood_is_rate_limited_per_device(make_app, broker):
+    """Anyone who may publish on `P/devices/<id>/set/<command>` is "Home Assistant": 60 set
+    commands in a burst give RATE_LIMIT's 5 commands, the rest refused and counted."""
+    app = make_app(RATE_LIMIT="5/60")
+    lamp = Device(broker.port, app.prefix, "flood1", {"label": {"type": "text"}})
+    try:
+        lamp.join()
+        wait_for(lambda: declared(app, "flood1"), what="declared")
+        with MqttProbe(broker.port, f"{app.prefix}/errors") as errors:
+            for n in range(60):
+                errors.publish(f"{app.prefix}/devices/flood1/set/label", f"x{n}")
+            stats, desk = app.components.bridge.stats, app.components.bridge.desk
+            # Refused over the bucket, or as too many waiting (4 a device): that one takes no token.
+            wait_for(lambda: stats.snapshot()["ha_commands_rate_limited"] + desk.stats.refused_busy == 55,
+                     what="55 refused")
+            assert errors.wait(f"{app.prefix}/errors")[0].json()["code"] == "rate_limited"
+        lamp.wait_commands(5)
+        wait_for(lambda: desk.status()["pending"] == 0, what="the five answered")
+        assert len(lamp.commands_received) == 5 and desk.stats.sent == 5
+        assert stats.snapshot()["ha_commands_rate_limited"] > 0
+    finally:
+        lamp.stop()

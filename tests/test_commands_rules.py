@@ -152,3 +152,29 @@ def test_without_a_connected_bridge_a_command_is_bridge_off_and_nothing_waits():
     with pytest.raises(ValidationError) as off:
         desk.submit("a", "led", True, Asker("T", Source.HTTP), 5)
     assert off.value.code == "bridge_off" and desk.status()["pending"] == 0
+
+
+def test_a_command_refused_as_too_many_waiting_takes_no_token_and_a_broken_wait_frees_its_slot():
+    desk, _ = _desk(max_pending=2, per_device=1)
+    tokens = []
+    asker = Asker("T", Source.HTTP)
+    first = desk.submit("a", "led", True, asker, 5, admit=lambda: tokens.append(1))
+    with pytest.raises(ValidationError) as busy:
+        desk.submit("a", "led", False, asker, 5, admit=lambda: tokens.append(1))
+    assert busy.value.code == "rate_limited" and tokens == [1]
+
+    def refuse():
+        raise ValidationError("rate_limited", "over the caller's bucket")
+    with pytest.raises(ValidationError):
+        desk.submit("b", "led", True, asker, 5, admit=refuse)
+    assert desk.status()["pending"] == 1  # the refused one holds no slot
+
+    class Broken(Exception):
+        pass
+
+    def broken_wait(timeout=None):
+        raise Broken()
+    first.done.wait = broken_wait  # type: ignore[method-assign]  (a waiter killed mid-wait)
+    with pytest.raises(Broken):
+        desk.wait(first)
+    assert desk.status()["pending"] == 0

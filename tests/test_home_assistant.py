@@ -147,9 +147,11 @@ def test_names_and_ids_that_topics_cannot_carry_are_slugified_and_units_come_fro
                               "data": {"Oven temp": 401}, "units": {"Oven temp": "°F"}})
     state = wait_for(lambda: [r for r in probe.received if r.topic.endswith("/state")], what="state")[0]
     level = state.topic.split("/")[-2]
-    assert "/" not in level and "#" not in level and level.startswith("kitchen_sensor_1-")
+    assert "/" not in level and "#" not in level and level.startswith("kitchen_sensor_1~")
     config = wait_for(lambda: [r for r in probe.received if r.topic.endswith("/config") and "kitchen" in r.topic],
                       what="config")[0]
+    # Home Assistant's node ids take no `~`: a hashed id's node is chatroom-<slug>_<hash>.
+    assert config.topic.split("/")[-3] == "chatroom-" + level.replace("~", "_")
     payload = config.json()
     validate("sensor", payload)
     assert payload["device"]["name"] == "Küche #1 / Ofen"

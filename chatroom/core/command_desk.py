@@ -181,12 +181,12 @@ class CommandDesk:
         transport = self.transport
         if transport is None or not transport.connected():
             raise ValidationError("bridge_off", "the MQTT bridge is not connected to the broker")
-        if admit is not None:
-            admit()
         pending = Pending(new_message_id(), client_id, declared.username, declared.room, command, value, asker,
                           seconds)
-        self._reserve(pending)
+        self._reserve(pending)  # before the caller's token: a command refused as "too many waiting" takes none
         try:
+            if admit is not None:
+                admit()
             self._record_command(pending)
             payload = {"command_id": pending.command_id, "command": command, "value": value,
                        "from": asker.name, "timestamp": utc_timestamp()}
@@ -216,14 +216,16 @@ class CommandDesk:
 
     def wait(self, pending: Pending) -> Answer:
         """The device's answer (recorded in the room), or CommandTimeout (recorded too)."""
-        pending.done.wait(pending.seconds)
-        with self._lock:  # an ack sets the answer under this lock: it came, or it is late
-            self._pending.pop(pending.command_id, None)
-            if pending.answer is None:
-                self.stats.timed_out += 1
-                self._late[pending.command_id] = pending
-                while len(self._late) > LATE_MEMORY:
-                    self._late.popitem(last=False)
+        try:
+            pending.done.wait(pending.seconds)
+        finally:  # the slot is freed however the wait ends (a killed green thread too)
+            with self._lock:  # an ack sets the answer under this lock: it came, or it is late
+                self._pending.pop(pending.command_id, None)
+                if pending.answer is None:
+                    self.stats.timed_out += 1
+                    self._late[pending.command_id] = pending
+                    while len(self._late) > LATE_MEMORY:
+                        self._late.popitem(last=False)
         if pending.answer is None:
             self._record_result(pending, "timeout", None)
             raise CommandTimeout(pending.command_id, pending.seconds)
