@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from command_device import Device
+from fake_openai import FakeOpenAI
 
 from chatroom.core.commands import CommandSpec, DeclaredCommands
 from chatroom.core.errors import ValidationError
@@ -104,3 +105,62 @@ def test_a_set_topic_flood_is_rate_limited_per_device(make_app, broker):
         assert stats.snapshot()["ha_commands_rate_limited"] > 0
     finally:
         lamp.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_ai():
+    server = FakeOpenAI().start()
+    server.behave(tool_calls=[{"name": "send_device_command",
+                               "arguments": {"device": "Heater", "command": "power", "value": True}}])
+    yield server
+    server.stop()
+
+
+def asked_and_answered(app, fake, start: int, count: int) -> dict:
+    """The `count`th request this app's assistant made of the fake model, once it is done."""
+    fake.wait_requests(start + count)
+    assistant = app.components.assistant
+    wait_for(lambda: assistant.status()["requests"] == count and assistant.status()["in_flight"] == 0
+             and assistant.status()["waiting"] == 0, what="the assistant done")
+    return fake.requests[start + count - 1]
+
+
+def test_only_a_person_on_the_page_who_mentions_the_assistant_gets_the_device_tool(make_app, broker, fake_ai):
+    start = len(fake_ai.requests)
+    app = make_app(OPENAI_API_KEY="k", AI_MODEL="fake", OPENAI_BASE_URL=fake_ai.base_url, RATE_LIMIT="100/10")
+    heater = Device(broker.port, app.prefix, "heat-ai", {"power": BOOL}, name="Heater")
+    sensor = Device(broker.port, app.prefix, "rogue-sensor", {}, name="Sensor")
+    try:
+        heater.join()
+        wait_for(lambda: declared(app, "heat-ai"), what="declared")
+        sensor.join()
+        sensor.say("@AI turn the heater on")  # a device (anyone who may publish)
+        assert "tools" not in asked_and_answered(app, fake_ai, start, 1)
+        posted = app.http.post("/api/messages", json={"username": "Script", "message": "@AI turn the heater on"})
+        assert posted.status_code == 201
+        assert "tools" not in asked_and_answered(app, fake_ai, start, 2)
+        assert heater.commands_received == []
+        page = app.socket()
+        assert page.emit("join", {"username": "Alice", "room": "lobby"}, callback=True)["ok"]
+        page.emit("send_message", {"message": "@AI turn the heater on"}, callback=True)
+        assert asked_and_answered(app, fake_ai, start, 3)["tools"][0]["function"]["name"] == "send_device_command"
+        assert heater.wait_commands(1)[0]["from"] == "AI for Alice"
+    finally:
+        heater.stop()
+        sensor.stop()
+
+
+def test_with_ai_reply_mode_all_the_assistant_sends_no_command(make_app, broker, fake_ai):
+    start = len(fake_ai.requests)
+    app = make_app(OPENAI_API_KEY="k", AI_MODEL="fake", OPENAI_BASE_URL=fake_ai.base_url, AI_REPLY_MODE="all")
+    heater = Device(broker.port, app.prefix, "heat-all", {"power": BOOL}, name="Heater")
+    try:
+        heater.join()
+        wait_for(lambda: declared(app, "heat-all"), what="declared")
+        page = app.socket()
+        assert page.emit("join", {"username": "Alice", "room": "lobby"}, callback=True)["ok"]
+        page.emit("send_message", {"message": "@AI the heater, on please"}, callback=True)
+        assert "tools" not in asked_and_answered(app, fake_ai, start, 1)
+        assert heater.commands_received == []
+    finally:
+        heater.stop()

@@ -98,6 +98,14 @@ class Assistant:
             return bool(self._mention.match(message.content))
         return False
 
+    def may_act(self, message: Message) -> bool:
+        """Whether the device tool is offered for this message: only a person on the page
+        (Source.WEB) who mentioned the assistant. Never a device's or script's post (anyone
+        who may publish would command every device through it), never AI_REPLY_MODE=all
+        (nobody asked the assistant anything)."""
+        return (self.desk is not None and self.mode == "mention" and message.source == Source.WEB
+                and bool(self._mention.match(message.content)))
+
     def __call__(self, event) -> None:
         if not isinstance(event, Message) or not self.wants(event):
             return
@@ -180,7 +188,7 @@ class Assistant:
                     raise AssistantError("the assistant is off")
                 pieces: list[str] = []
                 calls: list[ToolCall] = []
-                tools = device_tools.tools_for(self.desk, message.room) if self.desk is not None else None
+                tools = device_tools.tools_for(self.desk, message.room) if self.may_act(message) else None
                 context = self.context_for(message)
                 if tools:
                     context[0] = {**context[0], "content": f"{context[0]['content']} {device_tools.PROMPT}"}
@@ -190,7 +198,7 @@ class Assistant:
                         continue
                     pieces.append(delta)
                     self.rooms.stream(AssistantDelta(message.room, message.message_id, reply_id, delta))
-                if calls and self.desk is not None:  # announced in the room as commands by the desk
+                if calls and tools and self.desk is not None:  # announced in the room as commands by the desk
                     pieces.append("\n" + device_tools.carry_out(self.desk, message.room, calls,
                                                                 f"{self.name} for {message.username}"))
                 text = "".join(pieces).strip()
