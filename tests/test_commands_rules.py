@@ -178,3 +178,15 @@ def test_a_command_refused_as_too_many_waiting_takes_no_token_and_a_broken_wait_
     with pytest.raises(Broken):
         desk.wait(first)
     assert desk.status()["pending"] == 0
+
+
+def test_a_client_id_that_is_another_devices_name_is_ambiguous():
+    desk, rooms = _desk()
+    for client_id, name in (("heater-1", "Heater"), ("Heater", "Lamp"), ("solo", "solo")):
+        rooms.join("lobby", (Source.MQTT, client_id), name, Source.MQTT, client_id=client_id)
+        desk.declared.declare(client_id, name, "lobby", {"led": CommandSpec("bool")})
+    with pytest.raises(ValidationError, match="ambiguous"):
+        desk.resolve("lobby", "Heater")  # the decoy's id, the real heater's name
+    assert desk.resolve("lobby", "heater") == "heater-1"  # ids are exact: only a name is folded
+    assert desk.resolve("lobby", "heater-1") == "heater-1" and desk.resolve("lobby", "Lamp") == "Heater"
+    assert desk.resolve("lobby", "solo") == "solo"  # one device, by its id and its name

@@ -145,21 +145,21 @@ class CommandDesk:
     def resolve(self, room: str, device: Any) -> str:
         """The client_id of the declaring device of `room` that `device` names: its client_id,
         its display name, or the name a fleet shares ("Heater" for "Heater" and "Heater (2)":
-        ambiguous, so refused)."""
+        ambiguous, so refused). A text that is one device's client_id and another's name is
+        ambiguous too: a device may choose its client_id, so naming itself after another
+        device's name must not take that device's commands."""
         if not isinstance(device, str) or not device.strip():
             raise ValidationError("bad_field", "name the device (its name or client_id)")
         candidates = self.declared.in_room(room)
-        for declared in candidates:
-            if declared.client_id == device:
-                return declared.client_id
         key = self.rooms.name_key(device.strip())
-        found = [d for d in candidates
-                 if key in (self.rooms.name_key(d.username), self.rooms.name_key(_base_name(d.username)))]
+        found = [d for d in candidates if d.client_id == device
+                 or key in (self.rooms.name_key(d.username), self.rooms.name_key(_base_name(d.username)))]
         if len(found) == 1:
             return found[0].client_id
         if found:
             raise ValidationError("bad_field", f"{device.strip()[:32]!r} is ambiguous: it names "
-                                               f"{', '.join(d.username for d in found[:5])}; say which")
+                                               f"{', '.join(f'{d.username} ({d.client_id})' for d in found[:5])}; "
+                                               "say which")
         raise ValidationError("bad_field", f"no device {device.strip()[:32]!r} with commands in {room}")
 
     def online(self, declared: Declared) -> bool:
