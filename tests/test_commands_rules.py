@@ -71,6 +71,24 @@ def test_declarations_are_bounded_and_the_least_recently_heard_gives_way():
     assert "d9" not in declared and changes[-1] == ("d9", False)
 
 
+def test_a_full_table_evicts_only_devices_not_present_and_else_leaves_the_newcomer_out(caplog):
+    rooms = Rooms(MessageStore(":memory:"))
+    desk = CommandDesk(rooms, DeclaredCommands(max_devices=3))
+    for client_id in ("a", "b", "c", "x", "y"):
+        rooms.join("lobby", (Source.MQTT, client_id), client_id, Source.MQTT, client_id=client_id)
+    for client_id in ("a", "b", "c"):
+        desk.declared.declare(client_id, client_id, "lobby", {"led": CommandSpec("bool")})
+    for _ in range(10):  # strangers, present, declaring in every heartbeat
+        desk.declared.declare("x", "x", "lobby", {"led": CommandSpec("bool")})
+    assert [d.client_id for d in desk.declared.all()] == ["a", "b", "c"]
+    assert desk.status()["declarations_left_out"] == 10 and desk.status()["declarations_evicted"] == 0
+    assert len([r for r in caplog.records if "left out" in r.getMessage()]) == 5  # logged within a budget
+    rooms.leave("lobby", (Source.MQTT, "b"))  # gone: the first to give way, though "a" is heard less recently
+    desk.declared.declare("y", "y", "lobby", {"led": CommandSpec("bool")})
+    assert [d.client_id for d in desk.declared.all()] == ["a", "c", "y"]
+    assert desk.status()["declarations_evicted"] == 1
+
+
 class Silent:
     """A transport that sends nowhere: nothing ever answers."""
 

@@ -188,7 +188,8 @@ class Assistant:
                     raise AssistantError("the assistant is off")
                 pieces: list[str] = []
                 calls: list[ToolCall] = []
-                tools = device_tools.tools_for(self.desk, message.room) if self.may_act(message) else None
+                tools = device_tools.tools_for(self.desk, message.room) \
+                    if self.desk is not None and self.may_act(message) else None
                 context = self.context_for(message)
                 if tools:
                     context[0] = {**context[0], "content": f"{context[0]['content']} {device_tools.PROMPT}"}

@@ -111,6 +111,8 @@ class CommandDesk:
         "acks_ignored": ("counter", "Acks for no command of that device (unknown or foreign command_id)"),
         "acks_invalid": ("counter", "Acks that were not a valid answer"),
         "pending": ("gauge", "Commands waiting for their answer"),
+        "declarations_evicted": ("counter", "Declarations of devices not present evicted for a newcomer (MAX_DEVICES)"),
+        "declarations_left_out": ("counter", "Newcomers' declarations left out: every declaring device was present"),
     }
 
     def __init__(self, rooms: Rooms, declared: DeclaredCommands, max_pending: int = MAX_PENDING,
@@ -125,6 +127,8 @@ class CommandDesk:
         self._late: OrderedDict[str, Pending] = OrderedDict()
         self._lock = threading.Lock()
         self._on_done: list[Callable[[Pending, Answer], None]] = []
+        # A full declaration table evicts only devices that are not present (chatroom/core/commands.py).
+        declared.present = lambda: {user.client_id for _, user in rooms.members(Source.MQTT) if user.client_id}
 
     def on_done(self, listener: Callable[[Pending, Answer], None]) -> None:
         """`listener(pending, answer)` for every answer that came, in time or late (the
@@ -335,4 +339,5 @@ class CommandDesk:
 
     def status(self) -> dict:
         with self._lock:
-            return {**vars(self.stats), "pending": len(self._pending)}
+            return {**vars(self.stats), "pending": len(self._pending),
+                    "declarations_evicted": self.declared.evicted, "declarations_left_out": self.declared.left_out}

@@ -5,19 +5,25 @@ its join or any message. `parse_declaration` checks it whole (a bad one rejects 
 it came with, `bad_field`); `CommandSpec.check` checks a value against its command;
 `CommandSpec.coerce` reads a plain text (Home Assistant's payloads, `/cmd` in the chat).
 `DeclaredCommands` keeps the declarations, at most `max_devices` of them (a stranger
-inventing ids cannot grow it: the least recently heard device gives way). Stdlib only.
+inventing ids cannot grow it: the least recently heard device that is not present gives
+way; with every one present the newcomer's declaration is left out, so strangers can never
+push out a device that is there). Stdlib only.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from chatroom.core.errors import ValidationError
+from chatroom.core.limits import Throttle
 from chatroom.core.validation import MAX_SAFE_INTEGER, has_lone_surrogate
+
+log = logging.getLogger(__name__)
 
 MAX_COMMANDS = 16
 MAX_OPTIONS = 16
@@ -180,7 +186,12 @@ class DeclaredCommands:
         self._devices: OrderedDict[str, Declared] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Changed] = []
+        # The client_ids of the devices present now, in any room (set by the command desk):
+        # asked only when the table is full, once per newcomer.
+        self.present: Callable[[], Collection[str]] = lambda: ()
         self.evicted = 0
+        self.left_out = 0  # newcomers' declarations not kept: every tracked device was present
+        self._log_budget = Throttle(count=5, seconds=60.0, max_keys=1)
 
     def on_change(self, listener: Changed) -> None:
         """`listener(client_id, declared or None when it went, the commands before)`."""
@@ -197,11 +208,9 @@ class DeclaredCommands:
                     return  # a device that declares nothing costs nothing
                 self._check_address(client_id)
                 device = Declared(client_id, username, room)
-                while len(self._devices) >= self.max_devices:
-                    gone_id, gone = self._devices.popitem(last=False)
-                    self._owners.pop(self.address(gone_id), None)
-                    self.evicted += 1
-                    changes.append((gone_id, None, gone.commands))
+                if len(self._devices) >= self.max_devices and not self._make_room(changes):
+                    self._left_out(client_id)
+                    return
             before = device.commands
             device.username, device.room = username, room
             if commands is not None:
@@ -216,6 +225,28 @@ class DeclaredCommands:
         for change in changes:
             for listener in self._listeners:
                 listener(*change)
+
+    def _make_room(self, changes: list) -> bool:
+        """Evict the least recently heard devices that are not present until one more fits
+        (False: every tracked device is present, nobody is evicted). Caller holds _lock."""
+        present = set(self.present())
+        while len(self._devices) >= self.max_devices:
+            gone_id = next((client_id for client_id in self._devices if client_id not in present), None)
+            if gone_id is None:
+                return False
+            gone = self._devices.pop(gone_id)
+            self._owners.pop(self.address(gone_id), None)
+            self.evicted += 1
+            changes.append((gone_id, None, gone.commands))
+        return True
+
+    def _left_out(self, client_id: str) -> None:
+        self.left_out += 1
+        logged, unlogged = self._log_budget.allow("left out")
+        if logged:
+            log.warning("the declaration of %r is left out: all %d declaring devices are present (MAX_DEVICES)%s",
+                        client_id[:64], self.max_devices,
+                        f" ({unlogged} more were not logged in the last minute)" if unlogged else "")
 
     def _check_address(self, client_id: str) -> None:
         """bad_field when another declaring device is told where this one would be. Caller holds _lock."""
