@@ -164,3 +164,29 @@ def test_with_ai_reply_mode_all_the_assistant_sends_no_command(make_app, broker,
         assert heater.commands_received == []
     finally:
         heater.stop()
+
+
+def test_an_http_command_asker_follows_the_name_rules_of_a_post(make_app, broker):
+    app = make_app()
+    heater = Device(broker.port, app.prefix, "heat-u", {"power": BOOL}, name="HeaterU")
+    try:
+        heater.join()
+        wait_for(lambda: declared(app, "heat-u"), what="declared")
+        page = app.socket()
+        assert page.emit("join", {"username": "Alice", "room": "lobby"}, callback=True)["ok"]
+        assert app.http.post("/api/messages", json={"username": "alice", "message": "hi"}).status_code == 409
+
+        def ask(username):
+            return app.http.post("/api/devices/heat-u/commands",
+                                 json={"command": "power", "value": True, "username": username})
+        taken = ask("ALICE")
+        assert (taken.status_code, taken.get_json()["code"]) == (409, "name_taken")
+        for posing in ("AI for Bob", "A.I. for Bob", "ai  FOR Alice", "Al for"):
+            refused = ask(posing)
+            assert (refused.status_code, refused.get_json()["code"]) == (400, "bad_name"), posing
+        assert page.emit("join", {"username": "AI for Carol", "room": "lobby"}, callback=True)["ok"] is False
+        assert heater.commands_received == []
+        done = ask("Bob Fortune")
+        assert done.status_code == 200 and heater.wait_commands(1)[0]["from"] == "Bob Fortune"
+    finally:
+        heater.stop()

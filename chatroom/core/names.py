@@ -8,6 +8,7 @@ own tables, maintained), not from a hand-copied table.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 from typing import Any, Iterable
@@ -31,6 +32,9 @@ _CACHED_NAMES, _CACHED_NAME_CHARS = 4096, 64
 # "AI" into i before the skeleton could map it to l), so "Al", "A|", "A1", "Aǀ" (U+01C0)
 # and "AӀ" (U+04C0) would otherwise not be "AI". Ordinary names keep name_key's equality.
 _ONE_VERTICAL_STROKE = str.maketrans({"i": "l", "1": "l", "|": "l", "I": "l"})
+# "<AI name> for <name>" is the assistant's asker of a device command (chatroom/assistant/
+# listener.py): a name that starts so would pass a person's command off as the assistant's.
+_FOR = re.compile(r"\s+for(?:\s|$)")
 
 
 def name_key(name: str) -> str:
@@ -76,6 +80,10 @@ class NameRules:
             raise ValidationError("bad_name", "username must have a visible character")
         if reserved_key(name) in self._reserved:
             raise ValidationError("bad_name", f"username {name!r} is reserved")
+        head = _FOR.split(unicodedata.normalize("NFKC", name).casefold(), maxsplit=1)
+        if len(head) == 2 and reserved_key(head[0]) in self._reserved:
+            raise ValidationError("bad_name", f"username {name!r} is reserved: '<reserved name> for …' names "
+                                              "the assistant acting for someone")
         return name
 
     def device_name(self, client_id: str, username: Any) -> str:

@@ -44,6 +44,20 @@ def _timed_out(exc: CommandTimeout):
     return jsonify({"success": False, "error": exc.message, "code": exc.code, "command_id": exc.command_id}), 504
 
 
+def _asker_name(desk: CommandDesk, intake: Intake, client_id: str, username: Any) -> str:
+    """The name the room sees as the asker: the rules of a name posting over HTTP (`POST
+    /api/messages`): reserved names refused (`bad_name`, "<AI name> for …" included), and a
+    name a present member of the device's room holds is `name_taken`."""
+    if username is None:
+        return HTTP_ASKER
+    name = intake.names.display_name(username)
+    declared = desk.declared.get(client_id)
+    if declared is not None and intake.rooms.holds_name(declared.room, name):
+        raise ValidationError("name_taken", f"the name {name!r} is held by a member of {declared.room}; "
+                                            "choose another")
+    return name
+
+
 def create_commands_blueprint(desk: CommandDesk, intake: Intake) -> Blueprint:
     bp = Blueprint("commands", __name__)
 
@@ -53,8 +67,7 @@ def create_commands_blueprint(desk: CommandDesk, intake: Intake) -> Blueprint:
         body = _json_body()
         if "value" not in body:
             raise ValidationError("missing_field", "value is required")
-        username = optional(body, "username")
-        asker = Asker(intake.names.display_name(username) if username is not None else HTTP_ASKER, Source.HTTP)
+        asker = Asker(_asker_name(desk, intake, client_id, optional(body, "username")), Source.HTTP)
         address = request.remote_addr
         try:
             answer = desk.run(client_id, body.get("command"), body["value"], asker, _timeout(body.get("timeout")),
