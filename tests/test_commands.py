@@ -217,7 +217,7 @@ def test_the_assistant_sends_a_declared_command_when_asked(server, device, fake_
     assert "Done: Kitchen heater power = false" in reply["content"]
     tools = fake_ai.requests[-1]["tools"]
     assert tools[0]["function"]["name"] == "send_device_command"
-    assert "Kitchen heater (client_id kheater)" in tools[0]["function"]["description"]
+    assert "\"Kitchen heater\" (client_id \"kheater\")" in tools[0]["function"]["description"]
     asked = events(probe, f"{prefix}/ai-home/system", "command")[0]
     assert (asked["from"], asked["source"]) == ("AI for Alice", "ai")
 
