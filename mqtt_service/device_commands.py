@@ -168,8 +168,9 @@ class DeviceCommands:
             if declared is not None and not announced:
                 admitted, _ = self._admissions.allow("new devices")
                 if not admitted:
-                    self._deferred.add(client_id)
-                    self.stats.add("ha_controls_deferred")
+                    if client_id not in self._deferred:  # counted once a device, however often it is heard
+                        self._deferred.add(client_id)
+                        self.stats.add("ha_controls_deferred")
                     return
             self._deferred.discard(client_id)
             wanted = {name: entities.entity(client_id, declared.username, name, spec)

@@ -52,7 +52,9 @@ class DeviceExtras:
                 self.declared.declare(client_id, accepted.user.username, accepted.room, prepared)
             elif client_id in self.declared:
                 self.declared.seen(client_id, accepted.user.username, accepted.room)
-                self.commands.heard(client_id)
+            # Controls the per-minute budget held back come with the next join or message,
+            # heartbeat joins that declare again (as the shipped clients do) included.
+            self.commands.heard(client_id)
         if kind == MESSAGES_IN:
             self.requests.remember(accepted)
             if obj.get("receipt") is True and optional(obj, "message_id") is not None:

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 
 import pytest
 from command_device import Device
@@ -190,3 +191,26 @@ def test_an_http_command_asker_follows_the_name_rules_of_a_post(make_app, broker
         assert done.status_code == 200 and heater.wait_commands(1)[0]["from"] == "Bob Fortune"
     finally:
         heater.stop()
+
+
+def test_controls_held_back_by_the_budget_come_with_a_heartbeat_join_that_declares_again(make_app, broker):
+    from chatroom.core.limits import Throttle
+    discovery = f"ha{uuid.uuid4().hex[:8]}"
+    app = make_app(HA_DISCOVERY_PREFIX=discovery)
+    commands = app.components.bridge.extras.commands
+    commands._admissions = Throttle(count=1, seconds=60.0, max_keys=1)  # one new device's controls a minute
+    first = Device(broker.port, app.prefix, "ctl-1", {"power": BOOL})
+    second = Device(broker.port, app.prefix, "ctl-2", {"power": BOOL})
+    try:
+        with MqttProbe(broker.port, f"{discovery}/#") as probe:
+            first.join()
+            probe.wait(f"{discovery}/switch/chatroom_ctl-1/command_power/config")
+            second.join()
+            wait_for(lambda: "ctl-2" in commands._deferred, what="ctl-2's controls held back")
+            commands._admissions = Throttle(count=100, seconds=60.0, max_keys=1)  # the next minute
+            second.join()  # a heartbeat, declaring the same commands again
+            probe.wait(f"{discovery}/switch/chatroom_ctl-2/command_power/config")
+        assert app.components.bridge.stats.snapshot()["ha_controls_deferred"] == 1
+    finally:
+        first.stop()
+        second.stop()
