@@ -220,6 +220,11 @@ class DeviceRequests:
         else:
             assert accepted.message is not None  # a posted message
             seq, status = accepted.message.seq, "stored"
+            if seq == UNNUMBERED or not self.rooms.holds_message(accepted.message.message_id):
+                # Its batch was not committed (the store was away, the batch lost): "stored"
+                # would be a lie; the device's retry is the message's only copy.
+                self.stats.add("receipts_withheld")
+                return
         body = {"message_id": message_id, "seq": seq, "room": accepted.room, "status": status}
         self.stats.add("receipts_sent")
         self.outbox.publish(Outgoing(self.topics.device_receipts(client_id), dumps(body).encode("utf-8"), self.qos))

@@ -24,6 +24,7 @@ COUNTERS = (
     "ha_commands_rate_limited",  # Home Assistant set commands over the device's or all devices' bucket
     "ha_controls_deferred",  # declaring devices whose controls wait: over the per-minute budget
     "receipts_sent",       # receipts for stored (or duplicate) device messages
+    "receipts_withheld",   # receipts asked for a message whose batch was not committed (no receipt)
     "requests_answered",   # device requests answered (ok or not)
 )
 

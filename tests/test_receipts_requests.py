@@ -135,7 +135,7 @@ def test_history_pages_past_a_gap_in_the_seqs():
 def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation_data():
     device_requests, outbox = _requests(Rooms(MessageStore(":memory:")))
     asked = Properties(PacketTypes.PUBLISH)
-    asked.ResponseTopic = "P/devices/dev/inbox/42"
+    asked.ResponseTopic = "P/devices/dev/responses/42"
     asked.CorrelationData = b"\x00corr-42"
     payload = json.dumps({"request_id": "r", "request": "members"}).encode()
     device_requests.handle("dev", "P/devices/dev/requests", payload, asked)
@@ -143,8 +143,13 @@ def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation
     elsewhere.ResponseTopic = "P/messages/in"  # not the device's own subtree: never written by the bridge
     elsewhere.CorrelationData = b"x"
     device_requests.handle("dev", "P/devices/dev/requests", payload, elsewhere)
-    first, second = outbox.sent
-    assert first.topic == "P/devices/dev/inbox/42" and first.properties.CorrelationData == b"\x00corr-42"
+    for own_but_not_responses in ("P/devices/dev/set/power", "P/devices/dev/commands", "P/devices/dev/responsesX"):
+        mine = Properties(PacketTypes.PUBLISH)
+        mine.ResponseTopic = own_but_not_responses  # its set topic: the bridge would hear it as Home Assistant
+        device_requests.handle("dev", "P/devices/dev/requests", payload, mine)
+    first, second, *own = outbox.sent
+    assert [item.topic for item in own] == ["P/devices/dev/responses"] * 3
+    assert first.topic == "P/devices/dev/responses/42" and first.properties.CorrelationData == b"\x00corr-42"
     assert json.loads(first.payload)["request_id"] == "r"
     assert second.topic == "P/devices/dev/responses" and second.properties is None
 
@@ -176,3 +181,19 @@ def test_a_duplicate_of_a_message_numbered_at_commit_gets_its_seq():
     device_requests.receipt("d", "m-1", Accepted(Outcome.DUPLICATE, "lobby", message_id=draft.message_id))
     assert json.loads(outbox.sent[-1].payload) == {"message_id": "m-1", "seq": 12, "room": "lobby",
                                                    "status": "duplicate"}
+
+
+def test_a_receipt_says_stored_only_for_a_numbered_message_the_store_holds():
+    rooms = Rooms(MessageStore(":memory:"))
+    device_requests, outbox = _requests(rooms)
+    stored = rooms.post("lobby", "d", "kept", "mqtt", client_id="d", client_message_id="m-1")
+    lost = Message(username="d", content="x", room="lobby", source="mqtt", seq=UNNUMBERED, client_id="d",
+                   client_message_id="m-2")  # its batch never committed
+    numbered_not_held = Message(username="d", content="y", room="lobby", source="mqtt", seq=99, client_id="d",
+                                client_message_id="m-3")
+    for message_id, message in (("m-2", lost), ("m-3", numbered_not_held), ("m-1", stored)):
+        device_requests.receipt("d", message_id, Accepted(Outcome.POSTED, "lobby", message=message,
+                                                          message_id=message.message_id))
+    assert [json.loads(item.payload) for item in outbox.sent] == [
+        {"message_id": "m-1", "seq": stored.seq, "room": "lobby", "status": "stored"}]
+    assert device_requests.stats.snapshot()["receipts_withheld"] == 2
