@@ -13,6 +13,10 @@
   const MAX_DEVICES = 50;           // bounds (PROTOCOL 9): what strangers declare cannot grow the page
   const REFRESH_DELAY = 300;        // ms: presence changes come in bursts
   const MIN_REFRESH_GAP = 2000;     // ms between two refreshes caused by device messages
+  // A device whose message caused a refresh that did not list it declares nothing (or is
+  // beyond the 50 shown): its messages cause no refresh for QUIET_FOR ms (a join does).
+  const QUIET_FOR = 5 * 60 * 1000;
+  const MAX_QUIET = 500;            // ids remembered so (the least recently added forgotten)
   const own = (object, key) => (object != null && Object.hasOwn(object, key) ? object[key] : undefined);
   const shown = (text) => page.capMarks(String(text ?? ""));
 
@@ -21,6 +25,8 @@
   const answers = new Map();        // "client_id\ncommand" -> {text, state}
   let refreshTimer = null;
   let lastDeviceRefresh = 0;
+  const quiet = new Map();          // client_id -> when a refresh found it declaring nothing
+  let askedFor = [];                // ids whose messages caused the refresh on its way
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -33,11 +39,19 @@
     refreshTimer = null;
     if (!room) { devices = []; render(); return; }
     const asked = room;
+    const causes = askedFor;
+    askedFor = [];
     fetch("/api/commands?room=" + encodeURIComponent(asked), { headers: page.authHeaders() })
       .then((response) => response.json())
       .then((body) => {
         if (asked !== room || !body || !Array.isArray(body.devices)) return;
         devices = body.devices.slice(0, MAX_DEVICES);
+        for (const id of causes) {
+          if (devices.some((d) => d.client_id === id)) continue;
+          quiet.delete(id);
+          quiet.set(id, Date.now());
+          if (quiet.size > MAX_QUIET) quiet.delete(quiet.keys().next().value);
+        }
         render();
       })
       .catch(() => {});
@@ -260,11 +274,19 @@
       showAnswer(event.client_id, String(event.command), text, state);
     }
   });
+  function isQuiet(id) {
+    const since = quiet.get(id);
+    return since !== undefined && Date.now() - since < QUIET_FOR;
+  }
+
   socket.on("chat_message", (msg) => {
-    // A device that starts declaring shows up with its next message; at most one look per 2 s.
-    if (msg && msg.source === "mqtt" && Date.now() - lastDeviceRefresh > MIN_REFRESH_GAP
-        && !devices.some((d) => d.client_id === msg.client_id)) {
+    // A device that starts declaring shows up with its next message; at most one look per 2 s,
+    // and none for a device the last look found declaring nothing (for QUIET_FOR).
+    if (msg && msg.source === "mqtt" && typeof msg.client_id === "string"
+        && Date.now() - lastDeviceRefresh > MIN_REFRESH_GAP
+        && !devices.some((d) => d.client_id === msg.client_id) && !isQuiet(msg.client_id)) {
       lastDeviceRefresh = Date.now();
+      askedFor.push(msg.client_id);
       refreshSoon();
     }
   });

@@ -326,3 +326,38 @@ def test_the_readme_command_round_trip_works_as_written(server, broker, probe):
     finally:
         os.killpg(device.pid, signal.SIGTERM)
         device.wait(TIMEOUT)
+
+
+def test_the_page_stops_asking_about_a_device_that_declares_nothing(server, browser, broker):
+    """A device's message makes the page look for its controls once; when it declares
+    nothing, its next messages make none (page clock faked: no waiting out the 2 s gap)."""
+    from playwright.sync_api import expect
+
+    prefix = server.env["MQTT_TOPIC_PREFIX"]
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT * 1000)
+    page = context.new_page()
+    page.clock.install()
+    looks: list[str] = []
+    page.on("request", lambda request: looks.append(request.url) if "/api/commands" in request.url else None)
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_text("connected")
+    page.fill("#username", "Quiet watcher")
+    page.click("#join-form button[type=submit]")
+    expect(page.locator("#send-form")).to_be_visible()
+    page.clock.run_for(3000)
+    wait_for(lambda: looks, what="the page's first look")
+    with MqttProbe(broker.port) as talker:
+        for n in range(3):
+            talker.publish(f"{prefix}/messages/in/plain-talker", {"message": f"just talk {n}"})
+            expect(page.locator("#messages")).to_contain_text(f"just talk {n}")
+            page.clock.run_for(3000)  # past the gap between two looks, and the look's delay
+            if n == 0:
+                wait_for(lambda: len(looks) == 2, what="one look for the new device")
+        with SocketIOClient(server.url) as other:  # a join: the page looks again
+            assert other.call("join", {"username": "Marker"})["ok"]
+            expect(page.locator("#users")).to_contain_text("Marker")
+            page.clock.run_for(1000)
+            wait_for(lambda: len(looks) == 3, what="the look for the join")
+    assert len(looks) == 3, looks  # none for the second and third message
+    context.close()

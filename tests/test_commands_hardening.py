@@ -214,3 +214,13 @@ def test_controls_held_back_by_the_budget_come_with_a_heartbeat_join_that_declar
     finally:
         first.stop()
         second.stop()
+
+
+def test_the_room_commands_list_holds_the_50_most_recently_heard(make_app):
+    app = make_app()
+    declared_commands = app.components.assistant.desk.declared
+    for n in range(55):
+        declared_commands.declare(f"many-{n}", f"Many {n}", "lobby", {"led": CommandSpec("bool")})
+    body = app.http.get("/api/commands?room=lobby").get_json()
+    assert len(body["devices"]) == 50 and body["truncated"] is True
+    assert [d["client_id"] for d in body["devices"]][::49] == ["many-5", "many-54"]

@@ -27,6 +27,7 @@ from chatroom.core.validation import optional, validate_client_id, validate_room
 from chatroom.web.routes import _json_body
 from chatroom.web.socketio_events import ChatNamespace
 
+MAX_LISTED = 50  # /api/commands: the most recently heard declaring devices (the page shows 50)
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
 HTTP_ASKER = "HTTP"
@@ -84,8 +85,9 @@ def create_commands_blueprint(desk: CommandDesk, intake: Intake) -> Blueprint:
     @bp.get("/api/commands")
     def room_commands():
         room = validate_room(request.args.get("room"))
-        devices = [declared.to_dict(desk.online(declared)) for declared in desk.declared.in_room(room)]
-        return jsonify({"success": True, "room": room, "devices": devices})
+        found = desk.declared.in_room(room)  # least recently heard first
+        devices = [declared.to_dict(desk.online(declared)) for declared in found[-MAX_LISTED:]]
+        return jsonify({"success": True, "room": room, "devices": devices, "truncated": len(found) > MAX_LISTED})
 
     return bp
 
