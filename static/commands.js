@@ -290,5 +290,7 @@
       refreshSoon();
     }
   });
-  window.chatCommands = { fromComposer: fromComposer, refresh: refresh };
+  // quietIds: the devices whose messages cause no look now (for the page's own tests and debugging).
+  window.chatCommands = { fromComposer: fromComposer, refresh: refresh,
+    quietIds: () => [...quiet.keys()].filter(isQuiet) };
 })();
