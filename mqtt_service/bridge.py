@@ -27,7 +27,7 @@ from chatroom.core.command_desk import CommandDesk
 from chatroom.core.commands import DeclaredCommands
 from chatroom.core.errors import Unavailable, ValidationError
 from chatroom.core.intake import Intake
-from chatroom.core.limits import RateLimiter, Throttle
+from chatroom.core.limits import Throttle
 from chatroom.core.room import Rooms
 from chatroom.core.validation import DEFAULT_ROOM
 from chatroom.ops.housekeeping import Periodic
@@ -99,7 +99,7 @@ class MqttBridge:
         self.inbound = Inbound(self.topics, intake, self.stats, self.outbound.reply, log_budget)
         self.desk = desk or CommandDesk(rooms, DeclaredCommands(settings.max_devices))
         self.extras = _device_extras(settings, self.topics, self.outbox, self.desk, self.devices.discovery,
-                                     self.stats, rooms, self._reject_device)
+                                     self.stats, rooms, intake, self._reject_device)
         self.inbound.extras = self.extras
         self.group_commit = GroupCommit(rooms, self.stats, MAX_BATCH)
         stopping = threading.Event()
@@ -235,14 +235,13 @@ class MqttBridge:
 
 
 def _device_extras(settings: Settings, topics: Topics, outbox: Outbox, desk: CommandDesk, discovery: Discovery,
-                   stats: BridgeStats, rooms: Rooms, reject) -> DeviceExtras:
+                   stats: BridgeStats, rooms: Rooms, intake: Intake, reject) -> DeviceExtras:
     """Commands, Home Assistant's controls, receipts and requests (PROTOCOL 11)."""
     entities = CommandEntities(discovery, topics) if settings.ha_discovery else None
     commands = DeviceCommands(topics, outbox, settings.mqtt_qos, desk, desk.declared, stats, reject, entities,
                               Reannouncer(lambda deadline: outbox.wait_until(outbox.has_room, deadline)),
-                              RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds))
-    requests = DeviceRequests(topics, outbox, settings.mqtt_qos, rooms, stats, reject,
-                              RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds))
+                              intake.admit_home_assistant_command)
+    requests = DeviceRequests(topics, outbox, settings.mqtt_qos, rooms, stats, reject, intake.admit_request)
     return DeviceExtras(topics, desk.declared, commands, requests)
 
 

@@ -12,7 +12,7 @@
   the desk's pending limit: paho's thread never waits), and every acknowledged value is
   kept in the retained `P/devices/<id>/controls`. Anyone who may publish there is Home
   Assistant, so set commands spend a bucket per device (`RATE_LIMIT`) and one of all
-  devices together (HA_COMMANDS_PER_MINUTE): a flood is refused and counted
+  devices together (the intake's buckets, chatroom/core/intake.py): a flood is refused and counted
   (`ha_commands_rate_limited`), not turned into commands and stored records.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Callable
 from chatroom.core.command_desk import Answer, Asker, CommandDesk, Pending
 from chatroom.core.commands import CommandSpec, Declared, DeclaredCommands
 from chatroom.core.errors import RelayError, ValidationError
-from chatroom.core.limits import RateLimiter, Throttle
+from chatroom.core.limits import Throttle
 from chatroom.core.model import dumps
 from chatroom.core.validation import parse_json_object
 from mqtt_service.homeassistant.command_entities import CommandEntities
@@ -44,7 +44,6 @@ MAX_SET_BYTES = 1024
 NEW_DEVICES_PER_MINUTE = 120
 # Home Assistant's set commands of all devices together (each device also spends its own
 # RATE_LIMIT bucket): a person at a dashboard sends a few; every one is a stored record.
-HA_COMMANDS_PER_MINUTE = 120
 
 Reject = Callable[[str, ValidationError], None]  # (topic, error): one throttled reply on P/errors
 
@@ -52,7 +51,8 @@ Reject = Callable[[str, ValidationError], None]  # (topic, error): one throttled
 class DeviceCommands:
     def __init__(self, topics: Topics, outbox: Outbox, qos: int, desk: CommandDesk, declared: DeclaredCommands,
                  stats: BridgeStats, reject: Reject, entities: CommandEntities | None = None,
-                 reannouncer: Reannouncer | None = None, per_device: RateLimiter | None = None):
+                 reannouncer: Reannouncer | None = None,
+                 admit: Callable[[str], None] = lambda client_id: None):
         self.topics = topics
         self.outbox = outbox
         self.qos = qos
@@ -62,8 +62,8 @@ class DeviceCommands:
         self.reject = reject
         self.entities = entities  # None without HA_DISCOVERY
         self.reannouncer = reannouncer or Reannouncer(lambda deadline: True)
-        self.per_device = per_device or RateLimiter(0, 1.0)  # the bridge passes RATE_LIMIT's
-        self.all_devices = RateLimiter(HA_COMMANDS_PER_MINUTE, 60.0, max_senders=1)
+        # The intake's decision on a Home Assistant command to a device (a token, or rate_limited).
+        self.admit = admit
         self._lock = threading.Lock()
         declared.address = topic_id  # a device is told on its topic level: two never share one
         self._announced: dict[str, dict[str, str]] = {}  # client_id -> command -> config topic
@@ -118,13 +118,11 @@ class DeviceCommands:
         threading.Thread(target=self._await, args=(pending,), name="ha-command", daemon=True).start()
 
     def _admit(self, client_id: str) -> None:
-        """Spend a token of the device's bucket and of all devices' (a refused command takes none)."""
-        wait = max(self.per_device.wait_time(client_id), self.all_devices.wait_time("all"))
-        if wait > 0:
+        try:
+            self.admit(client_id)
+        except ValidationError:
             self.stats.add("ha_commands_rate_limited")
-            raise ValidationError("rate_limited", "too many Home Assistant commands; slow down", retry_after=wait)
-        self.per_device.take(client_id)
-        self.all_devices.take("all")
+            raise
 
     def _await(self, pending: Pending) -> None:
         try:

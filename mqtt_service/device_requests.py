@@ -23,7 +23,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from chatroom.core.errors import ValidationError
-from chatroom.core.limits import RateLimiter
 from chatroom.core.model import UNNUMBERED, Message, dumps
 from chatroom.core.room import Rooms
 from chatroom.core.room_types import Outcome
@@ -88,14 +87,15 @@ def _whole(raw: Any, name: str, default: int, low: int, high: int) -> int:
 
 class DeviceRequests:
     def __init__(self, topics: Topics, outbox: Outbox, qos: int, rooms: Rooms, stats: BridgeStats,
-                 reject: Reject, limiter: RateLimiter):
+                 reject: Reject, admit: Callable[[str], None]):
+        """`admit(device)`: the intake's decision on a device's request (a token, or rate_limited)."""
         self.topics = topics
         self.outbox = outbox
         self.qos = qos
         self.rooms = rooms
         self.stats = stats
         self.reject = reject
-        self.limiter = limiter
+        self.admit = admit
         self.budget = AnswerBudget()
         self._seqs: OrderedDict[str, int] = OrderedDict()
         self._unnumbered: OrderedDict[str, Message] = OrderedDict()
@@ -111,11 +111,9 @@ class DeviceRequests:
             self.reject(topic, exc)
             return
         try:
-            if self.limiter.wait_time(level) > 0:
-                raise ValidationError("rate_limited", "too many requests; slow down")
             if not self.budget.has(MAX_ANSWER_BYTES):
                 raise ValidationError("rate_limited", "the server answers too many requests just now; try again")
-            self.limiter.take(level)
+            self.admit(level)
             answer: dict[str, Any] = {"request_id": request_id, "ok": True, "result": self._answer(request)}
         except ValidationError as exc:
             answer = {"request_id": request_id, "ok": False, "code": exc.code, "error": exc.message}

@@ -3,7 +3,6 @@ stored messages, history and members requests; the MQTT 5 Response Topic path in
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import requests
@@ -118,7 +117,7 @@ class Captured:
 def _requests(rooms: Rooms) -> tuple[DeviceRequests, Captured]:
     outbox = Captured()
     return DeviceRequests(Topics("P"), outbox, 1, rooms, BridgeStats(), lambda topic, exc: None,
-                          SimpleNamespace(wait_time=lambda key: 0, take=lambda key: None)), outbox
+                          lambda device: None), outbox
 
 
 def test_history_pages_past_a_gap_in_the_seqs():

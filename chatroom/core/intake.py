@@ -36,6 +36,7 @@ from chatroom.core.validation import (
 
 DEDUP_SECONDS = 600.0
 PROVEN_IDS = 100_000
+HOME_ASSISTANT_COMMANDS_PER_MINUTE = 120  # every device's together (PROTOCOL 11)
 
 
 class Intake:
@@ -57,6 +58,12 @@ class Intake:
         # Devices that spoke on their own topic (PROTOCOL 10): nobody may claim their id on
         # the shared topics. Bounded; minting proven ids takes the broker's permission.
         self.proven_ids = RecentSet(max_items=PROVEN_IDS)
+        # Inputs that post nothing in a room (PROTOCOL 11) have buckets of their own, at the
+        # messages' rate: a device's requests; Home Assistant's commands per device, and all of
+        # them together.
+        self.request_limiter = _at_the_rate_of(rate_limiter)
+        self.home_assistant_limiter = _at_the_rate_of(rate_limiter)
+        self.home_assistant_all = RateLimiter(HOME_ASSISTANT_COMMANDS_PER_MINUTE, 60.0, max_senders=1)
 
     # --- chat messages ----------------------------------------------------------
 
@@ -229,6 +236,22 @@ class Intake:
                     self._take(buckets)
         return Accepted(Outcome.LEFT if user else Outcome.NOT_PRESENT, room, user=user)
 
+    def admit_request(self, device: str) -> None:
+        """A device's request (history, members) spends a token of its own bucket, or is refused."""
+        self._charge([(self.request_limiter, device)], "too many requests; slow down")
+
+    def admit_home_assistant_command(self, client_id: str) -> None:
+        """A command Home Assistant sends a device spends a token of that device's bucket and of
+        all devices' together, or is refused (a refused one takes none)."""
+        self._charge([(self.home_assistant_limiter, client_id), (self.home_assistant_all, "all")],
+                     "too many Home Assistant commands; slow down")
+
+    def _charge(self, buckets: list[tuple[RateLimiter, Hashable]], message: str) -> None:
+        wait = max(limiter.wait_time(key) for limiter, key in buckets)
+        if wait > 0:
+            raise ValidationError("rate_limited", message, retry_after=wait)
+        self._take(buckets)
+
     def spend(self, sub: Submission) -> None:
         """An HTTP action that posts nothing but costs publications (forgetting a device)
         spends a token of its caller's buckets like a message, or is refused rate_limited."""
@@ -277,6 +300,13 @@ class Intake:
         if wait > 0:
             raise ValidationError("rate_limited", "too many messages; slow down", client_id,
                                   retry_after=wait)
+
+
+def _at_the_rate_of(limiter: RateLimiter) -> RateLimiter:
+    """A bucket of its own with the same count and period (RATE_LIMIT)."""
+    if not limiter.enabled:
+        return RateLimiter(0, 1.0)
+    return RateLimiter(limiter.count, limiter.count / limiter.refill_per_second)
 
 
 def member_key(sub: Submission, client_id: str | None) -> MemberKey:
