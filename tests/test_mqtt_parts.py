@@ -466,7 +466,13 @@ def test_the_stale_filters_of_another_mode_are_dropped_on_connect(tmp_path):
 
 
 def test_the_facade_builds_without_a_broker(tmp_path):
-    bridge = MqttBridge(settings_for(tmp_path), FakeRooms([], group_commit=False), None)
+    from chatroom.core.intake import Intake
+    from chatroom.core.limits import DedupWindow, RateLimiter
+    from chatroom.core.names import NameRules
+
+    rooms = FakeRooms([], group_commit=False)
+    intake = Intake(rooms, NameRules(), RateLimiter(0, 1), DedupWindow(), 2000)  # type: ignore[arg-type]
+    bridge = MqttBridge(settings_for(tmp_path), rooms, intake)  # type: ignore[arg-type]
     assert bridge.state_topic == "chatroom/bridge/state" and bridge.ha_status_topic == "homeassistant/status"
     assert not bridge.is_running and not bridge.is_connected and bridge.outbox_size == 0
     bridge.stop()  # never started: nothing to do
