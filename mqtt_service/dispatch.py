@@ -15,12 +15,13 @@ from paho.mqtt.client import Client, MQTTMessage
 
 from chatroom.core.errors import Unavailable
 from mqtt_service.callbacks import guarded
-from mqtt_service.group_commit import GroupCommit
+
+# A held message is retried as a held commit is: the same backoff (0.2 s doubling to 5 s).
+from mqtt_service.group_commit import FIRST_RETRY, LAST_RETRY, GroupCommit
 from mqtt_service.stats import BridgeStats
 
 log = logging.getLogger("mqtt_service.bridge")
 
-FIRST_RETRY, LAST_RETRY = 0.2, 5.0  # seconds between two tries of a held message (doubling)
 
 
 class Dispatcher:

@@ -24,7 +24,9 @@ from mqtt_service.stats import BridgeStats
 
 log = logging.getLogger("mqtt_service.bridge")
 
-FIRST_RETRY, LAST_RETRY = 0.2, 5.0  # seconds between two tries of a held commit (doubling)
+# Seconds between two tries of what the store holds back (doubling): a held commit here, a
+# held message in dispatch.py.
+FIRST_RETRY, LAST_RETRY = 0.2, 5.0
 
 
 class Acknowledger(Protocol):
